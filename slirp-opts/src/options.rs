@@ -1,0 +1,236 @@
+//! The slirp4netns network options as podman and containers-common accept them.
+//!
+//! Options come as `key=value` strings: first the engine's `network_cmd_options`,
+//! then the per-namespace extra options, later ones overriding earlier ones.
+
+use std::net::IpAddr;
+
+use ipnet::Ipv4Net;
+
+/// The MTU podman uses when none is given.
+pub const DEFAULT_MTU: u32 = 65520;
+/// The smallest MTU accepted (the IPv4 minimum).
+pub const MIN_MTU: u32 = 68;
+/// The largest MTU slirp4netns accepts.
+pub const MAX_MTU: u32 = 65521;
+
+/// A bad network option. The texts are the ones podman prints.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    /// `cidr=` is not an IPv4 CIDR.
+    #[error("invalid cidr {0:?}")]
+    InvalidCidr(String),
+    /// `port_handler=` is neither `slirp4netns` nor `rootlesskit`.
+    #[error("unknown port_handler for slirp4netns: {0:?}")]
+    UnknownPortHandler(String),
+    /// `allow_host_loopback=` is not `true` or `false`.
+    #[error("invalid value of allow_host_loopback for slirp4netns: {0:?}")]
+    InvalidAllowHostLoopback(String),
+    /// `enable_ipv6=` is not `true` or `false`.
+    #[error("invalid value of enable_ipv6 for slirp4netns: {0:?}")]
+    InvalidEnableIpv6(String),
+    /// `outbound_addr=` is neither an IPv4 literal nor an existing interface.
+    #[error("invalid outbound_addr {0:?}")]
+    InvalidOutboundAddr(String),
+    /// `outbound_addr6=` is neither an IPv6 literal nor an existing interface.
+    #[error("invalid outbound_addr6: {0:?}")]
+    InvalidOutboundAddr6(String),
+    /// `mtu=` is not an integer in `68..=65521`.
+    #[error("invalid mtu {0:?}")]
+    InvalidMtu(String),
+    /// The option has no `=` or an unknown key; carries the whole option.
+    #[error("unknown option for slirp4netns: {0:?}")]
+    UnknownOption(String),
+}
+
+/// Who forwards host ports into the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortHandler {
+    /// The rootlessport forwarder (podman's default).
+    #[default]
+    Rootlesskit,
+    /// slirp4netns itself, through `add_hostfwd` on its API socket.
+    Slirp4netns,
+}
+
+impl PortHandler {
+    /// The option value naming this handler.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortHandler::Rootlesskit => "rootlesskit",
+            PortHandler::Slirp4netns => "slirp4netns",
+        }
+    }
+}
+
+impl std::fmt::Display for PortHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The parsed slirp4netns network options, with podman's defaults.
+///
+/// ```
+/// use slirp_opts::{NetworkOptions, PortHandler};
+///
+/// let opts = NetworkOptions::parse(
+///     &["mtu=1500"],          // engine network_cmd_options
+///     false,                   // engine no_pivot_root
+///     &["cidr=10.5.0.0/24", "port_handler=slirp4netns"],
+///     |_iface| false,          // no interface lookups needed here
+/// )
+/// .unwrap();
+/// assert_eq!(opts.mtu, 1500);
+/// assert_eq!(opts.cidr.unwrap().to_string(), "10.5.0.0/24");
+/// assert_eq!(opts.port_handler, PortHandler::Slirp4netns);
+/// assert!(opts.enable_ipv6);
+///
+/// let err = NetworkOptions::parse(&[] as &[&str], false, &["mtu=12"], |_| false).unwrap_err();
+/// assert_eq!(err.to_string(), r#"invalid mtu "12""#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkOptions {
+    /// The IPv4 network (`--cidr`), host bits cleared; `None` means slirp4netns's 10.0.2.0/24.
+    pub cidr: Option<Ipv4Net>,
+    /// Who forwards ports.
+    pub port_handler: PortHandler,
+    /// Whether the namespace may reach the host's 127.0.0.1 through the gateway.
+    pub allow_host_loopback: bool,
+    /// Whether IPv6 is enabled (`--enable-ipv6`).
+    pub enable_ipv6: bool,
+    /// `--outbound-addr`: an IPv4 literal or an interface name.
+    pub outbound_addr: Option<String>,
+    /// `--outbound-addr6`: an IPv6 literal or an interface name.
+    pub outbound_addr6: Option<String>,
+    /// The tap device's MTU.
+    pub mtu: u32,
+    /// The engine's `no_pivot_root`: when true, no `--enable-sandbox`.
+    pub no_pivot_root: bool,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        NetworkOptions {
+            cidr: None,
+            port_handler: PortHandler::Rootlesskit,
+            allow_host_loopback: false,
+            enable_ipv6: true,
+            outbound_addr: None,
+            outbound_addr6: None,
+            mtu: DEFAULT_MTU,
+            no_pivot_root: false,
+        }
+    }
+}
+
+impl NetworkOptions {
+    /// Parses the engine's options, then the extra options, over the defaults.
+    ///
+    /// `iface_exists` answers whether a network interface of that name exists;
+    /// it is asked only for `outbound_addr`/`outbound_addr6` values that are not
+    /// address literals, so this crate stays free of I/O.
+    pub fn parse<E, X>(
+        engine_options: &[E],
+        no_pivot_root: bool,
+        extra_options: &[X],
+        iface_exists: impl Fn(&str) -> bool,
+    ) -> Result<Self, OptionError>
+    where
+        E: AsRef<str>,
+        X: AsRef<str>,
+    {
+        let mut opts = NetworkOptions {
+            no_pivot_root,
+            ..NetworkOptions::default()
+        };
+        let all = engine_options
+            .iter()
+            .map(AsRef::as_ref)
+            .chain(extra_options.iter().map(AsRef::as_ref));
+        for option in all {
+            opts.apply(option, &iface_exists)?;
+        }
+        Ok(opts)
+    }
+
+    /// Applies one `key=value` option (split at the first `=`).
+    pub fn apply(
+        &mut self,
+        option: &str,
+        iface_exists: impl Fn(&str) -> bool,
+    ) -> Result<(), OptionError> {
+        let Some((key, value)) = option.split_once('=') else {
+            return Err(OptionError::UnknownOption(option.to_owned()));
+        };
+        match key {
+            "cidr" => {
+                let net: Ipv4Net = value
+                    .parse()
+                    .map_err(|_| OptionError::InvalidCidr(value.to_owned()))?;
+                self.cidr = Some(net.trunc());
+            }
+            "port_handler" => {
+                self.port_handler = match value {
+                    "slirp4netns" => PortHandler::Slirp4netns,
+                    "rootlesskit" => PortHandler::Rootlesskit,
+                    _ => return Err(OptionError::UnknownPortHandler(value.to_owned())),
+                }
+            }
+            "allow_host_loopback" => {
+                self.allow_host_loopback = parse_bool(value)
+                    .ok_or_else(|| OptionError::InvalidAllowHostLoopback(value.to_owned()))?;
+            }
+            "enable_ipv6" => {
+                self.enable_ipv6 = parse_bool(value)
+                    .ok_or_else(|| OptionError::InvalidEnableIpv6(value.to_owned()))?;
+            }
+            "outbound_addr" => {
+                let is_v4 = matches!(value.parse::<IpAddr>(), Ok(IpAddr::V4(_)));
+                if !is_v4 && !is_interface_name(value, &iface_exists) {
+                    return Err(OptionError::InvalidOutboundAddr(value.to_owned()));
+                }
+                self.outbound_addr = Some(value.to_owned());
+            }
+            "outbound_addr6" => {
+                // An IPv4-mapped IPv6 address is IPv4 for this purpose, as in Go.
+                let is_v6 = matches!(value.parse::<IpAddr>(),
+                    Ok(IpAddr::V6(a)) if a.to_ipv4_mapped().is_none());
+                if !is_v6 && !is_interface_name(value, &iface_exists) {
+                    return Err(OptionError::InvalidOutboundAddr6(value.to_owned()));
+                }
+                self.outbound_addr6 = Some(value.to_owned());
+            }
+            "mtu" => {
+                self.mtu = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|m| (MIN_MTU..=MAX_MTU).contains(m))
+                    .ok_or_else(|| OptionError::InvalidMtu(value.to_owned()))?;
+            }
+            _ => return Err(OptionError::UnknownOption(option.to_owned())),
+        }
+        Ok(())
+    }
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Interface names are at most 15 bytes, with no `/`, whitespace or NUL; only
+/// then is the injected existence check asked.
+fn is_interface_name(name: &str, iface_exists: impl Fn(&str) -> bool) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+        && iface_exists(name)
+}

@@ -1,0 +1,276 @@
+//! Port mappings as podman sends them, their validation and expansion.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A transport protocol a forwarder here can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// `"tcp"` or `"udp"`, as slirp4netns and podman spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a port mapping cannot be forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortProblem {
+    /// `container_port` is 0.
+    #[error("container port is 0")]
+    ContainerPortZero,
+    /// `host_port` is 0, i.e. no host port was assigned.
+    #[error("host port is 0 (no host port assigned)")]
+    HostPortZero,
+    /// start + range - 1 is past 65535.
+    #[error("{side} ports {start}-{end} run past 65535")]
+    RangePastEnd {
+        /// `"host"` or `"container"`.
+        side: &'static str,
+        /// The first port.
+        start: u16,
+        /// The last port asked for.
+        end: u32,
+    },
+    /// A protocol that is not tcp, udp or sctp.
+    #[error("unknown protocol {0:?} (expected tcp or udp)")]
+    UnknownProtocol(String),
+    /// A protocol named twice.
+    #[error("protocol {0:?} is named twice")]
+    RepeatedProtocol(String),
+    /// SCTP, which no rootless forwarder can carry.
+    #[error("sctp is not supported: neither slirp4netns nor rootlessport can forward it")]
+    SctpUnsupported,
+    /// The host IP is not an address literal.
+    #[error("invalid host IP {0:?}")]
+    InvalidHostIp(String),
+    /// Another mapping already forwards the same protocol and host port.
+    #[error("{forward} is also forwarded by {other}")]
+    HostPortTaken {
+        /// The forward claimed twice.
+        forward: String,
+        /// The earlier mapping that claims it.
+        other: String,
+    },
+}
+
+/// A port mapping that cannot be forwarded, with the mapping it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("port mapping {mapping}: {problem}")]
+pub struct PortError {
+    /// The mapping, in `-p` syntax.
+    pub mapping: String,
+    /// What is wrong with it.
+    pub problem: PortProblem,
+}
+
+/// One port mapping, as in podman's JSON (`types.PortMapping`).
+///
+/// `range` consecutive ports starting at `host_port` map to the same number of
+/// ports starting at `container_port`; `protocol` is a comma list.
+///
+/// ```
+/// use slirp_opts::{PortMapping, Protocol};
+///
+/// let m: PortMapping = serde_json::from_str(
+///     r#"{"host_ip":"","container_port":80,"host_port":8080,"range":2,"protocol":"tcp,udp"}"#,
+/// ).unwrap();
+/// let fwd = m.expand().unwrap();
+/// assert_eq!(fwd.len(), 4);
+/// assert_eq!((fwd[3].proto, fwd[3].host_port, fwd[3].container_port), (Protocol::Udp, 8081, 81));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// The host address to listen on; empty means all.
+    #[serde(rename = "host_ip", default)]
+    pub host_ip: String,
+    /// The first port inside the namespace.
+    #[serde(rename = "container_port", default)]
+    pub container_port: u16,
+    /// The first port on the host; 0 means none assigned yet.
+    #[serde(rename = "host_port", default)]
+    pub host_port: u16,
+    /// How many consecutive ports; 0 exposes nothing.
+    #[serde(rename = "range", default)]
+    pub range: u16,
+    /// Comma list of `tcp`, `udp` (and `sctp`, which is refused); empty means tcp.
+    #[serde(rename = "protocol", default)]
+    pub protocol: String,
+}
+
+/// One forward: one protocol, one host port, one container port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Forward {
+    /// The protocol.
+    pub proto: Protocol,
+    /// The host address; `None` means all addresses.
+    pub host_ip: Option<IpAddr>,
+    /// The host port.
+    pub host_port: u16,
+    /// The port inside the namespace.
+    pub container_port: u16,
+}
+
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.host_port)?,
+            Some(IpAddr::V4(ip)) => write!(f, "{ip}:{}", self.host_port)?,
+            None => write!(f, "*:{}", self.host_port)?,
+        }
+        write!(f, " -> {}/{}", self.container_port, self.proto)
+    }
+}
+
+impl fmt::Display for PortMapping {
+    /// Writes the mapping in podman's `-p` syntax.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let span = |start: u16| {
+            let end = u32::from(start) + u32::from(self.range.max(1)) - 1;
+            if self.range > 1 {
+                format!("{start}-{end}")
+            } else {
+                start.to_string()
+            }
+        };
+        if self.host_ip.contains(':') {
+            write!(f, "[{}]:", self.host_ip)?;
+        } else if !self.host_ip.is_empty() {
+            write!(f, "{}:", self.host_ip)?;
+        }
+        if self.host_port != 0 {
+            write!(f, "{}:", span(self.host_port))?;
+        } else if !self.host_ip.is_empty() {
+            f.write_str(":")?;
+        }
+        write!(f, "{}", span(self.container_port))?;
+        let proto = if self.protocol.is_empty() {
+            "tcp"
+        } else {
+            &self.protocol
+        };
+        write!(f, "/{proto}")
+    }
+}
+
+impl PortMapping {
+    fn error(&self, problem: PortProblem) -> PortError {
+        PortError {
+            mapping: self.to_string(),
+            problem,
+        }
+    }
+
+    /// The protocols, in the order given; empty means tcp.
+    pub fn protocols(&self) -> Result<Vec<Protocol>, PortError> {
+        parse_protocols(&self.protocol).map_err(|p| self.error(p))
+    }
+
+    /// The host address, `None` for all addresses (empty, `0.0.0.0` or `::`
+    /// stay distinct: only empty is `None`).
+    pub fn host_addr(&self) -> Result<Option<IpAddr>, PortError> {
+        if self.host_ip.is_empty() {
+            return Ok(None);
+        }
+        self.host_ip
+            .parse()
+            .map(Some)
+            .map_err(|_| self.error(PortProblem::InvalidHostIp(self.host_ip.clone())))
+    }
+
+    /// Checks that the mapping can be forwarded as it stands.
+    pub fn validate(&self) -> Result<(), PortError> {
+        self.expand().map(drop)
+    }
+
+    /// One forward per protocol per port, ports in order, protocols in the
+    /// order given for each port. A range of 0 yields nothing.
+    pub fn expand(&self) -> Result<Vec<Forward>, PortError> {
+        let protos = self.protocols()?;
+        let host_ip = self.host_addr()?;
+        if self.range == 0 {
+            return Ok(Vec::new());
+        }
+        if self.container_port == 0 {
+            return Err(self.error(PortProblem::ContainerPortZero));
+        }
+        if self.host_port == 0 {
+            return Err(self.error(PortProblem::HostPortZero));
+        }
+        for (side, start) in [("host", self.host_port), ("container", self.container_port)] {
+            let end = u32::from(start) + u32::from(self.range) - 1;
+            if end > u32::from(u16::MAX) {
+                return Err(self.error(PortProblem::RangePastEnd { side, start, end }));
+            }
+        }
+        let mut out = Vec::with_capacity(usize::from(self.range) * protos.len());
+        for i in 0..self.range {
+            for &proto in &protos {
+                out.push(Forward {
+                    proto,
+                    host_ip,
+                    host_port: self.host_port + i,
+                    container_port: self.container_port + i,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses a comma list of protocols; empty means tcp.
+pub(crate) fn parse_protocols(list: &str) -> Result<Vec<Protocol>, PortProblem> {
+    if list.is_empty() {
+        return Ok(vec![Protocol::Tcp]);
+    }
+    let mut out = Vec::new();
+    for name in list.split(',') {
+        let proto = match name {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "sctp" => return Err(PortProblem::SctpUnsupported),
+            _ => return Err(PortProblem::UnknownProtocol(name.to_owned())),
+        };
+        if out.contains(&proto) {
+            return Err(PortProblem::RepeatedProtocol(name.to_owned()));
+        }
+        out.push(proto);
+    }
+    Ok(out)
+}
+
+/// Expands every mapping, and checks that no two forwards claim the same
+/// protocol, host address and host port.
+pub fn expand_all(mappings: &[PortMapping]) -> Result<Vec<Forward>, PortError> {
+    let mut seen = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for m in mappings {
+        for fwd in m.expand()? {
+            if let Some(first) = seen.insert((fwd.proto, fwd.host_ip, fwd.host_port), m) {
+                return Err(m.error(PortProblem::HostPortTaken {
+                    forward: fwd.to_string(),
+                    other: first.to_string(),
+                }));
+            }
+            out.push(fwd);
+        }
+    }
+    Ok(out)
+}
