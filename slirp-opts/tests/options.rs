@@ -23,7 +23,8 @@ fn defaults_are_podmans() {
 
 #[test]
 fn each_option_is_applied() {
-    let cases: &[(&str, fn(&NetworkOptions) -> bool)] = &[
+    type Check = fn(&NetworkOptions) -> bool;
+    let cases: &[(&str, Check)] = &[
         ("cidr=10.5.0.0/16", |o| {
             o.cidr.unwrap().to_string() == "10.5.0.0/16"
         }),
