@@ -1,0 +1,143 @@
+//! `cargo xtask`: set-up, the full test run and benchmarks.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  setup   install what the project needs (slirp4netns, iproute2, util-linux)
+          when missing, and make /dev/net/tun usable by unprivileged users
+  test    setup, then cargo fmt --check, clippy -D warnings and every test";
+
+/// Debian packages the project needs, with a program each one provides.
+const PACKAGES: &[(&str, &str)] = &[
+    ("slirp4netns", "slirp4netns"),
+    ("iproute2", "ip"),
+    ("util-linux", "unshare"),
+    ("util-linux", "nsenter"),
+];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("test") => test(),
+        Some("-h" | "--help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+fn is_root() -> bool {
+    // /proc/self/status "Uid:" line: real, effective, saved, fs.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+    })
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Installs the missing packages with apt-get (only as root) and opens up
+/// /dev/net/tun.
+fn setup() -> Result<()> {
+    let mut missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, program)| !on_path(program))
+        .map(|(package, _)| *package)
+        .collect();
+    missing.dedup();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!(
+                "missing packages {}: install them as root (apt-get install -y {})",
+                missing.join(", "),
+                missing.join(" ")
+            );
+        }
+        run(Command::new("apt-get")
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    for (_, program) in PACKAGES {
+        if !on_path(program) {
+            bail!("{program} is still missing after setup");
+        }
+    }
+
+    // Rootless slirp4netns opens /dev/net/tun; distributions ship it 0666.
+    let tun = Path::new("/dev/net/tun");
+    let meta = std::fs::metadata(tun).with_context(|| {
+        format!("{} is missing: load the tun module (modprobe tun)", tun.display())
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode != 0o666 {
+        if is_root() {
+            std::fs::set_permissions(tun, std::fs::Permissions::from_mode(0o666))
+                .with_context(|| format!("failed to chmod 0666 {}", tun.display()))?;
+            eprintln!("made {} mode 0666 (was {mode:o})", tun.display());
+        } else {
+            eprintln!(
+                "warning: {} is mode {mode:o}; rootless use needs 0666 (run setup as root)",
+                tun.display()
+            );
+        }
+    }
+    let version = Command::new("slirp4netns").arg("--version").output()?;
+    let first = String::from_utf8_lossy(&version.stdout);
+    eprintln!("setup done: {}", first.lines().next().unwrap_or("slirp4netns"));
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// setup, formatting, lints, every test. With CI=true the privileged and
+/// slirp4netns tests fail instead of skipping when they cannot run.
+fn test() -> Result<()> {
+    setup()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["test", "--workspace", "--all-targets"]))?;
+    run(cargo().args(["test", "--workspace", "--doc"]))?;
+    Ok(())
+}
