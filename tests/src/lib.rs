@@ -82,8 +82,9 @@ impl Netns {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Ok(theirs) = std::fs::read_link(ns.path()) {
-                if theirs != ours && std::fs::read_link(format!("/proc/{}/exe", ns.pid()))
-                    .is_ok_and(|exe| exe.ends_with("sleep"))
+                if theirs != ours
+                    && std::fs::read_link(format!("/proc/{}/exe", ns.pid()))
+                        .is_ok_and(|exe| exe.ends_with("sleep"))
                 {
                     return Ok(ns);
                 }
@@ -144,11 +145,11 @@ impl SlirpWithApi {
             .stderr(out)
             .spawn()
             .with_context(|| format!("failed to start {}", bin.display()))?;
-        let waited = slirp_api::wait_for_socket(&socket, Duration::from_secs(10), |_| {
-            match child.try_wait() {
-                Ok(Some(status)) => Some(status.to_string()),
-                _ => None,
-            }
+        let waited = slirp_api::wait_for_socket(&socket, Duration::from_secs(10), |_| match child
+            .try_wait()
+        {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
         });
         if let Err(e) = waited {
             let _ = child.kill();
@@ -156,7 +157,12 @@ impl SlirpWithApi {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             bail!("{e}; slirp4netns said: {text}");
         }
-        Ok(SlirpWithApi { child, socket, log, _dir: dir })
+        Ok(SlirpWithApi {
+            child,
+            socket,
+            log,
+            _dir: dir,
+        })
     }
 
     /// The process id.

@@ -54,9 +54,8 @@ fn is_root() -> bool {
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -104,7 +103,10 @@ fn setup() -> Result<()> {
     // Rootless slirp4netns opens /dev/net/tun; distributions ship it 0666.
     let tun = Path::new("/dev/net/tun");
     let meta = std::fs::metadata(tun).with_context(|| {
-        format!("{} is missing: load the tun module (modprobe tun)", tun.display())
+        format!(
+            "{} is missing: load the tun module (modprobe tun)",
+            tun.display()
+        )
     })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode != 0o666 {
@@ -121,7 +123,10 @@ fn setup() -> Result<()> {
     }
     let version = Command::new("slirp4netns").arg("--version").output()?;
     let first = String::from_utf8_lossy(&version.stdout);
-    eprintln!("setup done: {}", first.lines().next().unwrap_or("slirp4netns"));
+    eprintln!(
+        "setup done: {}",
+        first.lines().next().unwrap_or("slirp4netns")
+    );
     Ok(())
 }
 
@@ -136,7 +141,14 @@ fn cargo() -> Command {
 fn test() -> Result<()> {
     setup()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().args(["test", "--workspace", "--all-targets"]))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
     Ok(())
