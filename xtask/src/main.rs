@@ -149,7 +149,64 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--workspace", "--all-targets"]))?;
-    run(cargo().args(["test", "--workspace", "--doc"]))?;
+    let mut total = Totals::default();
+    total.add(run_tests(cargo().args([
+        "test",
+        "--workspace",
+        "--all-targets",
+    ]))?);
+    total.add(run_tests(cargo().args(["test", "--workspace", "--doc"]))?);
+    println!(
+        "\nxtask test: {} passed, {} failed",
+        total.passed, total.failed
+    );
+    if total.failed > 0 || total.passed == 0 {
+        bail!("tests failed");
+    }
     Ok(())
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    fn add(&mut self, other: Totals) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+}
+
+/// Runs a `cargo test`, echoing its output, and adds up its
+/// `test result: ok. N passed; M failed; ...` lines.
+fn run_tests(cmd: &mut Command) -> Result<Totals> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to run {cmd:?}"))?;
+    let mut totals = Totals::default();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                match (words.next().map(str::parse::<u64>), words.next()) {
+                    (Some(Ok(n)), Some("passed")) => totals.passed += n,
+                    (Some(Ok(n)), Some("failed")) => totals.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(totals)
 }
