@@ -1,0 +1,194 @@
+//! Opening a network namespace file and running work inside it.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use caps::Capability;
+use nix::errno::Errno;
+use nix::sched::{setns, CloneFlags};
+use nix::sys::statfs::{fstatfs, NSFS_MAGIC, PROC_SUPER_MAGIC};
+
+use crate::privilege::{has_cap, PrivilegeError};
+
+/// A failure to open or enter a network namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The path cannot be opened.
+    #[error("failed to open network namespace {path}: {source}")]
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a namespace file (not on nsfs or proc).
+    #[error(
+        "{path} is not a namespace file (expected a file like /run/netns/NAME or /proc/PID/ns/net)"
+    )]
+    NotANamespace {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file is a namespace, but not a network namespace.
+    #[error("{path} is a namespace, but not a network namespace")]
+    NotANetworkNamespace {
+        /// The path.
+        path: PathBuf,
+    },
+    /// `setns` was refused for lack of privilege.
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
+    /// `setns` failed otherwise.
+    #[error("failed to join network namespace {path}: {source}")]
+    Join {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: Errno,
+    },
+    /// The thread running the work could not be started or panicked.
+    #[error("the thread entering network namespace {path} failed: {reason}")]
+    Thread {
+        /// The path.
+        path: PathBuf,
+        /// What happened.
+        reason: String,
+    },
+}
+
+// NS_GET_NSTYPE (linux/nsfs.h): _IO(0xb7, 0x3), returns the CLONE_NEW* type.
+nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+
+/// An open network namespace file.
+#[derive(Debug)]
+pub struct Netns {
+    file: OwnedFd,
+    path: PathBuf,
+}
+
+impl Netns {
+    /// Opens `path` (close-on-exec) and checks that it is a network namespace.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
+        let path = path.as_ref().to_owned();
+        let file = File::open(&path).map_err(|source| NetnsError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let fs = fstatfs(&file).map_err(|e| NetnsError::Open {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        let fs_type = fs.filesystem_type();
+        if fs_type != NSFS_MAGIC && fs_type != PROC_SUPER_MAGIC {
+            return Err(NetnsError::NotANamespace { path });
+        }
+        match nstype(file.as_fd()) {
+            Ok(t) if t == CloneFlags::CLONE_NEWNET.bits() => {}
+            Ok(_) => return Err(NetnsError::NotANetworkNamespace { path }),
+            // Kernels before 4.11 lack the ioctl; setns will check the type.
+            Err(Errno::ENOTTY) => {}
+            Err(_) => return Err(NetnsError::NotANamespace { path }),
+        }
+        Ok(Netns {
+            file: file.into(),
+            path,
+        })
+    }
+
+    /// The namespace of the calling thread (`/proc/thread-self/ns/net`).
+    pub fn current() -> Result<Self, NetnsError> {
+        Netns::open("/proc/thread-self/ns/net")
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` on a new thread that has joined this namespace, and
+    /// returns what it made. The calling thread never changes namespace.
+    ///
+    /// The thread ends when `work` returns; sockets it opened and children it
+    /// spawned stay in the namespace.
+    pub fn run<T, F>(&self, work: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> T + Send,
+        T: Send,
+    {
+        std::thread::scope(|scope| {
+            let handle = std::thread::Builder::new()
+                .name("netns".into())
+                .spawn_scoped(scope, || {
+                    self.join_current_thread()?;
+                    Ok(work())
+                })
+                .map_err(|e| NetnsError::Thread {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                })?;
+            handle.join().map_err(|panic| NetnsError::Thread {
+                path: self.path.clone(),
+                reason: panic_text(&panic),
+            })?
+        })
+    }
+
+    /// Moves the calling thread into this namespace for good. Meant for a
+    /// thread that lives only to do work there.
+    fn join_current_thread(&self) -> Result<(), NetnsError> {
+        setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|source| match source {
+            Errno::EPERM if !has_cap(Capability::CAP_SYS_ADMIN) => {
+                NetnsError::Privilege(PrivilegeError {
+                    action: format!("joining network namespace {}", self.path.display()),
+                    cap: Capability::CAP_SYS_ADMIN.to_string(),
+                    scope: "in the namespace's owning user namespace",
+                })
+            }
+            Errno::EPERM => NetnsError::Privilege(PrivilegeError {
+                action: format!("joining network namespace {}", self.path.display()),
+                cap: Capability::CAP_SYS_ADMIN.to_string(),
+                scope: "in the namespace's owning user namespace (this process has it only in its own)",
+            }),
+            Errno::EINVAL => NetnsError::NotANetworkNamespace {
+                path: self.path.clone(),
+            },
+            source => NetnsError::Join {
+                path: self.path.clone(),
+                source,
+            },
+        })
+    }
+
+    /// The `(device, inode)` identity of the namespace.
+    pub fn id(&self) -> Result<(u64, u64), NetnsError> {
+        let st = nix::sys::stat::fstat(&self.file).map_err(|e| NetnsError::Open {
+            path: self.path.clone(),
+            source: e.into(),
+        })?;
+        Ok((st.st_dev, st.st_ino))
+    }
+}
+
+impl AsFd for Netns {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+#[allow(unsafe_code)]
+fn nstype(fd: BorrowedFd<'_>) -> nix::Result<i32> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the file's
+    // namespace type; `fd` is a valid open descriptor for the whole call.
+    unsafe { ns_get_nstype(fd.as_raw_fd()) }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".into()
+    }
+}

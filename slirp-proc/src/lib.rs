@@ -1,0 +1,15 @@
+//! Starting and supervising slirp4netns.
+//!
+//! [`Slirp::start`] spawns slirp4netns with exactly two extra descriptors (the
+//! ready pipe's write end and the exit pipe's read end, at the fd numbers the
+//! [`Invocation`](slirp_opts::Invocation) names), its output in an unlinked log
+//! file, in its own process group, and waits until it is ready. A death while
+//! waiting is seen at once through a pidfd, not at the next tick of a timer.
+//! The returned [`Slirp`] owns the process: dropping it stops and reaps it.
+
+mod dad;
+mod pidfd;
+mod process;
+
+pub use dad::{AcceptDadGuard, DadError};
+pub use process::{install_child_setup, Exit, Slirp, SlirpCommand, StartError};

@@ -1,0 +1,529 @@
+//! Spawning slirp4netns, waiting for it to be ready, and owning it after.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use netns_util::Netns;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{pipe2, Pid};
+use slirp_opts::{build_args, ArgvError, Features, Invocation, NetworkOptions, Target};
+
+use crate::dad::{AcceptDadGuard, DadError};
+use crate::pidfd::{exited_within, pidfd_open};
+
+/// How long [`Slirp`]'s drop waits after closing the exit pipe before SIGKILL.
+const DROP_GRACE: Duration = Duration::from_secs(2);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct SlirpCommand {
+    /// The slirp4netns binary.
+    pub binary: PathBuf,
+    /// The network options.
+    pub options: NetworkOptions,
+    /// What the binary supports.
+    pub features: Features,
+    /// Target, tap name, fd numbers, API socket.
+    pub invocation: Invocation,
+    /// Start it in a new mount namespace. Needed with `--enable-sandbox`
+    /// (slirp4netns PR #153: its pivot_root wants a mount namespace of its
+    /// own); needs CAP_SYS_ADMIN. [`SlirpCommand::new`] sets it when the argv
+    /// has `--enable-sandbox`.
+    pub new_mount_ns: bool,
+    /// Signal slirp4netns gets when the thread that started it dies.
+    pub parent_death_signal: Option<Signal>,
+    /// Turn IPv6 `accept_dad` off in the target namespace while it starts
+    /// (only when IPv6 is on; needs the right to enter the namespace).
+    pub toggle_accept_dad: bool,
+    /// How long to wait for the ready byte.
+    pub ready_timeout: Duration,
+}
+
+impl SlirpCommand {
+    /// The usual command: a new mount namespace exactly when the sandbox is
+    /// on, accept_dad toggled when IPv6 is on, 30 s to become ready.
+    pub fn new(
+        binary: impl Into<PathBuf>,
+        options: NetworkOptions,
+        features: Features,
+        invocation: Invocation,
+    ) -> Self {
+        let new_mount_ns = !options.no_pivot_root && features.enable_sandbox;
+        let toggle_accept_dad = options.enable_ipv6;
+        SlirpCommand {
+            binary: binary.into(),
+            options,
+            features,
+            invocation,
+            new_mount_ns,
+            parent_death_signal: None,
+            toggle_accept_dad,
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The full argv after the binary.
+    pub fn args(&self) -> Result<Vec<OsString>, ArgvError> {
+        build_args(&self.options, &self.features, &self.invocation)
+    }
+}
+
+/// How slirp4netns ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl Exit {
+    fn from_status(status: ExitStatus) -> Self {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (None, Some(sig)) => Exit::Signal(sig),
+            (None, None) => Exit::Code(-1),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit status {c}"),
+            Exit::Signal(s) => write!(f, "signal {s} ({})", signal_name(*s)),
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    Signal::try_from(sig)
+        .map(Signal::as_str)
+        .unwrap_or("unknown")
+}
+
+fn describe_log(log: &str) -> String {
+    if log.is_empty() {
+        "(no output)".into()
+    } else {
+        log.into()
+    }
+}
+
+/// slirp4netns could not be started or did not become ready. Whatever was
+/// started is stopped and reaped before this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The argv cannot be built.
+    #[error(transparent)]
+    Args(#[from] ArgvError),
+    /// A pipe could not be made.
+    #[error("failed to create the {which} pipe for slirp4netns: {source}")]
+    Pipe {
+        /// `ready` or `exit`.
+        which: &'static str,
+        /// The error.
+        source: nix::Error,
+    },
+    /// The log file could not be made.
+    #[error("failed to create the slirp4netns log file: {0}")]
+    Log(io::Error),
+    /// The accept_dad toggle failed.
+    #[error(transparent)]
+    Dad(#[from] DadError),
+    /// The target namespace could not be opened for the accept_dad toggle.
+    #[error(transparent)]
+    Netns(#[from] netns_util::NetnsError),
+    /// exec failed.
+    #[error("failed to start {binary}: {source}")]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// pidfd_open failed.
+    #[error("failed to watch slirp4netns (pid {pid}): {source}")]
+    Watch {
+        /// The pid.
+        pid: u32,
+        /// The error.
+        source: io::Error,
+    },
+    /// It exited before it was ready.
+    #[error("slirp4netns failed: {} ({exit})", describe_log(.log))]
+    Failed {
+        /// How it exited.
+        exit: Exit,
+        /// What it printed.
+        log: String,
+    },
+    /// A signal killed it before it was ready.
+    #[error("slirp4netns killed by signal {signal} ({}): {}", signal_name(*.signal), describe_log(.log))]
+    Killed {
+        /// The signal number.
+        signal: i32,
+        /// What it printed.
+        log: String,
+    },
+    /// It did not become ready in time (it was killed).
+    #[error("slirp4netns did not become ready within {timeout:?}; its output: {}", describe_log(.log))]
+    Timeout {
+        /// The deadline.
+        timeout: Duration,
+        /// What it printed.
+        log: String,
+    },
+    /// It wrote something other than `1` to the ready pipe.
+    #[error("slirp4netns wrote {byte:#04x} to the ready pipe instead of '1'")]
+    BadReadyByte {
+        /// The byte.
+        byte: u8,
+    },
+    /// Waiting failed.
+    #[error("failed while waiting for slirp4netns to be ready: {0}")]
+    Wait(io::Error),
+}
+
+/// A running slirp4netns. Dropping it closes the exit pipe, waits up to 2 s,
+/// kills it if needed, and reaps it.
+#[derive(Debug)]
+pub struct Slirp {
+    child: Child,
+    pidfd: OwnedFd,
+    exit_pipe: Option<OwnedFd>,
+    log: File,
+    exited: Option<Exit>,
+}
+
+impl Slirp {
+    /// Starts slirp4netns and waits until it has written its ready byte.
+    pub fn start(cmd: &SlirpCommand) -> Result<Slirp, StartError> {
+        let args = cmd.args()?;
+        let inv = &cmd.invocation;
+
+        let dad_guard = if cmd.toggle_accept_dad && cmd.options.enable_ipv6 {
+            let ns_path = match &inv.target {
+                Target::Path { netns, .. } => netns.clone(),
+                Target::Pid(pid) => PathBuf::from(format!("/proc/{pid}/ns/net")),
+            };
+            AcceptDadGuard::disable(Netns::open(ns_path)?)?
+        } else {
+            None
+        };
+
+        let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).map_err(|source| StartError::Pipe {
+            which: "ready",
+            source,
+        })?;
+        let exit_pipe = match inv.exit_fd {
+            Some(_) => Some(pipe2(OFlag::O_CLOEXEC).map_err(|source| StartError::Pipe {
+                which: "exit",
+                source,
+            })?),
+            None => None,
+        };
+        // Unlinked at once: only the fds keep it, and nothing is left behind.
+        let log = tempfile::tempfile().map_err(StartError::Log)?;
+        let out = log.try_clone().map_err(StartError::Log)?;
+        let err = log.try_clone().map_err(StartError::Log)?;
+
+        let mut command = Command::new(&cmd.binary);
+        command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let mut child_fds = vec![(ready_w.as_raw_fd(), inv.ready_fd)];
+        if let (Some((exit_r, _)), Some(n)) = (&exit_pipe, inv.exit_fd) {
+            child_fds.push((exit_r.as_raw_fd(), n));
+        }
+        install_child_setup(
+            &mut command,
+            child_fds,
+            cmd.parent_death_signal,
+            cmd.new_mount_ns,
+        );
+        tracing::debug!(binary = %cmd.binary.display(), ?args, "starting slirp4netns");
+        let child = command.spawn().map_err(|source| StartError::Spawn {
+            binary: cmd.binary.clone(),
+            source,
+        })?;
+        // Our copies of the child's ends go now: a dead child then gives EOF
+        // on the ready pipe, and the exit pipe's only reader is slirp4netns.
+        drop(ready_w);
+        let exit_pipe = exit_pipe.map(|(exit_r, exit_w)| {
+            drop(exit_r);
+            exit_w
+        });
+        let pid = child.id();
+        let pidfd = match pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(source) => {
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StartError::Watch { pid, source });
+            }
+        };
+        let mut slirp = Slirp {
+            child,
+            pidfd,
+            exit_pipe,
+            log,
+            exited: None,
+        };
+        let ready = slirp.wait_ready(ready_r, cmd.ready_timeout);
+        if let Some(guard) = dad_guard {
+            if let Err(e) = guard.restore() {
+                tracing::warn!(error = %e, "could not restore accept_dad");
+            }
+        }
+        ready?;
+        tracing::debug!(pid, "slirp4netns is ready");
+        Ok(slirp)
+    }
+
+    /// Waits for the ready byte, a death, or the deadline, whichever is first.
+    fn wait_ready(&mut self, ready_r: OwnedFd, timeout: Duration) -> Result<(), StartError> {
+        let deadline = Instant::now() + timeout;
+        let mut ready = File::from(ready_r);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.kill_and_reap();
+                return Err(StartError::Timeout {
+                    timeout,
+                    log: self.log_text(),
+                });
+            }
+            let mut fds = [
+                PollFd::new(ready.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN),
+            ];
+            let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    self.kill_and_reap();
+                    return Err(StartError::Wait(e.into()));
+                }
+            }
+            let ready_ev = fds[0].revents().unwrap_or(PollFlags::empty());
+            if ready_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+                let mut byte = [0u8; 1];
+                match ready.read(&mut byte) {
+                    Ok(1) if byte[0] == b'1' => return Ok(()),
+                    Ok(1) => {
+                        self.kill_and_reap();
+                        return Err(StartError::BadReadyByte { byte: byte[0] });
+                    }
+                    // EOF: it closed the pipe without the byte, so it is ending.
+                    Ok(_) => return Err(self.death_error()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.kill_and_reap();
+                        return Err(StartError::Wait(e));
+                    }
+                }
+            }
+            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                return Err(self.death_error());
+            }
+        }
+    }
+
+    /// Reaps a process that has ended or is ending (waiting at most 5 s,
+    /// then killing) and describes how it ended.
+    fn death_error(&mut self) -> StartError {
+        if !exited_within(&self.pidfd, Duration::from_secs(5)).unwrap_or(false) {
+            self.kill_and_reap();
+        }
+        let exit = self.reap();
+        let log = self.log_text();
+        match exit {
+            Exit::Signal(signal) => StartError::Killed { signal, log },
+            exit => StartError::Failed { exit, log },
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A pidfd for the process: readable once it has exited. For callers
+    /// that watch it together with other events.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// What slirp4netns has printed so far, trimmed.
+    pub fn log_text(&self) -> String {
+        let mut buf = Vec::new();
+        let mut offset = 0u64;
+        let mut chunk = [0u8; 8192];
+        // Cap what is kept: a chatty slirp4netns must not fill memory.
+        while buf.len() < 1 << 20 {
+            match self.log.read_at(&mut chunk, offset) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    offset += n as u64;
+                }
+            }
+        }
+        String::from_utf8_lossy(&buf).trim().to_owned()
+    }
+
+    /// Whether it has exited, waiting up to `timeout`; reaps it if so.
+    pub fn exited_within(&mut self, timeout: Duration) -> Option<Exit> {
+        if self.exited.is_none() && exited_within(&self.pidfd, timeout).unwrap_or(false) {
+            self.reap();
+        }
+        self.exited.clone()
+    }
+
+    /// Blocks until it exits, and reaps it.
+    pub fn wait(&mut self) -> Exit {
+        self.reap()
+    }
+
+    /// Stops it: closes the exit pipe (or sends SIGTERM without one), waits
+    /// up to `grace`, then SIGKILL; always reaps.
+    pub fn stop(mut self, grace: Duration) -> Exit {
+        self.stop_inner(grace)
+    }
+
+    fn stop_inner(&mut self, grace: Duration) -> Exit {
+        if let Some(exit) = &self.exited {
+            return exit.clone();
+        }
+        if self.exit_pipe.take().is_none() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        }
+        if !exited_within(&self.pidfd, grace).unwrap_or(false) {
+            tracing::warn!(
+                pid = self.pid(),
+                "slirp4netns did not stop in {grace:?}; killing it"
+            );
+            let _ = self.child.kill();
+        }
+        self.reap()
+    }
+
+    fn kill_and_reap(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            self.reap();
+        }
+    }
+
+    fn reap(&mut self) -> Exit {
+        if let Some(exit) = &self.exited {
+            return exit.clone();
+        }
+        let exit = loop {
+            match self.child.wait() {
+                Ok(status) => break Exit::from_status(status),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ECHILD: someone else reaped it; nothing is left to wait for.
+                Err(_) => break Exit::Code(-1),
+            }
+        };
+        self.exited = Some(exit.clone());
+        exit
+    }
+}
+
+impl Drop for Slirp {
+    fn drop(&mut self) {
+        self.stop_inner(DROP_GRACE);
+    }
+}
+
+/// Arranges, between fork and exec, for `fds` (parent fd, child fd number)
+/// to appear at their numbers without close-on-exec, every other fd above
+/// them to be closed at exec, the parent-death signal, and a new mount
+/// namespace if asked.
+///
+/// For any child that must get descriptors at fixed numbers (at most 8, at
+/// numbers 3 to 63). The parent fds must stay open until `spawn` returns.
+#[allow(unsafe_code)]
+pub fn install_child_setup(
+    command: &mut Command,
+    fds: Vec<(RawFd, i32)>,
+    death_signal: Option<Signal>,
+    new_mount_ns: bool,
+) {
+    let highest = fds.iter().map(|&(_, n)| n).max().unwrap_or(2);
+    let hook = move || -> io::Result<()> {
+        let check = |r: libc::c_int| {
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r)
+            }
+        };
+        // Move every source above all target numbers first, so that placing
+        // one cannot overwrite another (F_DUPFD_CLOEXEC: the copies close at exec).
+        let mut moved = [(0, 0); 8];
+        for (slot, &(src, dst)) in moved.iter_mut().zip(fds.iter()) {
+            // SAFETY: fcntl on an fd the parent kept open across fork.
+            *slot = (
+                check(unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, highest + 1) })?,
+                dst,
+            );
+        }
+        for &(src, dst) in moved.iter().take(fds.len()) {
+            // SAFETY: dup2 of a valid fd onto a number; the result lacks
+            // FD_CLOEXEC, so it survives exec.
+            check(unsafe { libc::dup2(src, dst) })?;
+        }
+        // Everything above the passed fds is closed at exec, whoever opened
+        // it without O_CLOEXEC. (CLOSE_RANGE_CLOEXEC keeps std's own exec-error
+        // pipe working until exec.) Kernels before 5.11 lack it; then
+        // O_CLOEXEC everywhere in this process is what keeps fds in.
+        // SAFETY: close_range only changes fd flags in this (child) process.
+        let _ = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                (highest + 1) as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+            )
+        };
+        if let Some(sig) = death_signal {
+            // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number.
+            check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) })?;
+        }
+        if new_mount_ns {
+            // SAFETY: unshare in the single-threaded child.
+            check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+        }
+        Ok(())
+    };
+    assert!(
+        fds.len() <= 8 && (3..64).contains(&highest),
+        "at most 8 passed fds, at numbers 3 to 63"
+    );
+    // SAFETY: the hook runs between fork and exec and only makes
+    // async-signal-safe system calls (fcntl, dup2, close_range, prctl,
+    // unshare) on a fixed-size array: it does not allocate or lock.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
