@@ -470,6 +470,10 @@ pub fn install_child_setup(
     new_mount_ns: bool,
 ) {
     let highest = fds.iter().map(|&(_, n)| n).max().unwrap_or(2);
+    assert!(
+        fds.len() <= 8 && (3..64).contains(&highest),
+        "at most 8 passed fds, at numbers 3 to 63"
+    );
     let hook = move || -> io::Result<()> {
         let check = |r: libc::c_int| {
             if r < 0 {
@@ -516,10 +520,6 @@ pub fn install_child_setup(
         }
         Ok(())
     };
-    assert!(
-        fds.len() <= 8 && (3..64).contains(&highest),
-        "at most 8 passed fds, at numbers 3 to 63"
-    );
     // SAFETY: the hook runs between fork and exec and only makes
     // async-signal-safe system calls (fcntl, dup2, close_range, prctl,
     // unshare) on a fixed-size array: it does not allocate or lock.
