@@ -1,0 +1,116 @@
+//! Finding the slirp4netns binary and what it supports.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use slirp_opts::Features;
+
+/// The binary cannot be found or asked for its features.
+#[derive(Debug, thiserror::Error)]
+pub enum BinaryError {
+    /// Not on PATH.
+    #[error("slirp4netns not found in PATH; install it (apt-get install slirp4netns) or name it with --slirp4netns PATH")]
+    NotFound,
+    /// The given path is not an executable file.
+    #[error("{path} is not an executable file: {reason}")]
+    NotExecutable {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// `--help` could not be run.
+    #[error("failed to run {path} --help: {source}")]
+    Help {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `--help` exited non-zero.
+    #[error("{path} --help failed ({status}): {output}")]
+    HelpFailed {
+        /// The path.
+        path: PathBuf,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed.
+        output: String,
+    },
+}
+
+/// The binary to use: `explicit` when given (it must be an executable file),
+/// else `slirp4netns` on PATH.
+pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, BinaryError> {
+    if let Some(path) = explicit {
+        let meta = std::fs::metadata(path).map_err(|e| BinaryError::NotExecutable {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(BinaryError::NotExecutable {
+                path: path.to_owned(),
+                reason: "not a file with execute permission".into(),
+            });
+        }
+        return Ok(path.to_owned());
+    }
+    let path = std::env::var_os("PATH").ok_or(BinaryError::NotFound)?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("slirp4netns"))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or(BinaryError::NotFound)
+}
+
+type CacheKey = (PathBuf, u64, u64, i64);
+
+static FEATURES: Mutex<Option<HashMap<CacheKey, Features>>> = Mutex::new(None);
+
+/// Runs `binary --help` and reads its features; cached per binary (path,
+/// device, inode and modification time), so a replaced binary is asked again.
+pub fn detect_features(binary: &Path) -> Result<Features, BinaryError> {
+    let meta = std::fs::metadata(binary).map_err(|source| BinaryError::Help {
+        path: binary.to_owned(),
+        source,
+    })?;
+    let key = (binary.to_owned(), meta.dev(), meta.ino(), meta.mtime());
+    if let Some(f) = FEATURES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|m| m.get(&key))
+    {
+        return Ok(*f);
+    }
+    let out = Command::new(binary)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| BinaryError::Help {
+            path: binary.to_owned(),
+            source,
+        })?;
+    if !out.status.success() {
+        let mut text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        if text.is_empty() {
+            text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        }
+        return Err(BinaryError::HelpFailed {
+            path: binary.to_owned(),
+            status: out.status,
+            output: text,
+        });
+    }
+    let features = Features::from_help(&String::from_utf8_lossy(&out.stdout));
+    FEATURES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(key, features);
+    Ok(features)
+}

@@ -1,0 +1,484 @@
+//! `slirpnet`: give a command, or an existing network namespace, user-mode
+//! networking through slirp4netns.
+
+mod child;
+mod output;
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use caps::Capability;
+use clap::{Args, Parser, Subcommand};
+use nix::fcntl::OFlag;
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::{pipe2, Pid};
+use slirp_opts::{parse_port_spec, NetworkOptions, PortMapping, Protocol, Target};
+use slirpnet::{plan, setup, Network, SetupOptions};
+
+/// Our own failure (bad input, setup failed), as podman and runc use it.
+const EXIT_OWN_FAILURE: u8 = 125;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slirpnet",
+    version,
+    about = "User-mode networking for network namespaces, through slirp4netns",
+    after_help = "Logs go to stderr; set RUST_LOG=debug for more. Exit status: 0 ok, 125 slirpnet's own failure, otherwise the command's."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a command in a new network namespace with working networking
+    /// (plus a new user namespace mapping you to root when not root).
+    Run(RunArgs),
+    /// Network an existing namespace and stay in the foreground until
+    /// SIGINT/SIGTERM or until slirp4netns dies.
+    Attach(AttachArgs),
+    /// Show a namespace's interface: addresses, MAC and counters.
+    Stats(StatsArgs),
+    /// Internal: the child `run` starts inside the new namespaces.
+    #[command(name = "__child", hide = true)]
+    Child(child::ChildArgs),
+}
+
+#[derive(Debug, Args)]
+struct NetArgs {
+    /// Publish a port, podman syntax: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/PROTO[,PROTO]]
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    publish: Vec<String>,
+    /// A slirp4netns network option, podman syntax: cidr=, mtu=, enable_ipv6=,
+    /// allow_host_loopback=, port_handler=, outbound_addr=, outbound_addr6=
+    #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
+    options: Vec<String>,
+    /// The slirp4netns binary (default: slirp4netns on PATH)
+    #[arg(long = "slirp4netns", value_name = "PATH")]
+    slirp4netns: Option<PathBuf>,
+    /// Print the setup as JSON instead of a table
+    #[arg(long)]
+    json: bool,
+    /// Print the plan (argv, addresses, forwards) and start nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// Leave /etc/resolv.conf as it is instead of pointing it at slirp4netns's DNS
+    #[arg(long)]
+    no_resolv_conf: bool,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct AttachArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// The network namespace file (/run/netns/NAME, /proc/PID/ns/net)
+    #[arg(long, value_name = "PATH")]
+    netns: PathBuf,
+    /// The user namespace that owns it, for rootless use
+    #[arg(long, value_name = "PATH")]
+    userns: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct StatsArgs {
+    /// The network namespace file
+    #[arg(long, value_name = "PATH")]
+    netns: PathBuf,
+    /// The interface
+    #[arg(long, default_value = "tap0")]
+    interface: String,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_OWN_FAILURE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    if let Cmd::Child(args) = cli.command {
+        // Before anything else: unshare needs a single-threaded process.
+        return child::main(args);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Cmd::Run(args) => run(args),
+        Cmd::Attach(args) => attach(args),
+        Cmd::Stats(args) => stats(args).map(|()| ExitCode::SUCCESS),
+        Cmd::Child(_) => unreachable!("handled above"),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("slirpnet: {e:#}");
+        ExitCode::from(EXIT_OWN_FAILURE)
+    })
+}
+
+/// Parses -o and -p, and assigns free host ports where none were given.
+fn parse_net(net: &NetArgs) -> Result<(NetworkOptions, Vec<PortMapping>)> {
+    let iface_exists = |name: &str| Path::new("/sys/class/net").join(name).exists();
+    let options = NetworkOptions::parse(&[] as &[&str], false, &net.options, iface_exists)?;
+    let mut ports = Vec::new();
+    for spec in &net.publish {
+        let mut m = parse_port_spec(spec)?;
+        if m.host_port == 0 {
+            m.host_port = free_host_port(&m).with_context(|| format!("-p {spec}"))?;
+        }
+        ports.push(m);
+    }
+    Ok((options, ports))
+}
+
+/// A host port free for every protocol of `m`, as podman picks one for `-p 80`.
+fn free_host_port(m: &PortMapping) -> Result<u16> {
+    if m.range > 1 {
+        bail!("a container port range needs host ports too, e.g. 8080-8081:80-81");
+    }
+    let ip = m.host_addr()?.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let protos = m.protocols()?;
+    for _ in 0..32 {
+        let first = match protos[0] {
+            Protocol::Tcp => TcpListener::bind((ip, 0))?.local_addr()?.port(),
+            Protocol::Udp => UdpSocket::bind((ip, 0))?.local_addr()?.port(),
+        };
+        let all_free = protos.iter().all(|p| match p {
+            Protocol::Tcp => TcpListener::bind((ip, first)).is_ok(),
+            Protocol::Udp => UdpSocket::bind((ip, first)).is_ok(),
+        });
+        if all_free {
+            return Ok(first);
+        }
+    }
+    bail!("found no host port free for {}", m.protocol)
+}
+
+fn can_admin() -> bool {
+    netns_util::has_cap(Capability::CAP_SYS_ADMIN)
+}
+
+fn print_setup(net: &NetArgs, info: &slirpnet::SetupInfo, out: &mut dyn Write) -> Result<()> {
+    if net.json {
+        serde_json::to_writer_pretty(&mut *out, info)?;
+        writeln!(out)?;
+    } else {
+        output::table(info, out)?;
+    }
+    Ok(())
+}
+
+fn dry_run(net: &NetArgs, opts: &SetupOptions) -> Result<ExitCode> {
+    let plan = plan(opts)?;
+    let mut out = std::io::stdout().lock();
+    if net.json {
+        let mut value = serde_json::to_value(&plan.info)?;
+        let argv: Vec<String> = std::iter::once(plan.binary.as_os_str())
+            .chain(plan.args.iter().map(|a| a.as_os_str()))
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        value["argv"] = argv.into();
+        serde_json::to_writer_pretty(&mut out, &value)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "would run: {}",
+            output::shell_words(&plan.binary, &plan.args)
+        )?;
+        output::table(&plan.info, &mut out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn attach(args: AttachArgs) -> Result<ExitCode> {
+    let (network, ports) = parse_net(&args.net)?;
+    let target = Target::Path {
+        netns: args.netns.clone(),
+        userns: args.userns.clone(),
+    };
+    let mut opts = SetupOptions::new(target, network);
+    opts.binary = args.net.slirp4netns.clone();
+    opts.ports = ports;
+    opts.toggle_accept_dad = can_admin();
+    opts.sandbox_mount_ns = can_admin();
+    if args.net.dry_run {
+        return dry_run(&args.net, &opts);
+    }
+    netns_util::Netns::open(&args.netns)?;
+    let signals = block_signals()?;
+    let mut net = setup(&opts)?;
+    print_setup(&args.net, net.info(), &mut std::io::stdout().lock())?;
+    loop {
+        let sig = next_signal(&signals)?;
+        if sig == Signal::SIGCHLD {
+            if let Some(exit) = net.slirp().exited_within(std::time::Duration::ZERO) {
+                let log = net.slirp().log_text();
+                bail!("slirp4netns exited ({exit}): {log}");
+            }
+            continue;
+        }
+        tracing::info!(%sig, "tearing down");
+        net.teardown();
+        return Ok(ExitCode::SUCCESS);
+    }
+}
+
+fn stats(args: StatsArgs) -> Result<()> {
+    let ns = netns_util::Netns::open(&args.netns)?;
+    let info = netns_util::interface_info(&ns, &args.interface)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &info)?;
+        writeln!(out)?;
+    } else {
+        output::stats(&info, &mut out)?;
+    }
+    Ok(())
+}
+
+/// Blocks the signals we handle in this thread (before any other starts)
+/// and returns a signalfd for them. Children get a clean mask from std.
+fn block_signals() -> Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGCHLD,
+    ] {
+        mask.add(sig);
+    }
+    mask.thread_block().context("failed to block signals")?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).context("failed to create a signalfd")
+}
+
+/// The next signal, and whether a process (not the terminal) sent it.
+fn next_signal_info(fd: &SignalFd) -> Result<(Signal, bool)> {
+    loop {
+        match fd.read_signal() {
+            Ok(Some(info)) => {
+                let sig = Signal::try_from(info.ssi_signo as i32)
+                    .map_err(|e| anyhow!("bad signal number: {e}"))?;
+                let from_process = info.ssi_code <= 0; // SI_USER, SI_QUEUE, SI_TKILL
+                return Ok((sig, from_process));
+            }
+            Ok(None) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("failed to read the signalfd"),
+        }
+    }
+}
+
+fn next_signal(fd: &SignalFd) -> Result<Signal> {
+    next_signal_info(fd).map(|(s, _)| s)
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let (mut network, ports) = parse_net(&args.net)?;
+    let rootless = !can_admin();
+    if rootless {
+        // slirp4netns runs as us, outside the new user namespace: it cannot
+        // make the mount namespace its sandbox needs.
+        network.no_pivot_root = true;
+    }
+    let placeholder = Target::Path {
+        netns: "/proc/PID/ns/net".into(),
+        userns: rootless.then(|| "/proc/PID/ns/user".into()),
+    };
+    let mut opts = SetupOptions::new(placeholder, network);
+    opts.binary = args.net.slirp4netns.clone();
+    opts.ports = ports;
+    opts.toggle_accept_dad = false; // the child does it from inside
+    opts.sandbox_mount_ns = !rootless;
+    if args.net.dry_run {
+        return dry_run(&args.net, &opts);
+    }
+    // Everything that can be checked is checked before anything starts.
+    let checked = plan(&opts)?;
+
+    let resolv = if args.no_resolv_conf {
+        None
+    } else {
+        let mut file = tempfile::Builder::new()
+            .prefix("slirpnet-resolv-")
+            .tempfile()
+            .context("failed to create the resolv.conf for the namespace")?;
+        writeln!(file, "nameserver {}", checked.info.dns)?;
+        if let Some(dns6) = checked.info.dns_v6 {
+            writeln!(file, "nameserver {dns6}")?;
+        }
+        file.flush()?;
+        std::fs::set_permissions(
+            file.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )?;
+        Some(file)
+    };
+
+    let signals = block_signals()?;
+    let mut child = Helper::spawn(
+        &args,
+        rootless,
+        checked.info.ipv6,
+        resolv.as_ref().map(|f| f.path()),
+    )?;
+    child.wait_namespaces()?;
+
+    opts.target = Target::Path {
+        netns: format!("/proc/{}/ns/net", child.pid()).into(),
+        userns: rootless.then(|| format!("/proc/{}/ns/user", child.pid()).into()),
+    };
+    let net = match setup(&opts) {
+        Ok(net) => net,
+        Err(e) => {
+            child.abort();
+            return Err(e.into());
+        }
+    };
+    if args.net.json || std::env::var_os("SLIRPNET_QUIET").is_none() {
+        print_setup(&args.net, net.info(), &mut std::io::stderr().lock())?;
+    }
+    child.go()?;
+    let code = supervise(&signals, &mut child, net)?;
+    drop(resolv);
+    Ok(code)
+}
+
+/// Waits for the command, passing on signals sent to us, then tears down.
+fn supervise(signals: &SignalFd, child: &mut Helper, mut net: Network) -> Result<ExitCode> {
+    let mut warned = false;
+    loop {
+        let (sig, from_process) = next_signal_info(signals)?;
+        if sig == Signal::SIGCHLD {
+            if let Some(status) = child.proc.try_wait()? {
+                let exit = net.teardown();
+                tracing::debug!(%exit, "slirp4netns stopped");
+                let code = status
+                    .code()
+                    .or_else(|| status.signal().map(|s| 128 + s))
+                    .unwrap_or(EXIT_OWN_FAILURE.into());
+                return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+            }
+            if !warned {
+                if let Some(exit) = net.slirp().exited_within(std::time::Duration::ZERO) {
+                    warned = true;
+                    let log = net.slirp().log_text();
+                    tracing::error!(
+                        "slirp4netns exited ({exit}); the namespace has no network now: {log}"
+                    );
+                }
+            }
+            continue;
+        }
+        // A terminal's signal already reached the command (same process
+        // group); pass on only what a process sent to us.
+        if from_process {
+            let _ = kill(Pid::from_raw(child.pid() as i32), sig);
+        }
+    }
+}
+
+/// The child that becomes the command: started as `slirpnet __child`, it
+/// makes the namespaces, reports on fd 3, waits for a go on fd 4, then execs.
+struct Helper {
+    proc: Child,
+    status: BufReader<File>,
+    go: Option<File>,
+}
+
+impl Helper {
+    fn spawn(args: &RunArgs, rootless: bool, ipv6: bool, resolv: Option<&Path>) -> Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the slirpnet binary to re-run")?;
+        let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("__child").arg("--status-fd=3").arg("--go-fd=4");
+        if rootless {
+            let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+            cmd.arg(format!("--map={uid}:{gid}"));
+        }
+        if ipv6 {
+            cmd.arg("--ipv6");
+        }
+        if let Some(path) = resolv {
+            cmd.arg("--resolv").arg(path);
+        }
+        cmd.arg("--").args(&args.command).stdin(Stdio::inherit());
+        slirp_proc::install_child_setup(
+            &mut cmd,
+            vec![(status_w.as_raw_fd(), 3), (go_r.as_raw_fd(), 4)],
+            None,
+            false,
+        );
+        let proc = cmd.spawn().context("failed to start the namespace child")?;
+        drop(status_w);
+        drop(go_r);
+        Ok(Helper {
+            proc,
+            status: BufReader::new(File::from(status_r)),
+            go: Some(File::from(go_w)),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.id()
+    }
+
+    /// Waits for the child's report that its namespaces exist.
+    fn wait_namespaces(&mut self) -> Result<()> {
+        let mut line = String::new();
+        self.status.read_line(&mut line)?;
+        if line.trim() == "ok" {
+            return Ok(());
+        }
+        let status = self.proc.wait()?;
+        match line.trim().strip_prefix("error: ") {
+            Some(msg) => bail!("{msg}"),
+            None => bail!("the namespace child exited ({status}) before making its namespaces"),
+        }
+    }
+
+    /// Lets the child exec the command.
+    fn go(&mut self) -> Result<()> {
+        let mut go = self.go.take().expect("go is sent once");
+        go.write_all(b"1").context("the namespace child is gone")?;
+        Ok(())
+    }
+
+    /// Closes the go pipe without a go (the child exits) and reaps it.
+    fn abort(&mut self) {
+        self.go.take();
+        let _ = self.proc.wait();
+    }
+}

@@ -1,0 +1,95 @@
+//! Human-readable output.
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::path::Path;
+
+use netns_util::InterfaceInfo;
+use slirpnet::SetupInfo;
+
+/// The setup as a short table.
+pub fn table(info: &SetupInfo, out: &mut dyn Write) -> io::Result<()> {
+    if info.pid != 0 {
+        write!(out, "slirp4netns pid {}, ", info.pid)?;
+    }
+    writeln!(out, "subnet {}, {} mtu {}", info.subnet, info.tap, info.mtu)?;
+    let v6 = |a: Option<std::net::Ipv6Addr>| a.map(|a| a.to_string()).unwrap_or_default();
+    writeln!(
+        out,
+        "  {:<8} {:<16} {}",
+        "guest",
+        info.guest,
+        v6(info.guest_v6)
+    )?;
+    writeln!(
+        out,
+        "  {:<8} {:<16} {}",
+        "gateway",
+        info.gateway,
+        v6(info.gateway_v6)
+    )?;
+    writeln!(out, "  {:<8} {:<16} {}", "dns", info.dns, v6(info.dns_v6))?;
+    if info.forwards.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "forwards ({}):", info.port_handler)?;
+    writeln!(out, "  {:<5} {:<24} {}", "PROTO", "HOST", "CONTAINER")?;
+    for f in &info.forwards {
+        let host = match f.host_ip {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", f.host_port),
+            ip => format!("{ip}:{}", f.host_port),
+        };
+        writeln!(out, "  {:<5} {:<24} {}", f.proto, host, f.container_port)?;
+    }
+    Ok(())
+}
+
+/// An interface's addresses and counters.
+pub fn stats(info: &InterfaceInfo, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "{}: {} mac {}",
+        info.name,
+        if info.up { "UP" } else { "DOWN" },
+        info.mac.as_deref().unwrap_or("-")
+    )?;
+    for (ip, prefix) in &info.addresses {
+        writeln!(out, "  inet {ip}/{prefix}")?;
+    }
+    let c = &info.counters;
+    writeln!(
+        out,
+        "  {:<3} {:>14} {:>10} {:>8} {:>8}",
+        "", "BYTES", "PACKETS", "ERRORS", "DROPPED"
+    )?;
+    writeln!(
+        out,
+        "  {:<3} {:>14} {:>10} {:>8} {:>8}",
+        "rx", c.rx_bytes, c.rx_packets, c.rx_errors, c.rx_dropped
+    )?;
+    writeln!(
+        out,
+        "  {:<3} {:>14} {:>10} {:>8} {:>8}",
+        "tx", c.tx_bytes, c.tx_packets, c.tx_errors, c.tx_dropped
+    )?;
+    Ok(())
+}
+
+/// The argv, quoted for a POSIX shell.
+pub fn shell_words(binary: &Path, args: &[OsString]) -> String {
+    std::iter::once(binary.as_os_str())
+        .chain(args.iter().map(|a| a.as_os_str()))
+        .map(|a| {
+            let s = a.to_string_lossy();
+            if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c))
+            {
+                s.into_owned()
+            } else {
+                format!("'{}'", s.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,347 @@
+//! The setup: plan, start, forward, undo on failure.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use slirp_api::{Client, HostFwd};
+use slirp_opts::{
+    expand_all, AddrError, ArgvError, Forward, Invocation, NetworkOptions, PortError, PortHandler,
+    PortMapping, Protocol, Subnet, Target, IPV6_DNS, IPV6_GATEWAY, IPV6_GUEST,
+};
+use slirp_proc::{Exit, Slirp, SlirpCommand, StartError};
+
+use crate::binary::{detect_features, find_binary, BinaryError};
+
+/// What to set up.
+#[derive(Debug, Clone)]
+pub struct SetupOptions {
+    /// The slirp4netns binary; `None` means `slirp4netns` on PATH.
+    pub binary: Option<PathBuf>,
+    /// The namespace to network.
+    pub target: Target,
+    /// The network options (podman's `-o` values over its defaults).
+    pub network: NetworkOptions,
+    /// Host ports to forward.
+    pub ports: Vec<PortMapping>,
+    /// The API socket path. `None`: a private one in a temporary directory
+    /// when port_handler=slirp4netns (so forwards can be added), else none.
+    pub api_socket: Option<PathBuf>,
+    /// Turn IPv6 accept_dad off in the namespace while slirp4netns starts.
+    /// Needs the right to enter the namespace; off when the caller does it.
+    pub toggle_accept_dad: bool,
+    /// Start slirp4netns in a new mount namespace when the sandbox is on
+    /// (needs CAP_SYS_ADMIN).
+    pub sandbox_mount_ns: bool,
+    /// How long slirp4netns may take to become ready.
+    pub ready_timeout: Duration,
+    /// Signal slirp4netns gets if the thread that started it dies.
+    pub parent_death_signal: Option<Signal>,
+}
+
+impl SetupOptions {
+    /// Options with the usual defaults for `target`.
+    pub fn new(target: Target, network: NetworkOptions) -> Self {
+        SetupOptions {
+            binary: None,
+            target,
+            network,
+            ports: Vec::new(),
+            api_socket: None,
+            toggle_accept_dad: true,
+            sandbox_mount_ns: true,
+            ready_timeout: Duration::from_secs(30),
+            parent_death_signal: None,
+        }
+    }
+}
+
+/// A failed setup. Nothing it started is left running.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The binary.
+    #[error(transparent)]
+    Binary(#[from] BinaryError),
+    /// The argv.
+    #[error(transparent)]
+    Args(#[from] ArgvError),
+    /// An address cannot be derived from the subnet.
+    #[error(transparent)]
+    Address(#[from] AddrError),
+    /// A port mapping.
+    #[error(transparent)]
+    Port(#[from] PortError),
+    /// Ports with port_handler=rootlesskit, which is not available yet.
+    #[error("port_handler=rootlesskit (the default) needs the rootlessport forwarder, which this build does not have yet; add -o port_handler=slirp4netns to forward ports through slirp4netns")]
+    RootlesskitUnavailable,
+    /// slirp4netns forwards only IPv4 host addresses.
+    #[error("port_handler=slirp4netns can only listen on IPv4 host addresses, not {addr} (in {mapping})")]
+    Ipv6HostAddress {
+        /// The address.
+        addr: IpAddr,
+        /// The mapping, in `-p` syntax.
+        mapping: String,
+    },
+    /// The temporary directory for the API socket.
+    #[error("failed to create a directory for the slirp4netns API socket: {0}")]
+    ApiDir(std::io::Error),
+    /// Starting slirp4netns.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The API socket did not appear.
+    #[error(transparent)]
+    ApiWait(#[from] slirp_api::WaitError),
+    /// Adding a forward.
+    #[error("failed to forward {forward}: {source}")]
+    Forward {
+        /// The forward.
+        forward: Forward,
+        /// The error.
+        source: slirp_api::ApiError,
+    },
+}
+
+/// One forward made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForwardInfo {
+    /// tcp or udp.
+    pub proto: Protocol,
+    /// The host address listened on.
+    pub host_ip: IpAddr,
+    /// The host port.
+    pub host_port: u16,
+    /// The port inside the namespace.
+    pub container_port: u16,
+    /// The slirp4netns forward id, with port_handler=slirp4netns.
+    pub id: Option<u32>,
+}
+
+/// What the setup made (or, from [`plan`], will make).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SetupInfo {
+    /// slirp4netns's pid (0 in a plan).
+    pub pid: u32,
+    /// The IPv4 subnet.
+    pub subnet: String,
+    /// The guest address of the tap device.
+    pub guest: Ipv4Addr,
+    /// The gateway (the host, seen from the namespace).
+    pub gateway: Ipv4Addr,
+    /// The DNS forwarder.
+    pub dns: Ipv4Addr,
+    /// Whether IPv6 is on.
+    pub ipv6: bool,
+    /// The IPv6 guest address, when IPv6 is on.
+    pub guest_v6: Option<Ipv6Addr>,
+    /// The IPv6 gateway.
+    pub gateway_v6: Option<Ipv6Addr>,
+    /// The IPv6 DNS forwarder.
+    pub dns_v6: Option<Ipv6Addr>,
+    /// The tap device's MTU.
+    pub mtu: u32,
+    /// The tap device's name.
+    pub tap: String,
+    /// Who forwards ports.
+    pub port_handler: String,
+    /// The API socket, if any.
+    pub api_socket: Option<PathBuf>,
+    /// The forwards.
+    pub forwards: Vec<ForwardInfo>,
+}
+
+/// A checked plan: the argv and the addresses, with nothing started.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The binary.
+    pub binary: PathBuf,
+    /// The argv after the binary.
+    pub args: Vec<OsString>,
+    /// What the setup will make.
+    pub info: SetupInfo,
+    command: SlirpCommand,
+    forwards: Vec<Forward>,
+    auto_api_dir: bool,
+}
+
+/// Checks everything that can be checked without starting anything: the
+/// binary and its features, the argv, the addresses, the port mappings.
+pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
+    let binary = find_binary(opts.binary.as_deref())?;
+    let features = detect_features(&binary)?;
+    let subnet = Subnet::from_cidr(opts.network.cidr);
+    let (guest, gateway, dns) = (subnet.guest()?, subnet.gateway()?, subnet.dns()?);
+    let forwards = expand_all(&opts.ports)?;
+    let handler = opts.network.port_handler;
+    if !forwards.is_empty() && handler == PortHandler::Rootlesskit {
+        return Err(SetupError::RootlesskitUnavailable);
+    }
+    if handler == PortHandler::Slirp4netns {
+        for m in &opts.ports {
+            if let Some(addr @ IpAddr::V6(_)) = m.host_addr()? {
+                return Err(SetupError::Ipv6HostAddress {
+                    addr,
+                    mapping: m.to_string(),
+                });
+            }
+        }
+    }
+    let auto_api_dir = opts.api_socket.is_none() && handler == PortHandler::Slirp4netns;
+    let mut invocation = Invocation::new(opts.target.clone());
+    // A placeholder of the right shape until the directory exists.
+    invocation.api_socket = opts
+        .api_socket
+        .clone()
+        .or_else(|| auto_api_dir.then(|| PathBuf::from("/tmp/slirpnet-XXXXXX/api.sock")));
+    let mut command = SlirpCommand::new(&binary, opts.network.clone(), features, invocation);
+    command.new_mount_ns &= opts.sandbox_mount_ns;
+    command.toggle_accept_dad &= opts.toggle_accept_dad;
+    command.ready_timeout = opts.ready_timeout;
+    command.parent_death_signal = opts.parent_death_signal;
+    let args = command.args()?;
+    let ipv6 = opts.network.enable_ipv6;
+    let info = SetupInfo {
+        pid: 0,
+        subnet: subnet.to_string(),
+        guest,
+        gateway,
+        dns,
+        ipv6,
+        guest_v6: ipv6.then_some(IPV6_GUEST),
+        gateway_v6: ipv6.then_some(IPV6_GATEWAY),
+        dns_v6: ipv6.then_some(IPV6_DNS),
+        mtu: opts.network.mtu,
+        tap: command.invocation.tap.clone(),
+        port_handler: handler.to_string(),
+        api_socket: command.invocation.api_socket.clone(),
+        forwards: forwards
+            .iter()
+            .map(|f| ForwardInfo {
+                proto: f.proto,
+                host_ip: f.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                host_port: f.host_port,
+                container_port: f.container_port,
+                id: None,
+            })
+            .collect(),
+    };
+    Ok(Plan {
+        binary,
+        args,
+        info,
+        command,
+        forwards,
+        auto_api_dir,
+    })
+}
+
+/// A networked namespace: owns slirp4netns and the API socket's directory.
+/// Dropping it tears everything down; [`Network::teardown`] does so and
+/// reports how slirp4netns ended.
+#[derive(Debug)]
+pub struct Network {
+    info: SetupInfo,
+    // Field order is drop order: slirp4netns stops (and unlinks its socket)
+    // before the directory is removed.
+    slirp: Slirp,
+    _api_dir: Option<tempfile::TempDir>,
+}
+
+/// Plans, then starts slirp4netns, waits until it is ready, and adds the
+/// forwards. On failure, whatever was started is stopped and removed.
+pub fn setup(opts: &SetupOptions) -> Result<Network, SetupError> {
+    let mut plan = plan(opts)?;
+    let api_dir = if plan.auto_api_dir {
+        let dir = tempfile::Builder::new()
+            .prefix("slirpnet-")
+            .tempdir_in(runtime_dir())
+            .map_err(SetupError::ApiDir)?;
+        let sock = dir.path().join("api.sock");
+        plan.command.invocation.api_socket = Some(sock.clone());
+        plan.info.api_socket = Some(sock);
+        Some(dir)
+    } else {
+        None
+    };
+    let slirp = Slirp::start(&plan.command)?;
+    let mut info = plan.info;
+    info.pid = slirp.pid();
+    let mut net = Network {
+        info,
+        slirp,
+        _api_dir: api_dir,
+    };
+    if let Some(sock) = net.info.api_socket.clone() {
+        if !plan.forwards.is_empty() {
+            net.forward_all(&sock, &plan.forwards)?;
+        }
+    }
+    Ok(net)
+}
+
+/// Where the API socket's directory goes: $XDG_RUNTIME_DIR when set and
+/// short enough, else the temporary directory.
+fn runtime_dir() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir() && p.as_os_str().len() < 64)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+impl Network {
+    fn forward_all(&mut self, sock: &Path, forwards: &[Forward]) -> Result<(), SetupError> {
+        let slirp = &mut self.slirp;
+        // The socket exists before the ready byte; wait briefly anyway in case
+        // an older slirp4netns orders it differently, watching for its death.
+        slirp_api::wait_for_socket(sock, Duration::from_secs(60), |d| {
+            slirp
+                .exited_within(d)
+                .map(|e| format!("{e}: {}", slirp.log_text()))
+        })?;
+        let client = Client::new(sock);
+        for (fwd, info) in forwards.iter().zip(self.info.forwards.iter_mut()) {
+            let host_addr = match fwd.host_ip {
+                Some(IpAddr::V4(a)) => Some(a),
+                _ => None,
+            };
+            let id = client
+                .add_hostfwd(&HostFwd {
+                    proto: fwd.proto,
+                    host_addr,
+                    host_port: fwd.host_port,
+                    guest_addr: None,
+                    guest_port: fwd.container_port,
+                })
+                .map_err(|source| SetupError::Forward {
+                    forward: *fwd,
+                    source,
+                })?;
+            info.id = Some(id);
+            tracing::debug!(%fwd, id, "forwarded");
+        }
+        Ok(())
+    }
+
+    /// What was set up.
+    pub fn info(&self) -> &SetupInfo {
+        &self.info
+    }
+
+    /// The slirp4netns process.
+    pub fn slirp(&mut self) -> &mut Slirp {
+        &mut self.slirp
+    }
+
+    /// Stops slirp4netns (closing its exit pipe, SIGKILL after 2 s), reaps
+    /// it and removes the API socket's directory. Returns how it ended.
+    pub fn teardown(self) -> Exit {
+        let Network {
+            slirp, _api_dir, ..
+        } = self;
+        let exit = slirp.stop(Duration::from_secs(2));
+        drop(_api_dir);
+        exit
+    }
+}
