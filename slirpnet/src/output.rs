@@ -33,7 +33,7 @@ pub fn table(info: &SetupInfo, out: &mut dyn Write) -> io::Result<()> {
         return Ok(());
     }
     writeln!(out, "forwards ({}):", info.port_handler)?;
-    writeln!(out, "  {:<5} {:<24} {}", "PROTO", "HOST", "CONTAINER")?;
+    writeln!(out, "  {:<5} {:<24} CONTAINER", "PROTO", "HOST")?;
     for f in &info.forwards {
         let host = match f.host_ip {
             std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", f.host_port),
