@@ -193,3 +193,115 @@ pub fn free_tcp_port() -> u16 {
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0")
 }
+
+/// The `slirpnet` binary of this build (next to the test's own target
+/// directory); built with cargo if it is not there yet.
+pub fn slirpnet_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/slirpnet
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("slirpnet");
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "slirpnet", "--bin", "slirpnet"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p slirpnet failed");
+    }
+    bin
+}
+
+/// Copies programs into a fresh directory every user can read and run, for
+/// tests that run them as an unprivileged user. Returns the directory and
+/// the copies' paths, in order.
+pub fn world_runnable(programs: &[&Path]) -> Result<(tempfile::TempDir, Vec<PathBuf>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("slirpnet-bin-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let mut out = Vec::new();
+    for p in programs {
+        let dest = dir.path().join(p.file_name().context("program name")?);
+        std::fs::copy(p, &dest)?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+        out.push(dest);
+    }
+    Ok((dir, out))
+}
+
+/// Writes an executable shell script standing in for slirp4netns: `--help`
+/// prints the 1.2.0 help text, anything else runs `body`.
+pub fn fake_slirp(body: &str) -> Result<(tempfile::TempDir, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("fake-slirp-").tempdir()?;
+    let path = dir.path().join("slirp4netns");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --help ]; then\ncat <<'HELP'\n{}\nHELP\nexit 0\nfi\n{body}\n",
+        include_str!("../../slirp-opts/tests/data/help-1.2.0.txt")
+    );
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok((dir, path))
+}
+
+/// A persistent network namespace made by `netns_util::create_persistent`
+/// under /run/netns, removed on drop.
+#[derive(Debug)]
+pub struct PersistentNetns {
+    /// The bind-mount path.
+    pub path: PathBuf,
+}
+
+impl PersistentNetns {
+    /// Makes `/run/netns/slirpnet-test-<pid>-<name>`.
+    pub fn new(name: &str) -> Result<Self> {
+        let path = PathBuf::from(format!(
+            "/run/netns/slirpnet-test-{}-{name}",
+            std::process::id()
+        ));
+        if path.exists() {
+            netns_util::remove_persistent(&path)?;
+        }
+        netns_util::create_persistent(&path)?;
+        Ok(PersistentNetns { path })
+    }
+
+    /// Opens it.
+    pub fn open(&self) -> netns_util::Netns {
+        netns_util::Netns::open(&self.path).expect("open the test netns")
+    }
+}
+
+impl Drop for PersistentNetns {
+    fn drop(&mut self) {
+        if let Err(e) = netns_util::remove_persistent(&self.path) {
+            eprintln!("warning: could not remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Whether `path` is a mount point in this mount namespace.
+pub fn is_mounted(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*path.to_string_lossy()))
+}
+
+/// Whether a process with this pid exists (zombies count).
+pub fn pid_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A deterministic pseudo-random payload.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
