@@ -457,8 +457,8 @@ impl Drop for Slirp {
 
 /// Arranges, between fork and exec, for `fds` (parent fd, child fd number)
 /// to appear at their numbers without close-on-exec, every other fd above
-/// them to be closed at exec, the parent-death signal, and a new mount
-/// namespace if asked.
+/// them to be closed at exec, an empty signal mask, the parent-death signal,
+/// and a new mount namespace if asked.
 ///
 /// For any child that must get descriptors at fixed numbers (at most 8, at
 /// numbers 3 to 63). The parent fds must stay open until `spawn` returns.
@@ -510,6 +510,20 @@ pub fn install_child_setup(
                 libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
             )
         };
+        // A caller that handles signals through a signalfd has them blocked;
+        // std passes the mask on at exec, and a child with SIGTERM blocked
+        // would ignore it. Start with an empty mask.
+        // SAFETY: sigemptyset fills a local set; sigprocmask only changes this
+        // (single-threaded, child) process's mask.
+        unsafe {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            check(libc::sigprocmask(
+                libc::SIG_SETMASK,
+                &empty,
+                std::ptr::null_mut(),
+            ))?;
+        }
         if let Some(sig) = death_signal {
             // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number.
             check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) })?;
@@ -517,12 +531,26 @@ pub fn install_child_setup(
         if new_mount_ns {
             // SAFETY: unshare in the single-threaded child.
             check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+            // The copy keeps shared propagation: slirp4netns's sandbox
+            // unmounts (pivot_root) would then unmount the host's mounts too,
+            // /run/netns/* among them. As a slave it still sees new host
+            // mounts, but nothing it does goes back.
+            // SAFETY: mount(2) with static NUL-terminated strings and no data.
+            check(unsafe {
+                libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                )
+            })?;
         }
         Ok(())
     };
     // SAFETY: the hook runs between fork and exec and only makes
-    // async-signal-safe system calls (fcntl, dup2, close_range, prctl,
-    // unshare) on a fixed-size array: it does not allocate or lock.
+    // async-signal-safe system calls (fcntl, dup2, close_range, sigprocmask,
+    // prctl, unshare, mount) on a fixed-size array: it does not allocate or lock.
     unsafe {
         command.pre_exec(hook);
     }

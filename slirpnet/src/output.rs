@@ -13,6 +13,9 @@ pub fn table(info: &SetupInfo, out: &mut dyn Write) -> io::Result<()> {
         write!(out, "slirp4netns pid {}, ", info.pid)?;
     }
     writeln!(out, "subnet {}, {} mtu {}", info.subnet, info.tap, info.mtu)?;
+    for w in &info.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
     let v6 = |a: Option<std::net::Ipv6Addr>| a.map(|a| a.to_string()).unwrap_or_default();
     writeln!(
         out,

@@ -150,6 +150,8 @@ pub struct SetupInfo {
     pub api_socket: Option<PathBuf>,
     /// The forwards.
     pub forwards: Vec<ForwardInfo>,
+    /// What will not work as the options stand, and how to fix it.
+    pub warnings: Vec<String>,
 }
 
 /// A checked plan: the argv and the addresses, with nothing started.
@@ -202,6 +204,22 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
     command.parent_death_signal = opts.parent_death_signal;
     let args = command.args()?;
     let ipv6 = opts.network.enable_ipv6;
+    let mut warnings = Vec::new();
+    if handler == PortHandler::Slirp4netns
+        && !opts.network.allow_host_loopback
+        && forwards.iter().any(|f| f.proto == Protocol::Udp)
+    {
+        // libslirp does not translate the namespace's UDP replies to the
+        // host while host loopback is disabled (podman issue #4586).
+        warnings.push(
+            "UDP forwards through slirp4netns get no replies while host loopback is disabled \
+             (a slirp4netns limitation); add -o allow_host_loopback=true, or use the rootlesskit port handler"
+                .to_owned(),
+        );
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let info = SetupInfo {
         pid: 0,
         subnet: subnet.to_string(),
@@ -226,6 +244,7 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
                 id: None,
             })
             .collect(),
+        warnings,
     };
     Ok(Plan {
         binary,

@@ -194,22 +194,27 @@ pub fn free_tcp_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
-/// The `slirpnet` binary of this build (next to the test's own target
-/// directory); built with cargo if it is not there yet.
+/// The `slirpnet` binary, freshly built: `cargo test` builds only the tested
+/// package's own binaries, so this runs `cargo build -p slirpnet` once per
+/// test process (a no-op when it is up to date).
 pub fn slirpnet_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/slirpnet
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("slirpnet");
-    if !bin.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "slirpnet", "--bin", "slirpnet"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p slirpnet failed");
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current_exe");
+            // target/<profile>/deps/<test> -> target/<profile>/slirpnet
+            let dir = exe.parent().and_then(Path::parent).expect("target dir");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "-p", "slirpnet", "--bin", "slirpnet"]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "cargo build -p slirpnet failed");
+            dir.join("slirpnet")
+        })
+        .clone()
 }
 
 /// Copies programs into a fresh directory every user can read and run, for

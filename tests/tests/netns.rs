@@ -80,7 +80,7 @@ fn work_runs_inside_and_the_caller_stays_put() {
     drop(listener);
 
     // A panic inside comes back as an error, not a crash.
-    let err = ns.run(|| panic!("boom")).map(|()| ()).unwrap_err();
+    let err = ns.run(|| -> u8 { panic!("boom") }).unwrap_err();
     assert!(err.to_string().contains("panicked: boom"), "{err}");
 
     let path = made.path.clone();

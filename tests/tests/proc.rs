@@ -48,6 +48,16 @@ fn only_the_two_pipes_reach_the_child() {
     // The fake writes its ready byte and becomes `sleep`, keeping every fd it got.
     let (_fake_dir, fake) = fake_slirp("printf 1 >&3\nexec sleep 30").unwrap();
     let slirp = Slirp::start(&command(&fake, Target::Pid(1))).unwrap();
+    // The ready byte comes from the shell; look once it has become sleep.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{}/comm", slirp.pid()))
+        .unwrap_or_default()
+        .trim()
+        != "sleep"
+    {
+        assert!(Instant::now() < deadline, "the fake never exec'd sleep");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let fds = fds_of(slirp.pid());
     assert_eq!(
         fds.keys().copied().collect::<Vec<_>>(),

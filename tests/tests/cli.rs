@@ -1,0 +1,625 @@
+//! The slirpnet program end to end: real slirp4netns, namespaces made by the
+//! test, data over loopback only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use slirpnet_tests::{
+    fake_slirp, free_tcp_port, is_mounted, payload, pid_exists, real_slirp, require, slirpnet_bin,
+    which, world_runnable, PersistentNetns,
+};
+
+const ECHO: &str = env!("CARGO_BIN_EXE_tcp-echo");
+
+fn prerequisites(test: &str) -> bool {
+    require(test, real_slirp().map(drop))
+}
+
+/// Sends `data` to 127.0.0.1:port, half-closes, and returns all it got back.
+fn echo_through(port: u16, data: &[u8]) -> Vec<u8> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forwarded port");
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let data = data.to_vec();
+    let sender = std::thread::spawn(move || {
+        writer.write_all(&data).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    conn.read_to_end(&mut back).unwrap();
+    sender.join().unwrap();
+    back
+}
+
+/// Waits for the child, at most `limit`.
+fn wait_limited(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The first JSON object in `text`.
+fn first_json(text: &str) -> Value {
+    let start = text
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in: {text}"));
+    serde_json::Deserializer::from_str(&text[start..])
+        .into_iter::<Value>()
+        .next()
+        .unwrap()
+        .unwrap()
+}
+
+/// `slirpnet run` with an echo server as the command, data through a
+/// slirp4netns forward, exit status and cleanup checked. `as_user` runs it
+/// through setpriv as that uid (rootless).
+fn run_echo_roundtrip(slirpnet: &Path, echo: &Path, as_user: Option<u32>) {
+    let port = free_tcp_port();
+    let mut cmd = match as_user {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                "--inh-caps=-all".into(),
+            ]);
+            c.arg(slirpnet);
+            c
+        }
+        None => Command::new(slirpnet),
+    };
+    let mut child = cmd
+        .args(["run", "--json", "-o", "port_handler=slirp4netns", "-p"])
+        .arg(format!("127.0.0.1:{port}:7000"))
+        .arg("--")
+        .arg(echo)
+        .arg("7000")
+        .current_dir("/")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    if line.trim() != "listening" {
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        panic!("the command did not start: {line:?}; stderr: {err}");
+    }
+    let data = payload(512 * 1024, 7);
+    let back = echo_through(port, &data);
+    assert!(
+        back == data,
+        "echo differs: sent {} bytes, got {}",
+        data.len(),
+        back.len()
+    );
+    let status = wait_limited(&mut child, Duration::from_secs(20));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+
+    let info = first_json(&err);
+    assert_eq!(info["guest"], "10.0.2.100");
+    assert_eq!(info["forwards"][0]["host_port"], port);
+    let slirp_pid = info["pid"].as_u64().unwrap() as u32;
+    assert!(
+        !pid_exists(slirp_pid),
+        "slirp4netns {slirp_pid} left behind"
+    );
+    let sock = PathBuf::from(info["api_socket"].as_str().unwrap());
+    assert!(
+        !sock.exists() && !sock.parent().unwrap().exists(),
+        "API socket dir {} left behind",
+        sock.display()
+    );
+    assert!(
+        TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "host port {port} still taken"
+    );
+}
+
+#[test]
+fn run_as_root_forwards_byte_exact() {
+    if !prerequisites("run_as_root_forwards_byte_exact") {
+        return;
+    }
+    run_echo_roundtrip(&slirpnet_bin(), Path::new(ECHO), None);
+}
+
+#[test]
+fn run_rootless_forwards_byte_exact() {
+    let check = (|| {
+        real_slirp()?;
+        which("setpriv").ok_or_else(|| anyhow::anyhow!("setpriv (util-linux) is missing"))?;
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "unshare",
+                "-rn",
+                "true",
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "unprivileged user namespaces are off: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata("/dev/net/tun")?.permissions().mode() & 0o777;
+        anyhow::ensure!(
+            mode == 0o666,
+            "/dev/net/tun is mode {mode:o}, not 0666 (run cargo xtask setup)"
+        );
+        Ok(())
+    })();
+    if !require("run_rootless_forwards_byte_exact", check) {
+        return;
+    }
+    let (_dir, bins) = world_runnable(&[&slirpnet_bin(), Path::new(ECHO)]).unwrap();
+    run_echo_roundtrip(&bins[0], &bins[1], Some(65534));
+}
+
+#[test]
+fn run_gives_the_command_a_configured_namespace() {
+    if !prerequisites("run_gives_the_command_a_configured_namespace") {
+        return;
+    }
+    let host_resolv = std::fs::read("/etc/resolv.conf").ok();
+    let out = Command::new(slirpnet_bin())
+        .args(["run", "--", "sh", "-c", "cat /proc/net/route; cat /etc/resolv.conf; cat /proc/net/if_inet6; readlink /proc/self/ns/net"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Default route: destination 0 via 10.0.2.2 (0202000A little-endian) on tap0.
+    assert!(
+        text.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[0] == "tap0" && f[1] == "00000000" && f[2] == "0202000A"
+        }),
+        "no default route via 10.0.2.2 on tap0:\n{text}"
+    );
+    assert!(text.contains("nameserver 10.0.2.3"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("fd00") && l.ends_with("tap0")),
+        "no IPv6 on tap0:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.ends_with(" lo") && l.starts_with("0000000000000000000000000000000")),
+        "lo is not up:\n{text}"
+    );
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert!(
+        !text.contains(&*ours.to_string_lossy()),
+        "the command ran in our namespace"
+    );
+    assert_eq!(
+        std::fs::read("/etc/resolv.conf").ok(),
+        host_resolv,
+        "the host's resolv.conf changed"
+    );
+
+    let out = Command::new(slirpnet_bin())
+        .args(["run", "--no-resolv-conf", "--", "cat", "/etc/resolv.conf"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        Some(out.stdout),
+        host_resolv,
+        "--no-resolv-conf must leave it alone"
+    );
+}
+
+#[test]
+fn run_passes_exit_status_and_signals() {
+    if !prerequisites("run_passes_exit_status_and_signals") {
+        return;
+    }
+    let status = Command::new(slirpnet_bin())
+        .args(["run", "--", "sh", "-c", "exit 7"])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(7));
+    let status = Command::new(slirpnet_bin())
+        .args(["run", "--", "/nonexistent-cmd"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(127));
+
+    let mut child = Command::new(slirpnet_bin())
+        .args(["run", "--", "sh", "-c", "echo up; exec sleep 30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "up");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_limited(&mut child, Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "SIGTERM reaches the command and its death is our status"
+    );
+}
+
+#[test]
+fn bad_options_exit_125_and_start_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("slirp-started");
+    let (_d, fake) = fake_slirp(&format!("touch {}\nexit 1", marker.display())).unwrap();
+    let ran = dir.path().join("command-ran");
+    let cases: &[(&[&str], &str)] = &[
+        (&["-o", "mtu=1"], r#"invalid mtu "1""#),
+        (
+            &["-o", "foo=bar"],
+            r#"unknown option for slirp4netns: "foo=bar""#,
+        ),
+        (&["-o", "cidr=300.0.0.0/8"], r#"invalid cidr "300.0.0.0/8""#),
+        (
+            &["-o", "enable_ipv6=yes"],
+            r#"invalid value of enable_ipv6 for slirp4netns: "yes""#,
+        ),
+        (
+            &["-o", "port_handler=x"],
+            r#"unknown port_handler for slirp4netns: "x""#,
+        ),
+        (
+            &["-o", "cidr=10.0.0.0/28"],
+            "address at offset +100 of 10.0.0.0/28 (10.0.0.100) is outside the subnet",
+        ),
+        (
+            &["-p", "0:80"],
+            r#"invalid port spec "0:80": host port must not be 0"#,
+        ),
+        (&["-p", "8080:80/sctp"], "sctp is not supported"),
+        (
+            &["-p", "::1:8080:80"],
+            "put an IPv6 host address in brackets",
+        ),
+        (&["-p", "8080:80"], "add -o port_handler=slirp4netns"),
+        (
+            &["-o", "port_handler=slirp4netns", "-p", "[::1]:8080:80"],
+            "port_handler=slirp4netns can only listen on IPv4 host addresses, not ::1",
+        ),
+        (
+            &[
+                "-o",
+                "port_handler=slirp4netns",
+                "-p",
+                "8080:80",
+                "-p",
+                "8080:81",
+            ],
+            "is also forwarded by",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(slirpnet_bin())
+            .arg("run")
+            .arg("--slirp4netns")
+            .arg(&fake)
+            .args(*args)
+            .arg("--")
+            .arg("touch")
+            .arg(&ran)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(err.starts_with("slirpnet: "), "{args:?}: {err}");
+        assert!(!marker.exists(), "{args:?} started slirp4netns");
+        assert!(!ran.exists(), "{args:?} ran the command");
+    }
+    // Usage errors are ours too.
+    let out = Command::new(slirpnet_bin()).args(["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let out = Command::new(slirpnet_bin())
+        .args(["attach", "--netns", "/etc/hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/etc/hostname is not a namespace file"));
+}
+
+#[test]
+fn a_failing_slirp4netns_fails_run_without_running_the_command() {
+    if !prerequisites("a_failing_slirp4netns_fails_run_without_running_the_command") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("command-ran");
+    let (_d, fake) = fake_slirp("echo 'slirp4netns: the tap device is busy' >&2\nexit 1").unwrap();
+    let started = Instant::now();
+    let out = Command::new(slirpnet_bin())
+        .arg("run")
+        .arg("--slirp4netns")
+        .arg(&fake)
+        .arg("--")
+        .arg("touch")
+        .arg(&ran)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("slirp4netns failed: slirp4netns: the tap device is busy (exit status 1)"),
+        "{err}"
+    );
+    assert!(!ran.exists(), "the command ran although the network failed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// `slirpnet attach` on a netns the test made: forwards, addresses, the
+/// default route, accept_dad restored, stats, and a clean teardown.
+#[test]
+fn attach_networks_an_existing_namespace() {
+    if !prerequisites("attach_networks_an_existing_namespace") {
+        return;
+    }
+    let made = PersistentNetns::new("attach").unwrap();
+    let ns = made.open();
+    let dad = "/proc/sys/net/ipv6/conf/default/accept_dad";
+    ns.run(|| std::fs::write(dad, "2")).unwrap().unwrap();
+    let server = ns
+        .run(|| TcpListener::bind("0.0.0.0:7001"))
+        .unwrap()
+        .unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut conn, _) = server.accept().unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        conn.write_all(&got).unwrap();
+        conn.shutdown(Shutdown::Write).unwrap();
+        got.len()
+    });
+
+    let port = free_tcp_port();
+    let mut child = Command::new(slirpnet_bin())
+        .args([
+            "attach",
+            "--json",
+            "-o",
+            "port_handler=slirp4netns",
+            "--netns",
+        ])
+        .arg(&made.path)
+        .arg("-p")
+        .arg(format!("127.0.0.1:{port}:7001"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let info: Value = serde_json::Deserializer::from_reader(child.stdout.take().unwrap())
+        .into_iter::<Value>()
+        .next()
+        .expect("attach printed nothing")
+        .unwrap();
+    let slirp_pid = info["pid"].as_u64().unwrap() as u32;
+    assert!(pid_exists(slirp_pid));
+    // slirp4netns's sandbox (pivot_root in its own mount namespace) must not
+    // unmount anything of the host's, such as this netns.
+    assert!(
+        is_mounted(&made.path),
+        "{} was unmounted on the host",
+        made.path.display()
+    );
+
+    let tap = netns_util::interface_info(&ns, "tap0").unwrap();
+    assert!(tap.up);
+    assert!(
+        tap.addresses.contains(&("10.0.2.100".parse().unwrap(), 24)),
+        "{tap:?}"
+    );
+    assert!(tap.mac.is_some(), "{tap:?}");
+    let route = ns
+        .run(|| std::fs::read_to_string("/proc/thread-self/net/route"))
+        .unwrap()
+        .unwrap();
+    assert!(
+        route
+            .lines()
+            .any(|l| l.starts_with("tap0\t00000000\t0202000A")),
+        "{route}"
+    );
+    assert_eq!(
+        ns.run(|| std::fs::read_to_string(dad))
+            .unwrap()
+            .unwrap()
+            .trim(),
+        "2"
+    );
+
+    let data = payload(300_000, 3);
+    assert!(echo_through(port, &data) == data, "echo differs");
+    assert_eq!(echo.join().unwrap(), data.len());
+
+    let stats = Command::new(slirpnet_bin())
+        .args(["stats", "--json", "--netns"])
+        .arg(&made.path)
+        .output()
+        .unwrap();
+    assert!(
+        stats.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stats.stderr)
+    );
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert!(
+        stats["counters"]["rx_bytes"].as_u64().unwrap() >= data.len() as u64,
+        "{stats}"
+    );
+    assert!(
+        stats["counters"]["tx_bytes"].as_u64().unwrap() >= data.len() as u64,
+        "{stats}"
+    );
+    let human = Command::new(slirpnet_bin())
+        .args(["stats", "--netns"])
+        .arg(&made.path)
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("tap0: UP") && human.contains("inet 10.0.2.100/24"),
+        "{human}"
+    );
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_limited(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        !pid_exists(slirp_pid),
+        "slirp4netns {slirp_pid} left behind"
+    );
+    let sock = PathBuf::from(info["api_socket"].as_str().unwrap());
+    assert!(
+        !sock.parent().unwrap().exists(),
+        "API socket dir left behind"
+    );
+    let path = made.path.clone();
+    drop(made);
+    assert!(
+        !is_mounted(&path) && !path.exists(),
+        "netns mount left behind"
+    );
+}
+
+#[test]
+fn attach_exits_125_when_slirp4netns_dies() {
+    if !prerequisites("attach_exits_125_when_slirp4netns_dies") {
+        return;
+    }
+    let made = PersistentNetns::new("death").unwrap();
+    let mut child = Command::new(slirpnet_bin())
+        .args(["attach", "--json", "--netns"])
+        .arg(&made.path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let info: Value = serde_json::Deserializer::from_reader(child.stdout.take().unwrap())
+        .into_iter::<Value>()
+        .next()
+        .unwrap()
+        .unwrap();
+    let slirp_pid = info["pid"].as_i64().unwrap() as i32;
+    kill(Pid::from_raw(slirp_pid), Signal::SIGKILL).unwrap();
+    let status = wait_limited(&mut child, Duration::from_secs(5));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("slirp4netns exited (signal 9 (SIGKILL))"),
+        "{err}"
+    );
+    assert!(!pid_exists(slirp_pid as u32));
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    let (_d, fake) = fake_slirp(&format!("touch {}", marker.display())).unwrap();
+    let out = Command::new(slirpnet_bin())
+        .args([
+            "attach",
+            "--dry-run",
+            "--json",
+            "--netns",
+            "/run/netns/x",
+            "-o",
+            "port_handler=slirp4netns",
+            "-o",
+            "cidr=10.9.0.0/16",
+            "-p",
+            "127.0.0.1:8080-8081:80-81/tcp,udp",
+            "--slirp4netns",
+        ])
+        .arg(&fake)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["guest"], "10.9.0.100");
+    assert_eq!(plan["gateway"], "10.9.0.2");
+    assert_eq!(plan["dns"], "10.9.0.3");
+    assert_eq!(plan["forwards"].as_array().unwrap().len(), 4);
+    let argv: Vec<&str> = plan["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        argv.contains(&"--cidr=10.9.0.0/16")
+            && argv.ends_with(&["--netns-type=path", "/run/netns/x", "tap0"]),
+        "{argv:?}"
+    );
+    assert!(!marker.exists(), "dry run started slirp4netns");
+
+    let out = Command::new(slirpnet_bin())
+        .args(["run", "--dry-run", "--slirp4netns"])
+        .arg(&fake)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("would run: ") && text.contains("guest    10.0.2.100"),
+        "{text}"
+    );
+}

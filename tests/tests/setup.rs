@@ -1,0 +1,159 @@
+//! The slirpnet library's setup: forwards through the API socket, UDP too,
+//! and undo on failure.
+
+use std::net::{TcpListener, UdpSocket};
+use std::time::Duration;
+
+use slirp_opts::{parse_port_spec, NetworkOptions, PortHandler, Target};
+use slirpnet::{setup, SetupError, SetupOptions};
+use slirpnet_tests::{free_tcp_port, pid_exists, real_slirp, require, PersistentNetns};
+
+/// These tests count this process's slirp4netns children: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn our_slirp_children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or("");
+            // Feature detection (`slirp4netns --help`) from a test running
+            // alongside is not a slirp4netns that setup started.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            stat.contains("(slirp4netns)")
+                && after.split(' ').nth(1) == Some(&*me)
+                && !cmdline.split(|&b| b == 0).any(|a| a == b"--help")
+        })
+        .collect()
+}
+
+fn options(ns: &PersistentNetns) -> SetupOptions {
+    let network = NetworkOptions {
+        port_handler: PortHandler::Slirp4netns,
+        ..Default::default()
+    };
+    SetupOptions::new(
+        Target::Path {
+            netns: ns.path.clone(),
+            userns: None,
+        },
+        network,
+    )
+}
+
+#[test]
+fn udp_and_tcp_forwards_carry_data() {
+    if !require("udp_and_tcp_forwards_carry_data", real_slirp().map(drop)) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let made = PersistentNetns::new("udp").unwrap();
+    let ns = made.open();
+    let udp = ns.run(|| UdpSocket::bind("0.0.0.0:5300")).unwrap().unwrap();
+    let port = free_tcp_port();
+    let mut opts = options(&made);
+    opts.ports
+        .push(parse_port_spec(&format!("127.0.0.1:{port}:5300/udp,tcp")).unwrap());
+    // With host loopback disabled (the default) slirp4netns drops the UDP
+    // replies: the plan says so and how to fix it.
+    let warned = slirpnet::plan(&opts).unwrap().info.warnings;
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("allow_host_loopback=true"), "{warned:?}");
+    opts.network.allow_host_loopback = true;
+    let net = setup(&opts).unwrap();
+    assert!(net.info().warnings.is_empty());
+    let info = net.info().clone();
+    assert_eq!(info.forwards.len(), 2);
+    assert!(info.forwards.iter().all(|f| f.id.is_some()), "{info:?}");
+
+    // The server answers every datagram reversed, until told to stop.
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut served = 0;
+        loop {
+            let (n, from) = udp.recv_from(&mut buf).unwrap();
+            if &buf[..n] == b"stop" {
+                return served;
+            }
+            let reply: Vec<u8> = buf[..n].iter().rev().copied().collect();
+            udp.send_to(&reply, from).unwrap();
+            served += 1;
+        }
+    });
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let msg: Vec<u8> = (0..1400u32).map(|i| (i % 251) as u8).collect();
+    let want: Vec<u8> = msg.iter().rev().copied().collect();
+    // libslirp drops the first datagram to a guest whose MAC it has not
+    // learned yet (it sends an ARP request instead), so retry as any UDP
+    // client must; a handful of tries is plenty.
+    let mut buf = [0u8; 2048];
+    let got = (0..20).find_map(|_| {
+        client.send_to(&msg, ("127.0.0.1", port)).unwrap();
+        client.recv(&mut buf).ok()
+    });
+    let n = got.expect("no UDP reply through the forward after 20 tries");
+    assert_eq!(&buf[..n], &want[..]);
+    // Once the path is warm, datagrams go through one for one.
+    for _ in 0..5 {
+        client.send_to(&msg, ("127.0.0.1", port)).unwrap();
+        let n = client.recv(&mut buf).expect("reply on a warm path");
+        assert_eq!(&buf[..n], &want[..]);
+    }
+    let stopper = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stopper.send_to(b"stop", ("127.0.0.1", port)).unwrap();
+    assert!(server.join().unwrap() >= 6);
+
+    let pid = info.pid;
+    net.teardown();
+    assert!(!pid_exists(pid));
+    assert!(!info.api_socket.unwrap().parent().unwrap().exists());
+}
+
+#[test]
+fn a_failed_forward_undoes_everything() {
+    if !require("a_failed_forward_undoes_everything", real_slirp().map(drop)) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let made = PersistentNetns::new("undo").unwrap();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let free = free_tcp_port();
+    let mut opts = options(&made);
+    opts.ports
+        .push(parse_port_spec(&format!("127.0.0.1:{free}:80")).unwrap());
+    opts.ports
+        .push(parse_port_spec(&format!("127.0.0.1:{busy}:81")).unwrap());
+    let before = our_slirp_children();
+    let err = setup(&opts).unwrap_err();
+    assert!(matches!(err, SetupError::Forward { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("failed to forward 127.0.0.1:{busy} -> 81/tcp: slirp4netns refused add_hostfwd: bad request: add_hostfwd: slirp_add_hostfwd failed")
+    );
+    assert_eq!(our_slirp_children(), before, "slirp4netns left running");
+    assert!(
+        TcpListener::bind(("127.0.0.1", free)).is_ok(),
+        "the first forward's port is still taken"
+    );
+}
+
+#[test]
+fn rootlesskit_ports_are_refused_until_rootlessport_exists() {
+    let mut opts = SetupOptions::new(Target::Pid(1), NetworkOptions::default());
+    opts.ports.push(parse_port_spec("8080:80").unwrap());
+    let err = slirpnet::plan(&opts);
+    match err {
+        Err(SetupError::RootlesskitUnavailable) => {}
+        Err(SetupError::Binary(e)) => {
+            // Without slirp4netns the binary check comes first.
+            assert!(!slirpnet_tests::strict(), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
