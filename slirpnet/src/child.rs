@@ -66,10 +66,14 @@ pub fn main(args: ChildArgs) -> ExitCode {
     }
     drop(status);
     let mut byte = [0u8; 1];
-    if !matches!(go.read(&mut byte), Ok(1) if byte[0] == b'1') {
+    let went = matches!(go.read(&mut byte), Ok(1) if byte[0] == b'1');
+    drop(go);
+    if !went {
+        if let Some(resolv) = &args.resolv {
+            let _ = std::fs::remove_file(resolv);
+        }
         return ExitCode::from(125); // the parent reports why
     }
-    drop(go);
     if let Some(original) = dad {
         if let Err(e) = std::fs::write(ACCEPT_DAD, original) {
             eprintln!("slirpnet: warning: could not restore {ACCEPT_DAD}: {e}");
@@ -79,6 +83,9 @@ pub fn main(args: ChildArgs) -> ExitCode {
         if let Err(e) = bind_resolv_conf(resolv) {
             eprintln!("slirpnet: warning: /etc/resolv.conf left as it is: {e}");
         }
+        // The bind mount holds the inode: the name can go now, so nothing is
+        // left in /tmp even if slirpnet itself is killed.
+        let _ = std::fs::remove_file(resolv);
     }
     let err = Command::new(&args.command[0])
         .args(&args.command[1..])
