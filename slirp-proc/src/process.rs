@@ -402,6 +402,39 @@ impl Slirp {
         self.reap()
     }
 
+    /// Waits until slirp4netns has done no I/O for `quiet` (at most `max`),
+    /// so that data still in flight between the namespace and the host (a
+    /// reply sent just before the last process in the namespace exited) gets
+    /// out before it is stopped. Returns how long it waited.
+    pub fn drain(&mut self, quiet: Duration, max: Duration) -> Duration {
+        let started = Instant::now();
+        let io = |pid: u32| {
+            procfs::process::Process::new(pid as i32)
+                .and_then(|p| p.io())
+                .map(|io| io.rchar + io.wchar)
+                .ok()
+        };
+        let mut last = io(self.pid());
+        let mut last_change = Instant::now();
+        while started.elapsed() < max && self.exited.is_none() {
+            let step = quiet.min(Duration::from_millis(10));
+            if self.exited_within(step).is_some() {
+                break;
+            }
+            let now = io(self.pid());
+            if now.is_none() {
+                break; // /proc/PID/io is not readable: nothing to measure
+            }
+            if now != last {
+                last = now;
+                last_change = Instant::now();
+            } else if last_change.elapsed() >= quiet {
+                break;
+            }
+        }
+        started.elapsed()
+    }
+
     /// Stops it: closes the exit pipe (or sends SIGTERM without one), waits
     /// up to `grace`, then SIGKILL; always reaps.
     pub fn stop(mut self, grace: Duration) -> Exit {

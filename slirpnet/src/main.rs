@@ -12,6 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use caps::Capability;
@@ -382,6 +383,11 @@ fn supervise(signals: &SignalFd, child: &mut Helper, mut net: Network) -> Result
         let (sig, from_process) = next_signal_info(signals)?;
         if sig == Signal::SIGCHLD {
             if let Some(status) = child.proc.try_wait()? {
+                // What the command sent last may still be on its way out.
+                let waited = net
+                    .slirp()
+                    .drain(Duration::from_millis(100), Duration::from_secs(2));
+                tracing::debug!(?waited, "drained slirp4netns");
                 let exit = net.teardown();
                 tracing::debug!(%exit, "slirp4netns stopped");
                 let code = status
