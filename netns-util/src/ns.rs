@@ -134,6 +134,53 @@ impl Netns {
         })
     }
 
+    /// Starts a long-lived thread named `name` that joins this namespace and
+    /// then runs `work`. Returns once the thread is inside (or failed to get
+    /// there), so a missing privilege is reported here, not later. The
+    /// handle yields `None` only when joining failed (and `work` never ran).
+    pub fn spawn<T, F>(
+        &self,
+        name: &str,
+        work: F,
+    ) -> Result<std::thread::JoinHandle<Option<T>>, NetnsError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let file = self.file.try_clone().map_err(|source| NetnsError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        let owned = Netns {
+            file,
+            path: self.path.clone(),
+        };
+        let (joined_tx, joined_rx) = std::sync::mpsc::sync_channel(1);
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let joined = owned.join_current_thread();
+                let ok = joined.is_ok();
+                let _ = joined_tx.send(joined);
+                drop(owned);
+                // On failure the caller gets the error; the work must not
+                // run outside the namespace.
+                ok.then(work)
+            })
+            .map_err(|e| NetnsError::Thread {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+        match joined_rx.recv() {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(NetnsError::Thread {
+                path: self.path.clone(),
+                reason: "the thread ended before joining".into(),
+            }),
+        }
+    }
+
     /// Moves the calling thread into this namespace for good. Meant for a
     /// thread that lives only to do work there.
     fn join_current_thread(&self) -> Result<(), NetnsError> {

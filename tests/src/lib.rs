@@ -310,3 +310,145 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A `rootlessport` process started the way podman starts it: argv
+/// `["rootlessport"]`, the JSON on stdin, the exit pipe's read end at fd 3,
+/// the ready pipe's write end at fd 4, its own process group.
+#[derive(Debug)]
+pub struct Rootlessport {
+    /// The process.
+    pub child: Child,
+    exit_w: Option<std::os::fd::OwnedFd>,
+    ready_r: File,
+}
+
+impl Rootlessport {
+    /// Starts `bin` with `config` (any JSON text) on stdin.
+    pub fn start(bin: &Path, config: &str) -> Result<Self> {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let (exit_r, exit_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg0("rootlessport")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        slirp_proc::install_child_setup(
+            &mut cmd,
+            vec![(exit_r.as_raw_fd(), 3), (ready_w.as_raw_fd(), 4)],
+            None,
+            false,
+        );
+        let mut child = cmd.spawn()?;
+        drop((exit_r, ready_w));
+        let mut stdin = child.stdin.take().context("stdin")?;
+        // A failing helper may exit before reading everything.
+        let _ = stdin.write_all(config.as_bytes());
+        drop(stdin);
+        Ok(Rootlessport {
+            child,
+            exit_w: Some(exit_w),
+            ready_r: File::from(ready_r),
+        })
+    }
+
+    /// Waits for the ready byte. `Err` carries what it printed on stdout
+    /// (podman's error line) when it exited instead.
+    pub fn wait_ready(&mut self) -> std::result::Result<(), String> {
+        use std::io::Read;
+        let mut byte = [0u8; 1];
+        match self.ready_r.read(&mut byte) {
+            Ok(1) if byte[0] == b'1' => Ok(()),
+            _ => {
+                let mut out = String::new();
+                if let Some(mut so) = self.child.stdout.take() {
+                    let _ = so.read_to_string(&mut out);
+                }
+                let _ = self.child.wait();
+                Err(out)
+            }
+        }
+    }
+
+    /// Closes the exit pipe, as podman does to stop it, and waits at most
+    /// `limit` for it to exit.
+    pub fn stop(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        self.exit_w.take();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("rootlessport did not exit within {limit:?} of the exit pipe closing");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The process's open fds, as link targets.
+    pub fn fds(&self) -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Rootlessport {
+    fn drop(&mut self) {
+        self.exit_w.take();
+        if self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The `rootlessport` binary, freshly built (see [`slirpnet_bin`]).
+pub fn rootlessport_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current_exe");
+            let dir = exe.parent().and_then(Path::parent).expect("target dir");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "rootlessport",
+                "--bin",
+                "rootlessport",
+            ]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            assert!(
+                cmd.status().expect("run cargo build").success(),
+                "cargo build -p rootlessport failed"
+            );
+            dir.join("rootlessport")
+        })
+        .clone()
+}
+
+/// A free port on 127.0.0.1 for both TCP and UDP.
+pub fn free_port_both() -> u16 {
+    loop {
+        let port = free_tcp_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}

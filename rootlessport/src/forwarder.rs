@@ -1,0 +1,151 @@
+//! The forwarder: validate, join the namespace, bind every host port, then
+//! serve on one single-threaded event loop until told to stop.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use netns_util::{Netns, NetnsError};
+use slirp_opts::{Forward, Protocol};
+use socket2::Socket;
+
+use crate::config::{Config, ConfigError};
+use crate::factory::SocketFactory;
+use crate::listen::{listen, ListenError};
+use crate::reload::{ReloadError, ReloadGuard, ReloadServer};
+use crate::target::Target;
+use crate::{tcp, udp};
+
+/// A failure before the forwarder is ready. Nothing is left listening.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The namespace.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// A host port.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The reload socket.
+    #[error(transparent)]
+    Reload(#[from] ReloadError),
+}
+
+/// A forwarder with every host port bound, not yet serving.
+#[derive(Debug)]
+pub struct Forwarder {
+    listeners: Vec<(Forward, Socket)>,
+    target: Target,
+    factory: SocketFactory,
+    reload: Option<ReloadGuard>,
+}
+
+impl Forwarder {
+    /// Checks `config`, joins its namespace (on a thread of its own) and
+    /// binds every host port. When this returns, the forwarder can be
+    /// declared ready: connections queue in the listeners' backlogs.
+    pub fn start(config: &Config) -> Result<Self, StartError> {
+        let (child_ip, forwards) = config.validate()?;
+        // Host side first: a port in use or a privileged port is the most
+        // common failure, and its message should not depend on the namespace.
+        let listeners = forwards
+            .into_iter()
+            .map(|f| listen(&f).map(|s| (f, s)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let netns = Netns::open(&config.netns_path)?;
+        let factory = SocketFactory::start(&netns)?;
+        let target = Target::new(child_ip);
+        let reload = if config.rootless_cni {
+            let server = ReloadServer::bind(Path::new(&config.tmp_dir), &config.container_id)?;
+            Some(server.serve(target.clone())?)
+        } else {
+            None
+        };
+        tracing::info!(ports = listeners.len(), %child_ip, "listening");
+        Ok(Forwarder {
+            listeners,
+            target,
+            factory,
+            reload,
+        })
+    }
+
+    /// The shared target (for retargeting without the reload socket).
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The reload socket's path, when there is one.
+    pub fn reload_socket(&self) -> Option<&Path> {
+        self.reload.as_ref().map(ReloadGuard::path)
+    }
+
+    /// Serves until the exit pipe's other end is closed (EOF or HUP on
+    /// `exit`), then closes every listener and connection and removes the
+    /// reload socket.
+    pub fn run_until_eof(self, exit: OwnedFd) -> io::Result<()> {
+        self.run(async move {
+            if let Err(e) = wait_eof(exit).await {
+                tracing::warn!(error = %e, "watching the exit fd failed; stopping");
+            }
+        })
+    }
+
+    /// Serves until `stop` completes.
+    pub fn run(self, stop: impl Future<Output = ()>) -> io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let Forwarder {
+            listeners,
+            target,
+            factory,
+            reload,
+        } = self;
+        runtime.block_on(async {
+            let pipes = tcp::PipePool::default();
+            for (fwd, socket) in listeners {
+                let (target, factory) = (target.clone(), factory.clone());
+                match fwd.proto {
+                    Protocol::Tcp => {
+                        let listener = tokio::net::TcpListener::from_std(socket.into())?;
+                        tokio::spawn(tcp::serve(
+                            listener,
+                            fwd.container_port,
+                            target,
+                            factory,
+                            pipes.clone(),
+                        ));
+                    }
+                    Protocol::Udp => {
+                        let socket = tokio::net::UdpSocket::from_std(socket.into())?;
+                        tokio::spawn(udp::serve(socket, fwd.container_port, target, factory));
+                    }
+                }
+            }
+            stop.await;
+            Ok::<_, io::Error>(())
+        })?;
+        // Dropping the runtime drops every task: listeners and connections close.
+        drop(runtime);
+        drop(reload);
+        Ok(())
+    }
+}
+
+/// Resolves when the pipe's writer is gone (EOF, or an error reading it).
+async fn wait_eof(fd: OwnedFd) -> io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    let mut buf = [0u8; 64];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(_) => continue,
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Host-side listeners: dual-stack for all addresses, the privileged-port hint.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use slirp_opts::{Forward, Protocol};
+use socket2::{Domain, Socket, Type};
+
+/// A host port that cannot be listened on.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// A port below ip_unprivileged_port_start, without the privilege.
+    #[error("cannot expose privileged port {port}, you can add 'net.ipv4.ip_unprivileged_port_start={port}' to /etc/sysctl.conf (currently {start}), or choose a larger port number (>= {start}): {source}")]
+    Privileged {
+        /// The port.
+        port: u16,
+        /// The current ip_unprivileged_port_start.
+        start: String,
+        /// The bind error.
+        source: io::Error,
+    },
+    /// Any other failure, with what was being listened on.
+    #[error("failed to listen on {proto} {addr}: {source}")]
+    Bind {
+        /// tcp or udp.
+        proto: Protocol,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// The listening socket for one forward. With no host address (or 0.0.0.0)
+/// it is one dual-stack `[::]` socket, so IPv6 clients get in too; where the
+/// host has no IPv6 it falls back to 0.0.0.0.
+pub fn listen(fwd: &Forward) -> Result<Socket, ListenError> {
+    let all = match fwd.host_ip {
+        None => true,
+        Some(IpAddr::V4(v4)) => v4.is_unspecified(),
+        Some(IpAddr::V6(_)) => false,
+    };
+    if all {
+        let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), fwd.host_port);
+        match bind(fwd.proto, v6, true) {
+            Ok(s) => return Ok(s),
+            // No IPv6 on this host: IPv4 only.
+            Err(ListenError::Bind { source, .. }) if no_ipv6(&source) => {}
+            Err(e) => return Err(e),
+        }
+        let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), fwd.host_port);
+        return bind(fwd.proto, v4, false);
+    }
+    let ip = fwd.host_ip.expect("not all addresses");
+    bind(fwd.proto, SocketAddr::new(ip, fwd.host_port), false)
+}
+
+fn bind(proto: Protocol, addr: SocketAddr, dual_stack: bool) -> Result<Socket, ListenError> {
+    let fail = |source: io::Error| classify(proto, addr, source);
+    let ty = match proto {
+        Protocol::Tcp => Type::STREAM,
+        Protocol::Udp => Type::DGRAM,
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), ty.nonblocking().cloexec(), None).map_err(fail)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(!dual_stack).map_err(fail)?;
+    }
+    if proto == Protocol::Tcp {
+        // As any server: a restarted forwarder must not wait out TIME_WAIT.
+        socket.set_reuse_address(true).map_err(fail)?;
+    }
+    socket.bind(&addr.into()).map_err(fail)?;
+    if proto == Protocol::Tcp {
+        socket.listen(4096).map_err(fail)?;
+    }
+    Ok(socket)
+}
+
+fn no_ipv6(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(e.raw_os_error(), Some(c) if c == Errno::EAFNOSUPPORT as i32 || c == Errno::EADDRNOTAVAIL as i32)
+}
+
+fn classify(proto: Protocol, addr: SocketAddr, source: io::Error) -> ListenError {
+    let denied = matches!(source.kind(), io::ErrorKind::PermissionDenied)
+        || source.raw_os_error() == Some(nix::errno::Errno::EPERM as i32);
+    if denied {
+        let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "1024".into());
+        if start.parse::<u16>().is_ok_and(|s| addr.port() < s) {
+            return ListenError::Privileged {
+                port: addr.port(),
+                start,
+                source,
+            };
+        }
+    }
+    ListenError::Bind {
+        proto,
+        addr,
+        source,
+    }
+}

@@ -1,0 +1,41 @@
+//! The current child IP, shared by every forward and changed by a reload.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Where forwarded connections go inside the namespace.
+#[derive(Debug, Clone)]
+pub struct Target(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    ip: RwLock<IpAddr>,
+    generation: AtomicU64,
+}
+
+impl Target {
+    /// A target at `ip`.
+    pub fn new(ip: IpAddr) -> Self {
+        Target(Arc::new(Inner {
+            ip: RwLock::new(ip),
+            generation: AtomicU64::new(0),
+        }))
+    }
+
+    /// The current child IP.
+    pub fn ip(&self) -> IpAddr {
+        *self.0.ip.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Points every forward at `ip` for new connections and flows.
+    pub fn set(&self, ip: IpAddr) {
+        *self.0.ip.write().unwrap_or_else(|p| p.into_inner()) = ip;
+        self.0.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes each time the target changes (UDP flows are rebuilt then).
+    pub fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,179 @@
+//! TCP: accept on the host, connect inside the namespace, move the bytes
+//! with splice(2) through a reused pipe, propagate half-close both ways.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use socket2::{Domain, SockRef, Type};
+use tokio::io::Interest;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::factory::SocketFactory;
+use crate::target::Target;
+
+/// At most this much moves per splice call (the default pipe's capacity).
+const CHUNK: usize = 1 << 16;
+/// Pipes kept for reuse.
+const POOL_MAX: usize = 128;
+
+/// A pipe for splicing, empty whenever it is in the pool.
+#[derive(Debug)]
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+/// Reused pipes. When no pipe can be had (EMFILE, or an unprivileged user's
+/// pipe-page quota), connections fall back to read/write copies.
+#[derive(Debug, Clone, Default)]
+pub struct PipePool(Arc<Mutex<Vec<Pipe>>>);
+
+impl PipePool {
+    fn take(&self) -> Option<Pipe> {
+        if let Some(p) = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Some(p);
+        }
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).ok()?;
+        Some(Pipe { read, write })
+    }
+
+    fn give(&self, pipe: Pipe) {
+        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(pipe);
+        }
+    }
+}
+
+/// Serves one host listener until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    container_port: u16,
+    target: Target,
+    factory: SocketFactory,
+    pipes: PipePool,
+) {
+    loop {
+        let (conn, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off a little instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let dest = SocketAddr::new(target.ip(), container_port);
+        let (factory, pipes) = (factory.clone(), pipes.clone());
+        tokio::spawn(async move {
+            match dial(&factory, dest).await {
+                Ok(inner) => relay(conn, inner, &pipes).await,
+                Err(e) => {
+                    // The Go helper loses this text; say why the connection closed.
+                    tracing::warn!(%peer, %dest, error = %e, "cannot connect inside the namespace; closing the connection");
+                    let _ = SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO));
+                }
+            }
+        });
+    }
+}
+
+async fn dial(factory: &SocketFactory, dest: SocketAddr) -> io::Result<TcpStream> {
+    let fd = factory
+        .socket(Domain::for_address(dest), Type::STREAM)
+        .await?;
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    let stream = socket.connect(dest).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Copies both ways until both directions have ended. A direction ends at
+/// EOF (then the other side's write half is shut) or on error (then both
+/// sockets are dropped at once, which resets them).
+pub async fn relay(a: TcpStream, b: TcpStream, pipes: &PipePool) {
+    let _ = a.set_nodelay(true);
+    match (pipes.take(), pipes.take()) {
+        (Some(p1), Some(p2)) => {
+            let (r1, r2) = {
+                let one = pump(&a, &b, &p1);
+                let two = pump(&b, &a, &p2);
+                tokio::pin!(one, two);
+                let (mut r1, mut r2) = (None, None);
+                while r1.is_none() || r2.is_none() {
+                    tokio::select! {
+                        r = &mut one, if r1.is_none() => { r1 = Some(r.is_ok()); if !r1.unwrap() { break; } }
+                        r = &mut two, if r2.is_none() => { r2 = Some(r.is_ok()); if !r2.unwrap() { break; } }
+                    }
+                }
+                (r1, r2)
+            };
+            // Only a pipe that was drained cleanly goes back for reuse.
+            if r1 == Some(true) {
+                pipes.give(p1);
+            }
+            if r2 == Some(true) {
+                pipes.give(p2);
+            }
+        }
+        (p1, p2) => {
+            for p in [p1, p2].into_iter().flatten() {
+                pipes.give(p);
+            }
+            let (mut a, mut b) = (a, b);
+            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+        }
+    }
+}
+
+/// One direction: src -> pipe -> dst, until EOF on src.
+async fn pump(src: &TcpStream, dst: &TcpStream, pipe: &Pipe) -> io::Result<()> {
+    loop {
+        let n = loop {
+            src.readable().await?;
+            match src.try_io(Interest::READABLE, || {
+                splice(
+                    src,
+                    None,
+                    &pipe.write,
+                    None,
+                    CHUNK,
+                    SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
+                )
+                .map_err(io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            // Half-close: the peer sent FIN; pass it on and keep the other way open.
+            let _ = SockRef::from(dst).shutdown(Shutdown::Write);
+            return Ok(());
+        }
+        let mut left = n;
+        while left > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(
+                    &pipe.read,
+                    None,
+                    dst,
+                    None,
+                    left,
+                    SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
+                )
+                .map_err(io::Error::from)
+            }) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! rootlessport as podman runs it: real namespaces (addresses on a veth pair
+//! inside), real sockets, loopback clients.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use slirpnet_tests::{
+    can_admin_net, free_port_both, free_tcp_port, payload, require, rootlessport_bin,
+    PersistentNetns, Rootlessport,
+};
+
+/// A namespace with lo up and a veth pair v0 (10.77.0.1, fd77::1) and
+/// v1 (10.77.0.2, fd77::2), both ends inside.
+fn veth_netns(name: &str) -> PersistentNetns {
+    let ns = PersistentNetns::new(name).unwrap();
+    let n = ns.path.file_name().unwrap().to_str().unwrap().to_owned();
+    let ip = |args: &str| {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&n)
+            .args(args.split(' '))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip("link set lo up");
+    ip("link add v0 type veth peer name v1");
+    ip("addr add 10.77.0.1/24 dev v0");
+    ip("addr add 10.77.0.2/24 dev v1");
+    ip("addr add fd77::1/64 dev v0 nodad");
+    ip("addr add fd77::2/64 dev v1 nodad");
+    ip("link set v0 up");
+    ip("link set v1 up");
+    ns
+}
+
+fn config(ns: &PersistentNetns, mappings: serde_json::Value, child_ip: &str) -> String {
+    json!({
+        "Mappings": mappings,
+        "NetNSPath": ns.path,
+        "ExitFD": 3,
+        "ReadyFD": 4,
+        "TmpDir": "/tmp",
+        "ChildIP": child_ip,
+        "ContainerID": "0123456789abcdef",
+        "RootlessCNI": false,
+    })
+    .to_string()
+}
+
+fn tcp_map(host_ip: &str, host_port: u16, container_port: u16, range: u16) -> serde_json::Value {
+    json!([{"host_ip": host_ip, "container_port": container_port, "host_port": host_port, "range": range, "protocol": "tcp"}])
+}
+
+fn started(ns: &PersistentNetns, cfg: &str) -> Rootlessport {
+    let _ = ns;
+    let mut rp = Rootlessport::start(&rootlessport_bin(), cfg).unwrap();
+    rp.wait_ready()
+        .unwrap_or_else(|line| panic!("not ready: {line}"));
+    rp
+}
+
+fn prerequisites(test: &str) -> bool {
+    require(test, can_admin_net())
+}
+
+/// A TCP server inside: for each connection, reads to EOF, then answers
+/// `tag` followed by what it got, reversed, and half-closes.
+fn reverse_server(
+    ns: &PersistentNetns,
+    addr: &str,
+    tag: &'static [u8],
+    conns: usize,
+) -> std::thread::JoinHandle<()> {
+    let listener = ns.open().run(|| TcpListener::bind(addr)).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..conns {
+            let (mut c, _) = listener.accept().unwrap();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).unwrap();
+                got.reverse();
+                c.write_all(tag).unwrap();
+                c.write_all(&got).unwrap();
+                c.shutdown(Shutdown::Write).unwrap();
+            });
+        }
+    })
+}
+
+fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let data = data.to_vec();
+    let sender = std::thread::spawn(move || {
+        w.write_all(&data).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    sender.join().unwrap();
+    back
+}
+
+#[test]
+fn tcp_is_byte_exact_with_half_close_from_the_client() {
+    if !prerequisites("tcp_is_byte_exact_with_half_close_from_the_client") {
+        return;
+    }
+    let ns = veth_netns("rp-tcp");
+    let server = reverse_server(&ns, "10.77.0.1:8000", b"A:", 1);
+    let port = free_tcp_port();
+    let mut rp = started(
+        &ns,
+        &config(&ns, tcp_map("127.0.0.1", port, 8000, 1), "10.77.0.1"),
+    );
+    let data = payload(4 << 20, 11);
+    let back = exchange(([127, 0, 0, 1], port).into(), &data);
+    let mut want = b"A:".to_vec();
+    want.extend(data.iter().rev());
+    assert!(
+        back == want,
+        "got {} bytes, want {}",
+        back.len(),
+        want.len()
+    );
+    server.join().unwrap();
+    assert!(rp.stop(Duration::from_secs(1)).unwrap().success());
+}
+
+#[test]
+fn tcp_half_close_from_the_server_keeps_the_other_way_open() {
+    if !prerequisites("tcp_half_close_from_the_server_keeps_the_other_way_open") {
+        return;
+    }
+    let ns = veth_netns("rp-half");
+    // The server speaks first and half-closes, then reads all the client sends.
+    let listener = ns
+        .open()
+        .run(|| TcpListener::bind("10.77.0.1:8001"))
+        .unwrap()
+        .unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        c.write_all(b"hello, then silence").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        got
+    });
+    let port = free_tcp_port();
+    let _rp = started(
+        &ns,
+        &config(&ns, tcp_map("127.0.0.1", port, 8001, 1), "10.77.0.1"),
+    );
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut greeting = Vec::new();
+    c.read_to_end(&mut greeting).unwrap(); // EOF arrives: the server's FIN got through
+    assert_eq!(greeting, b"hello, then silence");
+    let data = payload(1 << 20, 5);
+    c.write_all(&data).unwrap(); // the other direction still works
+    c.shutdown(Shutdown::Write).unwrap();
+    assert!(server.join().unwrap() == data);
+}
+
+#[test]
+fn two_hundred_concurrent_connections() {
+    if !prerequisites("two_hundred_concurrent_connections") {
+        return;
+    }
+    let ns = veth_netns("rp-200");
+    let server = reverse_server(&ns, "10.77.0.1:8002", b"", 200);
+    let port = free_tcp_port();
+    let _rp = started(
+        &ns,
+        &config(&ns, tcp_map("127.0.0.1", port, 8002, 1), "10.77.0.1"),
+    );
+    let clients: Vec<_> = (0..200u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let data = payload(20_000 + i as usize, i + 1);
+                let back = exchange(([127, 0, 0, 1], port).into(), &data);
+                back.iter().rev().copied().eq(data.iter().copied())
+            })
+        })
+        .collect();
+    let ok = clients
+        .into_iter()
+        .map(|c| c.join().unwrap())
+        .filter(|&ok| ok)
+        .count();
+    assert_eq!(ok, 200);
+    server.join().unwrap();
+}
+
+#[test]
+fn udp_request_reply_from_two_clients_at_once() {
+    if !prerequisites("udp_request_reply_from_two_clients_at_once") {
+        return;
+    }
+    let ns = veth_netns("rp-udp");
+    let server = ns
+        .open()
+        .run(|| UdpSocket::bind("10.77.0.1:5353"))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = server.recv_from(&mut buf) {
+            let mut reply = format!("{from}|").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = server.send_to(&reply, from);
+        }
+    });
+    let port = free_port_both();
+    let map = json!([{"host_ip": "127.0.0.1", "container_port": 5353, "host_port": port, "range": 1, "protocol": "udp"}]);
+    let _rp = started(&ns, &config(&ns, map, "10.77.0.1"));
+    let clients: Vec<_> = (0..2)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                c.connect(("127.0.0.1", port)).unwrap();
+                let mut seen_from = None;
+                for round in 0..20 {
+                    let msg = format!("client {i} round {round}");
+                    c.send(msg.as_bytes()).unwrap();
+                    let mut buf = [0u8; 2048];
+                    let n = c.recv(&mut buf).unwrap();
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let (from, body) = text.split_once('|').unwrap();
+                    assert_eq!(body, msg);
+                    // One flow per client: the same inner source every time.
+                    assert!(
+                        seen_from.get_or_insert(from.to_owned()) == from,
+                        "flow changed"
+                    );
+                }
+                seen_from.unwrap()
+            })
+        })
+        .collect();
+    let froms: Vec<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_ne!(
+        froms[0], froms[1],
+        "the two clients must have separate flows"
+    );
+}
+
+#[test]
+fn a_port_range_and_an_ipv6_client_on_a_dual_stack_listener() {
+    if !prerequisites("a_port_range_and_an_ipv6_client_on_a_dual_stack_listener") {
+        return;
+    }
+    let has_v6 = TcpListener::bind("[::1]:0").is_ok();
+    if !require(
+        "a_port_range_and_an_ipv6_client_on_a_dual_stack_listener",
+        if has_v6 {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("no IPv6 on loopback"))
+        },
+    ) {
+        return;
+    }
+    let ns = veth_netns("rp-range");
+    let servers: Vec<_> = (0..3)
+        .map(|i| {
+            reverse_server(
+                &ns,
+                &format!("10.77.0.1:{}", 9100 + i),
+                [b"0", b"1", b"2"][i as usize],
+                2,
+            )
+        })
+        .collect();
+    let base = loop {
+        let p = free_tcp_port();
+        if p < 65000
+            && (1..3).all(|i| {
+                TcpListener::bind(("0.0.0.0", p + i)).is_ok()
+                    && TcpListener::bind(("::", p + i)).is_ok()
+            })
+        {
+            break p;
+        }
+    };
+    // Empty host IP: all addresses, one dual-stack socket per port.
+    let _rp = started(&ns, &config(&ns, tcp_map("", base, 9100, 3), "10.77.0.1"));
+    for i in 0..3u16 {
+        let tag = format!("{i}");
+        let v4 = exchange(([127, 0, 0, 1], base + i).into(), b"xyz");
+        assert_eq!(
+            v4,
+            format!("{tag}zyx").as_bytes(),
+            "IPv4 client, port {}",
+            base + i
+        );
+        let v6 = exchange(format!("[::1]:{}", base + i).parse().unwrap(), b"abc");
+        assert_eq!(
+            v6,
+            format!("{tag}cba").as_bytes(),
+            "IPv6 client, port {}",
+            base + i
+        );
+    }
+    for s in servers {
+        s.join().unwrap();
+    }
+}
+
+#[test]
+fn an_ipv6_child_ip() {
+    if !prerequisites("an_ipv6_child_ip") {
+        return;
+    }
+    let ns = veth_netns("rp-v6child");
+    let server = reverse_server(&ns, "[fd77::1]:8003", b"6:", 1);
+    let port = free_tcp_port();
+    let _rp = started(
+        &ns,
+        &config(&ns, tcp_map("127.0.0.1", port, 8003, 1), "fd77::1"),
+    );
+    assert_eq!(exchange(([127, 0, 0, 1], port).into(), b"ab"), b"6:ba");
+    server.join().unwrap();
+}
+
+#[test]
+fn reload_retargets_new_connections() {
+    if !prerequisites("reload_retargets_new_connections") {
+        return;
+    }
+    let ns = veth_netns("rp-reload");
+    let a = reverse_server(&ns, "10.77.0.1:8004", b"A", 1);
+    let b = reverse_server(&ns, "10.77.0.2:8004", b"B", 1);
+    // A TmpDir too long for a sockaddr_un: the socket must still work.
+    let tmp = tempfile::tempdir().unwrap();
+    let deep = tmp.path().join("x".repeat(60)).join("y".repeat(60));
+    std::fs::create_dir_all(&deep).unwrap();
+    let id = "f".repeat(64);
+    let port = free_tcp_port();
+    let mut cfg: serde_json::Value = serde_json::from_str(&config(
+        &ns,
+        tcp_map("127.0.0.1", port, 8004, 1),
+        "10.77.0.1",
+    ))
+    .unwrap();
+    cfg["TmpDir"] = json!(deep);
+    cfg["ContainerID"] = json!(id);
+    cfg["RootlessCNI"] = json!(true);
+    let mut rp = started(&ns, &cfg.to_string());
+    let sock = rootlessport::socket_path(&deep, &id);
+    assert!(sock.as_os_str().len() > 108, "the test needs a long path");
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    assert!(std::fs::metadata(&sock).unwrap().file_type().is_socket());
+    assert_eq!(
+        std::fs::metadata(deep.join("rp"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+
+    assert_eq!(exchange(([127, 0, 0, 1], port).into(), b"1"), b"A1");
+    rootlessport::reload(&deep, &id, "10.77.0.2").unwrap();
+    assert_eq!(exchange(([127, 0, 0, 1], port).into(), b"2"), b"B2");
+    a.join().unwrap();
+    b.join().unwrap();
+
+    // Bad requests get the error text, and nothing changes.
+    let err = rootlessport::reload(&deep, &id, "127.0.0.1")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("port reloading failed: rootless port failed to add port: ChildIP 127.0.0.1 is a loopback address"), "{err}");
+    let err = rootlessport::reload(&deep, &id, "not an ip")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("rootless port failed to add port: invalid ChildIP"),
+        "{err}"
+    );
+
+    // Exit: gone within a second, the socket removed.
+    let status = rp.stop(Duration::from_secs(1)).unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!sock.exists(), "reload socket left behind");
+    assert!(
+        TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "still listening after exit"
+    );
+}
+
+#[test]
+fn bad_configurations_print_one_line_and_leave_nothing() {
+    if !prerequisites("bad_configurations_print_one_line_and_leave_nothing") {
+        return;
+    }
+    let ns = veth_netns("rp-bad");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let free = free_tcp_port();
+    let netns = ns.path.to_str().unwrap().to_owned();
+    let base = |m: serde_json::Value| json!({"Mappings": m, "NetNSPath": netns, "ExitFD": 3, "ReadyFD": 4, "ChildIP": "10.77.0.1"});
+    let map = |hp: u16, cp: u16, range: u16, proto: &str| json!([{"host_ip": "127.0.0.1", "container_port": cp, "host_port": hp, "range": range, "protocol": proto}]);
+    let cases: Vec<(String, String)> = vec![
+        ("garbage{".into(), "failed to decode the configuration on stdin: ".into()),
+        (json!({"ExitFD": 3, "ReadyFD": 4, "ChildIP": "10.77.0.1"}).to_string(), "missing NetNSPath".into()),
+        (json!({"NetNSPath": netns, "ReadyFD": 4, "ChildIP": "10.77.0.1"}).to_string(), "missing ExitFD".into()),
+        (json!({"NetNSPath": netns, "ExitFD": 3, "ChildIP": "10.77.0.1"}).to_string(), "missing ReadyFD".into()),
+        (json!({"NetNSPath": netns, "ExitFD": 3, "ReadyFD": 4}).to_string(), "missing ChildIP".into()),
+        (json!({"NetNSPath": netns, "ExitFD": 3, "ReadyFD": 4, "ChildIP": "::1"}).to_string(), "ChildIP ::1 is a loopback address".into()),
+        (base(map(free, 0, 1, "tcp")).to_string(), "container port is 0".into()),
+        (base(map(65535, 80, 2, "tcp")).to_string(), "host ports 65535-65536 run past 65535".into()),
+        (base(map(free, 80, 1, "sctp")).to_string(), "sctp is not supported".into()),
+        (base(map(free, 80, 1, "tcp,icmp")).to_string(), "unknown protocol \"icmp\"".into()),
+        (base(map(busy, 80, 1, "tcp")).to_string(), format!("failed to listen on tcp 127.0.0.1:{busy}: Address already in use")),
+        (json!({"Mappings": map(free, 80, 1, "tcp"), "NetNSPath": "/etc/hostname", "ExitFD": 3, "ReadyFD": 4, "ChildIP": "10.77.0.1"}).to_string(), "/etc/hostname is not a namespace file".into()),
+        (json!({"NetNSPath": netns, "ExitFD": 9, "ReadyFD": 4, "ChildIP": "10.77.0.1"}).to_string(), "fd 9 named in the configuration is not open".into()),
+    ];
+    for (cfg, want) in cases {
+        let mut rp = Rootlessport::start(&rootlessport_bin(), &cfg).unwrap();
+        let line = rp.wait_ready().expect_err(&cfg);
+        assert_eq!(line.lines().count(), 1, "{cfg}: {line:?}");
+        assert!(
+            line.contains(&want),
+            "{cfg}: {line:?} does not contain {want:?}"
+        );
+        assert_eq!(rp.child.wait().unwrap().code(), Some(1), "{cfg}");
+        assert!(
+            TcpListener::bind(("127.0.0.1", free)).is_ok(),
+            "{cfg}: left port {free} bound"
+        );
+    }
+    // Any argument is refused, as podman passes none.
+    let out = Command::new(rootlessport_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn exit_pipe_eof_stops_it_within_a_second() {
+    if !prerequisites("exit_pipe_eof_stops_it_within_a_second") {
+        return;
+    }
+    let ns = veth_netns("rp-exit");
+    let port = free_port_both();
+    let map = json!([{"host_ip": "", "container_port": 80, "host_port": port, "range": 1, "protocol": "tcp,udp"}]);
+    let mut rp = started(&ns, &config(&ns, map, "10.77.0.1"));
+    // After ready, stdout and stderr point at /dev/null.
+    let fds = rp.fds();
+    assert!(
+        fds.iter().filter(|t| *t == "/dev/null").count() >= 2,
+        "{fds:?}"
+    );
+    let start = std::time::Instant::now();
+    assert!(rp.stop(Duration::from_secs(1)).unwrap().success());
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
+    assert!(UdpSocket::bind(("127.0.0.1", port)).is_ok());
+}
+
+#[test]
+fn a_privileged_port_gets_the_sysctl_hint() {
+    let check = (|| {
+        anyhow::ensure!(
+            slirpnet_tests::which("setpriv").is_some(),
+            "setpriv is missing"
+        );
+        let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")?
+            .trim()
+            .parse()?;
+        anyhow::ensure!(
+            start > 80,
+            "ip_unprivileged_port_start is {start}: port 80 is not privileged here"
+        );
+        can_admin_net()
+    })();
+    if !require("a_privileged_port_gets_the_sysctl_hint", check) {
+        return;
+    }
+    let ns = veth_netns("rp-priv");
+    let (_dir, bins) = slirpnet_tests::world_runnable(&[&rootlessport_bin()]).unwrap();
+    let cfg = config(&ns, tcp_map("127.0.0.1", 80, 80, 1), "10.77.0.1");
+    // As an unprivileged user, the way rootless podman runs it.
+    let wrapper = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(wrapper.path(), format!("#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all {} \"$@\"\n", bins[0].display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(wrapper.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper_path = wrapper.into_temp_path();
+    let mut rp = Rootlessport::start(Path::new(&wrapper_path), &cfg).unwrap();
+    let line = rp.wait_ready().unwrap_err();
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+    let start = start.trim();
+    assert!(
+        line.starts_with(&format!("cannot expose privileged port 80, you can add 'net.ipv4.ip_unprivileged_port_start=80' to /etc/sysctl.conf (currently {start}), or choose a larger port number (>= {start}): ")),
+        "{line}"
+    );
+}
