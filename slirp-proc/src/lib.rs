@@ -7,9 +7,11 @@
 //! waiting is seen at once through a pidfd, not at the next tick of a timer.
 //! The returned [`Slirp`] owns the process: dropping it stops and reaps it.
 
+mod child;
 mod dad;
 mod pidfd;
 mod process;
 
+pub use child::{install_child_setup, ChildSetup};
 pub use dad::{AcceptDadGuard, DadError};
-pub use process::{install_child_setup, Exit, Slirp, SlirpCommand, StartError};
+pub use process::{Exit, Slirp, SlirpCommand, StartError};

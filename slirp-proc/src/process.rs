@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{pipe2, Pid};
 use slirp_opts::{build_args, ArgvError, Features, Invocation, NetworkOptions, Target};
 
+use crate::child::{install_child_setup, ChildSetup};
 use crate::dad::{AcceptDadGuard, DadError};
 use crate::pidfd::{exited_within, pidfd_open};
 
@@ -250,9 +251,12 @@ impl Slirp {
         }
         install_child_setup(
             &mut command,
-            child_fds,
-            cmd.parent_death_signal,
-            cmd.new_mount_ns,
+            ChildSetup {
+                fds: child_fds,
+                death_signal: cmd.parent_death_signal,
+                new_mount_ns: cmd.new_mount_ns,
+                join_userns: None,
+            },
         );
         tracing::debug!(binary = %cmd.binary.display(), ?args, "starting slirp4netns");
         let child = command.spawn().map_err(|source| StartError::Spawn {
@@ -485,106 +489,5 @@ impl Slirp {
 impl Drop for Slirp {
     fn drop(&mut self) {
         self.stop_inner(DROP_GRACE);
-    }
-}
-
-/// Arranges, between fork and exec, for `fds` (parent fd, child fd number)
-/// to appear at their numbers without close-on-exec, every other fd above
-/// them to be closed at exec, an empty signal mask, the parent-death signal,
-/// and a new mount namespace if asked.
-///
-/// For any child that must get descriptors at fixed numbers (at most 8, at
-/// numbers 3 to 63). The parent fds must stay open until `spawn` returns.
-#[allow(unsafe_code)]
-pub fn install_child_setup(
-    command: &mut Command,
-    fds: Vec<(RawFd, i32)>,
-    death_signal: Option<Signal>,
-    new_mount_ns: bool,
-) {
-    let highest = fds.iter().map(|&(_, n)| n).max().unwrap_or(2);
-    assert!(
-        fds.len() <= 8 && (3..64).contains(&highest),
-        "at most 8 passed fds, at numbers 3 to 63"
-    );
-    let hook = move || -> io::Result<()> {
-        let check = |r: libc::c_int| {
-            if r < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(r)
-            }
-        };
-        // Move every source above all target numbers first, so that placing
-        // one cannot overwrite another (F_DUPFD_CLOEXEC: the copies close at exec).
-        let mut moved = [(0, 0); 8];
-        for (slot, &(src, dst)) in moved.iter_mut().zip(fds.iter()) {
-            // SAFETY: fcntl on an fd the parent kept open across fork.
-            *slot = (
-                check(unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, highest + 1) })?,
-                dst,
-            );
-        }
-        for &(src, dst) in moved.iter().take(fds.len()) {
-            // SAFETY: dup2 of a valid fd onto a number; the result lacks
-            // FD_CLOEXEC, so it survives exec.
-            check(unsafe { libc::dup2(src, dst) })?;
-        }
-        // Everything above the passed fds is closed at exec, whoever opened
-        // it without O_CLOEXEC. (CLOSE_RANGE_CLOEXEC keeps std's own exec-error
-        // pipe working until exec.) Kernels before 5.11 lack it; then
-        // O_CLOEXEC everywhere in this process is what keeps fds in.
-        // SAFETY: close_range only changes fd flags in this (child) process.
-        let _ = unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                (highest + 1) as libc::c_uint,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
-            )
-        };
-        // A caller that handles signals through a signalfd has them blocked;
-        // std passes the mask on at exec, and a child with SIGTERM blocked
-        // would ignore it. Start with an empty mask.
-        // SAFETY: sigemptyset fills a local set; sigprocmask only changes this
-        // (single-threaded, child) process's mask.
-        unsafe {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            check(libc::sigprocmask(
-                libc::SIG_SETMASK,
-                &empty,
-                std::ptr::null_mut(),
-            ))?;
-        }
-        if let Some(sig) = death_signal {
-            // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number.
-            check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) })?;
-        }
-        if new_mount_ns {
-            // SAFETY: unshare in the single-threaded child.
-            check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
-            // The copy keeps shared propagation: slirp4netns's sandbox
-            // unmounts (pivot_root) would then unmount the host's mounts too,
-            // /run/netns/* among them. As a slave it still sees new host
-            // mounts, but nothing it does goes back.
-            // SAFETY: mount(2) with static NUL-terminated strings and no data.
-            check(unsafe {
-                libc::mount(
-                    c"none".as_ptr(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_SLAVE,
-                    std::ptr::null(),
-                )
-            })?;
-        }
-        Ok(())
-    };
-    // SAFETY: the hook runs between fork and exec and only makes
-    // async-signal-safe system calls (fcntl, dup2, close_range, sigprocmask,
-    // prctl, unshare, mount) on a fixed-size array: it does not allocate or lock.
-    unsafe {
-        command.pre_exec(hook);
     }
 }

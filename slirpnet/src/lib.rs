@@ -18,7 +18,9 @@
 //! ```
 
 mod binary;
+mod portfwd;
 mod setup;
 
 pub use binary::{detect_features, find_binary, BinaryError};
+pub use portfwd::{find_rootlessport, PortForwardError, PortForwarder};
 pub use setup::{plan, setup, ForwardInfo, Network, Plan, SetupError, SetupInfo, SetupOptions};

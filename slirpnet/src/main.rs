@@ -443,9 +443,10 @@ impl Helper {
         cmd.arg("--").args(&args.command).stdin(Stdio::inherit());
         slirp_proc::install_child_setup(
             &mut cmd,
-            vec![(status_w.as_raw_fd(), 3), (go_r.as_raw_fd(), 4)],
-            None,
-            false,
+            slirp_proc::ChildSetup {
+                fds: vec![(status_w.as_raw_fd(), 3), (go_r.as_raw_fd(), 4)],
+                ..Default::default()
+            },
         );
         let proc = cmd.spawn().context("failed to start the namespace child")?;
         drop(status_w);

@@ -15,6 +15,7 @@ use slirp_opts::{
 use slirp_proc::{Exit, Slirp, SlirpCommand, StartError};
 
 use crate::binary::{detect_features, find_binary, BinaryError};
+use crate::portfwd::{find_rootlessport, PortForwardError, PortForwarder};
 
 /// What to set up.
 #[derive(Debug, Clone)]
@@ -40,6 +41,9 @@ pub struct SetupOptions {
     pub ready_timeout: Duration,
     /// Signal slirp4netns gets if the thread that started it dies.
     pub parent_death_signal: Option<Signal>,
+    /// The rootlessport binary for port_handler=rootlesskit; `None`: next to
+    /// this program, in podman's helper directories, or on PATH.
+    pub rootlessport: Option<PathBuf>,
 }
 
 impl SetupOptions {
@@ -55,6 +59,7 @@ impl SetupOptions {
             sandbox_mount_ns: true,
             ready_timeout: Duration::from_secs(30),
             parent_death_signal: None,
+            rootlessport: None,
         }
     }
 }
@@ -74,9 +79,9 @@ pub enum SetupError {
     /// A port mapping.
     #[error(transparent)]
     Port(#[from] PortError),
-    /// Ports with port_handler=rootlesskit, which is not available yet.
-    #[error("port_handler=rootlesskit (the default) needs the rootlessport forwarder, which this build does not have yet; add -o port_handler=slirp4netns to forward ports through slirp4netns")]
-    RootlesskitUnavailable,
+    /// rootlessport (port_handler=rootlesskit).
+    #[error(transparent)]
+    PortForward(#[from] PortForwardError),
     /// slirp4netns forwards only IPv4 host addresses.
     #[error("port_handler=slirp4netns can only listen on IPv4 host addresses, not {addr} (in {mapping})")]
     Ipv6HostAddress {
@@ -163,9 +168,12 @@ pub struct Plan {
     pub args: Vec<OsString>,
     /// What the setup will make.
     pub info: SetupInfo,
+    /// The rootlessport binary, with port_handler=rootlesskit and ports.
+    pub rootlessport: Option<PathBuf>,
     command: SlirpCommand,
     forwards: Vec<Forward>,
     auto_api_dir: bool,
+    ports: Vec<PortMapping>,
 }
 
 /// Checks everything that can be checked without starting anything: the
@@ -177,9 +185,11 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
     let (guest, gateway, dns) = (subnet.guest()?, subnet.gateway()?, subnet.dns()?);
     let forwards = expand_all(&opts.ports)?;
     let handler = opts.network.port_handler;
-    if !forwards.is_empty() && handler == PortHandler::Rootlesskit {
-        return Err(SetupError::RootlesskitUnavailable);
-    }
+    let rootlessport = if !forwards.is_empty() && handler == PortHandler::Rootlesskit {
+        Some(find_rootlessport(opts.rootlessport.as_deref())?)
+    } else {
+        None
+    };
     if handler == PortHandler::Slirp4netns {
         for m in &opts.ports {
             if let Some(addr @ IpAddr::V6(_)) = m.host_addr()? {
@@ -250,9 +260,11 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
         binary,
         args,
         info,
+        rootlessport,
         command,
         forwards,
         auto_api_dir,
+        ports: opts.ports.clone(),
     })
 }
 
@@ -262,8 +274,9 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
 #[derive(Debug)]
 pub struct Network {
     info: SetupInfo,
-    // Field order is drop order: slirp4netns stops (and unlinks its socket)
-    // before the directory is removed.
+    // Field order is drop order: the port forwarder stops first, then
+    // slirp4netns (which unlinks its socket), then the directory goes.
+    ports: Option<PortForwarder>,
     slirp: Slirp,
     _api_dir: Option<tempfile::TempDir>,
 }
@@ -289,6 +302,7 @@ pub fn setup(opts: &SetupOptions) -> Result<Network, SetupError> {
     info.pid = slirp.pid();
     let mut net = Network {
         info,
+        ports: None,
         slirp,
         _api_dir: api_dir,
     };
@@ -296,6 +310,28 @@ pub fn setup(opts: &SetupOptions) -> Result<Network, SetupError> {
         if !plan.forwards.is_empty() {
             net.forward_all(&sock, &plan.forwards)?;
         }
+    }
+    if let Some(binary) = &plan.rootlessport {
+        let (netns, userns) = match &opts.target {
+            Target::Path { netns, userns } => (netns.clone(), userns.clone()),
+            Target::Pid(pid) => (PathBuf::from(format!("/proc/{pid}/ns/net")), None),
+        };
+        let config = rootlessport::Config {
+            mappings: plan.ports.clone(),
+            netns_path: netns.to_string_lossy().into_owned(),
+            exit_fd: 3,
+            ready_fd: 4,
+            tmp_dir: std::env::temp_dir().to_string_lossy().into_owned(),
+            child_ip: net.info.guest.to_string(),
+            container_id: format!("slirpnet-{}", net.info.pid),
+            rootless_cni: false,
+        };
+        net.ports = Some(PortForwarder::start(
+            binary,
+            &config,
+            userns.as_deref(),
+            opts.ready_timeout,
+        )?);
     }
     Ok(net)
 }

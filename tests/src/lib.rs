@@ -338,9 +338,10 @@ impl Rootlessport {
             .process_group(0);
         slirp_proc::install_child_setup(
             &mut cmd,
-            vec![(exit_r.as_raw_fd(), 3), (ready_w.as_raw_fd(), 4)],
-            None,
-            false,
+            slirp_proc::ChildSetup {
+                fds: vec![(exit_r.as_raw_fd(), 3), (ready_w.as_raw_fd(), 4)],
+                ..Default::default()
+            },
         );
         let mut child = cmd.spawn()?;
         drop((exit_r, ready_w));

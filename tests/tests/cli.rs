@@ -68,7 +68,7 @@ fn first_json(text: &str) -> Value {
 /// `slirpnet run` with an echo server as the command, data through a
 /// slirp4netns forward, exit status and cleanup checked. `as_user` runs it
 /// through setpriv as that uid (rootless).
-fn run_echo_roundtrip(slirpnet: &Path, echo: &Path, as_user: Option<u32>) {
+fn run_echo_roundtrip(slirpnet: &Path, echo: &Path, as_user: Option<u32>, handler: &str) {
     let port = free_tcp_port();
     let mut cmd = match as_user {
         Some(uid) => {
@@ -85,7 +85,13 @@ fn run_echo_roundtrip(slirpnet: &Path, echo: &Path, as_user: Option<u32>) {
         None => Command::new(slirpnet),
     };
     let mut child = cmd
-        .args(["run", "--json", "-o", "port_handler=slirp4netns", "-p"])
+        .args([
+            "run",
+            "--json",
+            "-o",
+            &format!("port_handler={handler}"),
+            "-p",
+        ])
         .arg(format!("127.0.0.1:{port}:7000"))
         .arg("--")
         .arg(echo)
@@ -134,12 +140,14 @@ fn run_echo_roundtrip(slirpnet: &Path, echo: &Path, as_user: Option<u32>) {
         !pid_exists(slirp_pid),
         "slirp4netns {slirp_pid} left behind"
     );
-    let sock = PathBuf::from(info["api_socket"].as_str().unwrap());
-    assert!(
-        !sock.exists() && !sock.parent().unwrap().exists(),
-        "API socket dir {} left behind",
-        sock.display()
-    );
+    assert_eq!(info["port_handler"], handler);
+    if let Some(sock) = info["api_socket"].as_str().map(PathBuf::from) {
+        assert!(
+            !sock.exists() && !sock.parent().unwrap().exists(),
+            "API socket dir {} left behind",
+            sock.display()
+        );
+    }
     assert!(
         TcpListener::bind(("127.0.0.1", port)).is_ok(),
         "host port {port} still taken"
@@ -151,7 +159,10 @@ fn run_as_root_forwards_byte_exact() {
     if !prerequisites("run_as_root_forwards_byte_exact") {
         return;
     }
-    run_echo_roundtrip(&slirpnet_bin(), Path::new(ECHO), None);
+    run_echo_roundtrip(&slirpnet_bin(), Path::new(ECHO), None, "slirp4netns");
+    // The default handler: our rootlessport, found next to slirpnet.
+    slirpnet_tests::rootlessport_bin();
+    run_echo_roundtrip(&slirpnet_bin(), Path::new(ECHO), None, "rootlesskit");
 }
 
 #[test]
@@ -185,8 +196,15 @@ fn run_rootless_forwards_byte_exact() {
     if !require("run_rootless_forwards_byte_exact", check) {
         return;
     }
-    let (_dir, bins) = world_runnable(&[&slirpnet_bin(), Path::new(ECHO)]).unwrap();
-    run_echo_roundtrip(&bins[0], &bins[1], Some(65534));
+    let (_dir, bins) = world_runnable(&[
+        &slirpnet_bin(),
+        Path::new(ECHO),
+        &slirpnet_tests::rootlessport_bin(),
+    ])
+    .unwrap();
+    run_echo_roundtrip(&bins[0], &bins[1], Some(65534), "slirp4netns");
+    // rootlessport joins the command's user namespace to reach its netns.
+    run_echo_roundtrip(&bins[0], &bins[1], Some(65534), "rootlesskit");
 }
 
 #[test]
@@ -318,7 +336,6 @@ fn bad_options_exit_125_and_start_nothing() {
             &["-p", "::1:8080:80"],
             "put an IPv6 host address in brackets",
         ),
-        (&["-p", "8080:80"], "add -o port_handler=slirp4netns"),
         (
             &["-o", "port_handler=slirp4netns", "-p", "[::1]:8080:80"],
             "port_handler=slirp4netns can only listen on IPv4 host addresses, not ::1",

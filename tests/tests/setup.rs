@@ -144,16 +144,104 @@ fn a_failed_forward_undoes_everything() {
 }
 
 #[test]
-fn rootlesskit_ports_are_refused_until_rootlessport_exists() {
-    let mut opts = SetupOptions::new(Target::Pid(1), NetworkOptions::default());
-    opts.ports.push(parse_port_spec("8080:80").unwrap());
-    let err = slirpnet::plan(&opts);
-    match err {
-        Err(SetupError::RootlesskitUnavailable) => {}
-        Err(SetupError::Binary(e)) => {
-            // Without slirp4netns the binary check comes first.
-            assert!(!slirpnet_tests::strict(), "{e}");
-        }
-        other => panic!("{other:?}"),
+fn rootlesskit_forwards_tcp_and_udp_through_rootlessport() {
+    if !require(
+        "rootlesskit_forwards_tcp_and_udp_through_rootlessport",
+        real_slirp().map(drop),
+    ) {
+        return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let made = PersistentNetns::new("rlk").unwrap();
+    let ns = made.open();
+    let tcp = ns
+        .run(|| TcpListener::bind("0.0.0.0:7100"))
+        .unwrap()
+        .unwrap();
+    let udp = ns.run(|| UdpSocket::bind("0.0.0.0:7100")).unwrap().unwrap();
+    let port = slirpnet_tests::free_port_both();
+    // The default handler; host loopback stays disabled, and UDP replies
+    // still come back because rootlessport answers from inside.
+    let mut opts = SetupOptions::new(
+        Target::Path {
+            netns: made.path.clone(),
+            userns: None,
+        },
+        NetworkOptions::default(),
+    );
+    opts.rootlessport = Some(slirpnet_tests::rootlessport_bin());
+    opts.ports
+        .push(parse_port_spec(&format!("127.0.0.1:{port}:7100/tcp,udp")).unwrap());
+    let plan = slirpnet::plan(&opts).unwrap();
+    assert!(plan.info.warnings.is_empty(), "{:?}", plan.info.warnings);
+    let net = setup(&opts).unwrap();
+    assert_eq!(net.info().port_handler, "rootlesskit");
+    assert!(net.info().api_socket.is_none());
+
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = tcp.accept().unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut c, &mut got).unwrap();
+        std::io::Write::write_all(&mut c, &got).unwrap();
+        drop(c); // EOF for the client
+        let mut buf = [0u8; 2048];
+        let (n, from) = udp.recv_from(&mut buf).unwrap();
+        udp.send_to(&buf[..n], from).unwrap();
+    });
+    let data = slirpnet_tests::payload(200_000, 9);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::io::Write::write_all(&mut c, &data).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut c, &mut back).unwrap();
+    assert!(back == data);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.send_to(b"ping", ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 64];
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ping");
+    server.join().unwrap();
+
+    let pid = net.info().pid;
+    net.teardown();
+    assert!(!pid_exists(pid));
+    assert!(
+        TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "rootlessport still listening"
+    );
+}
+
+#[test]
+fn a_failing_rootlessport_undoes_everything() {
+    if !require(
+        "a_failing_rootlessport_undoes_everything",
+        real_slirp().map(drop),
+    ) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let made = PersistentNetns::new("rlk-fail").unwrap();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let mut opts = SetupOptions::new(
+        Target::Path {
+            netns: made.path.clone(),
+            userns: None,
+        },
+        NetworkOptions::default(),
+    );
+    opts.rootlessport = Some(slirpnet_tests::rootlessport_bin());
+    opts.ports
+        .push(parse_port_spec(&format!("127.0.0.1:{busy}:80")).unwrap());
+    let before = our_slirp_children();
+    let err = setup(&opts).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("rootlessport failed: failed to listen on tcp 127.0.0.1:{busy}: Address already in use (os error 98)")
+    );
+    assert_eq!(our_slirp_children(), before, "slirp4netns left running");
 }
