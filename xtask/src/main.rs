@@ -6,12 +6,17 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
+
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   setup   install what the project needs (slirp4netns, iproute2, util-linux)
           when missing, and make /dev/net/tun usable by unprivileged users
-  test    setup, then cargo fmt --check, clippy -D warnings and every test";
+  test    setup, then cargo fmt --check, clippy -D warnings and every test
+  bench   [--rounds N] [--seconds S]: our rootlessport against podman's Go
+          helper and direct loopback (installs podman and iperf3 when missing,
+          needs root); prints the table and writes BENCHMARKS.md";
 
 /// Debian packages the project needs, with a program each one provides.
 const PACKAGES: &[(&str, &str)] = &[
@@ -26,6 +31,32 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("setup") => setup(),
         Some("test") => test(),
+        Some("bench") => {
+            setup()?;
+            install_missing(&[
+                ("podman", "/usr/lib/podman/rootlessport"),
+                ("iperf3", "iperf3"),
+            ])?;
+            let mut opts = bench::BenchOptions {
+                rounds: 3,
+                seconds: 3,
+            };
+            let mut it = args[1..].iter();
+            while let Some(a) = it.next() {
+                let mut value = |name: &str| -> Result<u64> {
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .with_context(|| format!("{name} takes a number"))
+                };
+                match a.as_str() {
+                    "--rounds" => opts.rounds = value("--rounds")?.max(1) as usize,
+                    "--seconds" => opts.seconds = value("--seconds")?.max(1),
+                    other => bail!("unknown bench option {other:?}"),
+                }
+            }
+            bench::bench(&workspace_root(), &opts)
+        }
+        Some("bench-serve") => bench::serve(args.get(1).context("bench-serve ADDR")?),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -67,6 +98,39 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+/// Installs Debian packages whose program (a name on PATH or an absolute
+/// path) is missing; only as root.
+fn install_missing(wanted: &[(&str, &str)]) -> Result<()> {
+    let present = |p: &str| {
+        if p.starts_with('/') {
+            Path::new(p).exists()
+        } else {
+            on_path(p)
+        }
+    };
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(_, p)| !present(p))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing packages {}: install them as root",
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get")
+        .args(["update", "-qq"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Installs the missing packages with apt-get (only as root) and opens up

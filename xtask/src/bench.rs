@@ -1,0 +1,661 @@
+//! `cargo xtask bench`: our rootlessport against podman's Go helper and
+//! against direct loopback, side by side, rounds interleaved, medians.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+const GO_HELPER: &str = "/usr/lib/podman/rootlessport";
+const NS_ADDR: &str = "10.77.0.1";
+const IPERF_PORT: u16 = 5201;
+const ECHO_PORT: u16 = 7000;
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Rounds per measurement (the median is reported).
+    pub rounds: usize,
+    /// Seconds per throughput or rate measurement.
+    pub seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Subject {
+    Ours,
+    Go,
+    Direct,
+}
+
+/// A network namespace with 10.77.0.1 on a veth pair inside; deleted on drop.
+struct BenchNetns {
+    name: String,
+    servers: Vec<Child>,
+}
+
+impl BenchNetns {
+    fn new() -> Result<Self> {
+        let name = format!("slirpnet-bench-{}", std::process::id());
+        run_quiet(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = BenchNetns {
+            name,
+            servers: Vec::new(),
+        };
+        for args in [
+            "link set lo up",
+            "link add v0 type veth peer name v1",
+            "addr add 10.77.0.1/24 dev v0",
+            "addr add 10.77.0.2/24 dev v1",
+            "link set v0 up",
+            "link set v1 up",
+        ] {
+            run_quiet(
+                Command::new("ip")
+                    .arg("-n")
+                    .arg(&ns.name)
+                    .args(args.split(' ')),
+            )?;
+        }
+        Ok(ns)
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Starts `cmd` inside the namespace (ip netns exec).
+    fn spawn(&mut self, program: &Path, args: &[&str]) -> Result<()> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.servers.push(child);
+        Ok(())
+    }
+}
+
+impl Drop for BenchNetns {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to run {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// A forwarder process started as podman starts it.
+struct Forwarder {
+    child: Child,
+    exit_w: Option<std::os::fd::OwnedFd>,
+    ready_after: Duration,
+}
+
+impl Forwarder {
+    fn start(binary: &Path, config: &serde_json::Value) -> Result<Forwarder> {
+        let (exit_r, exit_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut cmd = Command::new(binary);
+        cmd.arg0("rootlessport")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0);
+        slirp_proc::install_child_setup(
+            &mut cmd,
+            slirp_proc::ChildSetup {
+                fds: vec![(exit_r.as_raw_fd(), 3), (ready_w.as_raw_fd(), 4)],
+                ..Default::default()
+            },
+        );
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("failed to start {}", binary.display()))?;
+        drop((exit_r, ready_w));
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(config.to_string().as_bytes())?;
+        let mut byte = [0u8; 1];
+        let got = File::from(ready_r).read(&mut byte)?;
+        let ready_after = started.elapsed();
+        if got != 1 || byte[0] != b'1' {
+            let mut line = String::new();
+            if let Some(mut out) = child.stdout.take() {
+                let _ = out.read_to_string(&mut line);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{} failed: {}", binary.display(), line.trim());
+        }
+        Ok(Forwarder {
+            child,
+            exit_w: Some(exit_w),
+            ready_after,
+        })
+    }
+
+    /// The pids of the process and all its descendants.
+    fn tree(&self) -> Vec<u32> {
+        let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(after) = stat.rsplit_once(") ").map(|(_, a)| a) else {
+                continue;
+            };
+            if let Some(ppid) = after.split(' ').nth(1).and_then(|p| p.parse().ok()) {
+                parents.entry(ppid).or_default().push(pid);
+            }
+        }
+        let mut out = vec![self.child.id()];
+        let mut i = 0;
+        while i < out.len() {
+            out.extend(parents.get(&out[i]).cloned().unwrap_or_default());
+            i += 1;
+        }
+        out
+    }
+
+    /// Resident memory of the tree, in KiB.
+    fn rss_kib(&self) -> u64 {
+        self.tree()
+            .iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            .sum()
+    }
+
+    /// Open fds of the tree.
+    fn fds(&self) -> usize {
+        self.tree()
+            .iter()
+            .map(|pid| {
+                std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .map(|d| d.count())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// CPU seconds (user + system) of the tree so far.
+    fn cpu_seconds(&self) -> f64 {
+        let tick = 100.0; // USER_HZ on Linux
+        self.tree()
+            .iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .filter_map(|s| {
+                let after = s.rsplit_once(") ")?.1.to_owned();
+                let f: Vec<&str> = after.split(' ').collect();
+                Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
+            })
+            .sum()
+    }
+
+    fn stop(mut self) -> Result<()> {
+        self.exit_w.take();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+fn config(netns: &str, mappings: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "Mappings": mappings,
+        "NetNSPath": netns,
+        "ExitFD": 3,
+        "ReadyFD": 4,
+        "TmpDir": std::env::temp_dir(),
+        "ChildIP": NS_ADDR,
+        "ContainerID": format!("bench{}", std::process::id()),
+        "RootlessCNI": false,
+    })
+}
+
+/// `len` consecutive ports free for TCP and UDP on all addresses: one port
+/// from the kernel, or a block searched below the ephemeral range.
+fn free_port_block(len: u16) -> Result<u16> {
+    let free = |base: u16| {
+        (0..len).all(|i| {
+            TcpListener::bind(("0.0.0.0", base + i)).is_ok()
+                && std::net::UdpSocket::bind(("0.0.0.0", base + i)).is_ok()
+        })
+    };
+    if len == 1 {
+        for _ in 0..100 {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            if free(port) {
+                return Ok(port);
+            }
+        }
+    } else {
+        let mut base = 20000u16;
+        while u32::from(base) + u32::from(len) <= 32000 {
+            if free(base) {
+                return Ok(base);
+            }
+            base += len;
+        }
+    }
+    bail!("found no block of {len} free ports")
+}
+
+/// `iperf3 -J` against 127.0.0.1:port; returns received bits per second and
+/// bytes moved.
+fn iperf(port: u16, seconds: u64, udp: bool) -> Result<(f64, f64)> {
+    let mut cmd = Command::new("iperf3");
+    cmd.args([
+        "-c",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]);
+    if udp {
+        cmd.args(["-u", "-b", "0", "-l", "1400"]);
+    }
+    let out = cmd.output().context("failed to run iperf3")?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "iperf3 printed no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if let Some(err) = json.get("error") {
+        bail!("iperf3: {err}");
+    }
+    let end = &json["end"];
+    if udp {
+        let sum = &end["sum"];
+        let bps = sum["bits_per_second"].as_f64().unwrap_or(0.0);
+        let lost = sum["lost_percent"].as_f64().unwrap_or(0.0);
+        let bytes = sum["bytes"].as_f64().unwrap_or(0.0);
+        Ok((bps * (1.0 - lost / 100.0), bytes * (1.0 - lost / 100.0)))
+    } else {
+        let r = &end["sum_received"];
+        Ok((
+            r["bits_per_second"].as_f64().unwrap_or(0.0),
+            r["bytes"].as_f64().unwrap_or(0.0),
+        ))
+    }
+}
+
+/// Connect, 1-byte request and reply, close, from 4 threads for `seconds`.
+/// Returns (connections per second, p50 µs, p99 µs).
+fn conn_rate(addr: SocketAddr, seconds: u64) -> Result<(f64, f64, f64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || -> Result<Vec<u32>> {
+                let mut lat = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    c.set_nodelay(true)?;
+                    c.write_all(b"x")?;
+                    let mut b = [0u8; 1];
+                    c.read_exact(&mut b)?;
+                    drop(c);
+                    lat.push(t.elapsed().as_micros() as u32);
+                }
+                Ok(lat)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(
+            t.join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))??,
+        );
+    }
+    ensure!(!all.is_empty(), "no connection completed");
+    all.sort_unstable();
+    let pct = |p: f64| f64::from(all[((all.len() - 1) as f64 * p) as usize]);
+    Ok((all.len() as f64 / seconds as f64, pct(0.50), pct(0.99)))
+}
+
+/// The 1-byte request/reply server (`xtask bench-serve ADDR`): reads one
+/// byte, answers one byte, closes when the peer does.
+pub fn serve(addr: &str) -> Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    for conn in listener.incoming() {
+        let Ok(mut c) = conn else { continue };
+        std::thread::spawn(move || {
+            let _ = c.set_nodelay(true);
+            let mut b = [0u8; 1];
+            if c.read_exact(&mut b).is_ok() && c.write_all(&b).is_ok() {
+                let _ = c.shutdown(Shutdown::Write);
+                let mut rest = [0u8; 16];
+                let _ = c.read(&mut rest);
+            }
+        });
+    }
+    Ok(())
+}
+
+type Samples = HashMap<(&'static str, Subject), Vec<f64>>;
+
+fn record(s: &mut Samples, metric: &'static str, who: Subject, v: f64) {
+    s.entry((metric, who)).or_default().push(v);
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+/// Runs the benchmark and writes the table to BENCHMARKS.md.
+pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
+    ensure!(
+        Path::new(GO_HELPER).is_file(),
+        "{GO_HELPER} is missing (apt-get install podman)"
+    );
+    // Release builds of the forwarder and of the bench server.
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "rootlessport",
+            "-p",
+            "xtask",
+        ])
+        .status()?;
+    ensure!(status.success(), "cargo build --release failed");
+    let ours = root.join("target/release/rootlessport");
+    let server = root.join("target/release/xtask");
+    let subjects: [(Subject, PathBuf); 2] = [
+        (Subject::Ours, ours),
+        (Subject::Go, PathBuf::from(GO_HELPER)),
+    ];
+
+    let mut ns = BenchNetns::new()?;
+    let ns_path = ns.path();
+    ns.spawn(
+        Path::new("/usr/bin/iperf3"),
+        &["-s", "-B", NS_ADDR, "-p", &IPERF_PORT.to_string()],
+    )?;
+    ns.spawn(&server, &["bench-serve", &format!("{NS_ADDR}:{ECHO_PORT}")])?;
+    // Direct loopback: the same servers on the host.
+    let direct_iperf = free_port_block(1)?;
+    let direct_echo = free_port_block(1)?;
+    let mut host_servers = vec![
+        Command::new("iperf3")
+            .args(["-s", "-B", "127.0.0.1", "-p", &direct_iperf.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+        Command::new(&server)
+            .args(["bench-serve", &format!("127.0.0.1:{direct_echo}")])
+            .spawn()?,
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut s = Samples::new();
+    let result = (|| -> Result<()> {
+        for round in 0..opts.rounds {
+            eprintln!("round {}/{}", round + 1, opts.rounds);
+            for (who, bin) in &subjects {
+                let who = *who;
+                // Spawn to ready, one port.
+                let port = free_port_block(1)?;
+                let one = serde_json::json!([{"host_ip": "", "container_port": ECHO_PORT, "host_port": port, "range": 1, "protocol": "tcp"}]);
+                let f = Forwarder::start(bin, &config(&ns_path, one))?;
+                record(&mut s, "ready_1_ms", who, f.ready_after.as_secs_f64() * 1e3);
+                std::thread::sleep(Duration::from_millis(200));
+                record(&mut s, "idle_rss_kib", who, f.rss_kib() as f64);
+                record(&mut s, "idle_fds", who, f.fds() as f64);
+                f.stop()?;
+
+                // Spawn to ready, 3000-port tcp,udp range.
+                let base = free_port_block(3000)?;
+                let range = serde_json::json!([{"host_ip": "", "container_port": 10000, "host_port": base, "range": 3000, "protocol": "tcp,udp"}]);
+                let f = Forwarder::start(bin, &config(&ns_path, range))?;
+                record(
+                    &mut s,
+                    "ready_3000_ms",
+                    who,
+                    f.ready_after.as_secs_f64() * 1e3,
+                );
+                std::thread::sleep(Duration::from_millis(200));
+                record(&mut s, "range_rss_kib", who, f.rss_kib() as f64);
+                record(&mut s, "range_fds", who, f.fds() as f64);
+                f.stop()?;
+
+                // Data path: iperf3 (tcp and udp) and the echo port.
+                let ip_port = free_port_block(1)?;
+                let echo_port = free_port_block(1)?;
+                let maps = serde_json::json!([
+                    {"host_ip": "127.0.0.1", "container_port": IPERF_PORT, "host_port": ip_port, "range": 1, "protocol": "tcp,udp"},
+                    {"host_ip": "127.0.0.1", "container_port": ECHO_PORT, "host_port": echo_port, "range": 1, "protocol": "tcp"},
+                ]);
+                let f = Forwarder::start(bin, &config(&ns_path, maps))?;
+                let cpu0 = f.cpu_seconds();
+                let (bps, bytes) = iperf(ip_port, opts.seconds, false)?;
+                let cpu = f.cpu_seconds() - cpu0;
+                record(&mut s, "tcp_gbps", who, bps / 1e9);
+                record(&mut s, "cpu_s_per_gb", who, cpu / (bytes / 1e9));
+                let (ubps, _) = iperf(ip_port, opts.seconds, true)?;
+                record(&mut s, "udp_gbps", who, ubps / 1e9);
+                let (rate, p50, p99) =
+                    conn_rate(SocketAddr::from(([127, 0, 0, 1], echo_port)), opts.seconds)?;
+                record(&mut s, "conn_per_s", who, rate);
+                record(&mut s, "conn_p50_us", who, p50);
+                record(&mut s, "conn_p99_us", who, p99);
+                f.stop()?;
+            }
+            // The physical limit: no forwarder.
+            let (bps, _) = iperf(direct_iperf, opts.seconds, false)?;
+            record(&mut s, "tcp_gbps", Subject::Direct, bps / 1e9);
+            let (ubps, _) = iperf(direct_iperf, opts.seconds, true)?;
+            record(&mut s, "udp_gbps", Subject::Direct, ubps / 1e9);
+            let (rate, p50, p99) = conn_rate(
+                SocketAddr::from(([127, 0, 0, 1], direct_echo)),
+                opts.seconds,
+            )?;
+            record(&mut s, "conn_per_s", Subject::Direct, rate);
+            record(&mut s, "conn_p50_us", Subject::Direct, p50);
+            record(&mut s, "conn_p99_us", Subject::Direct, p99);
+        }
+        Ok(())
+    })();
+    for h in &mut host_servers {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    drop(ns);
+    result?;
+
+    let table = render(&s, opts);
+    println!("{table}");
+    let doc = format!(
+        "# Benchmarks\n\nWritten by `cargo xtask bench` on {} ({} cores, kernel {}). Our `rootlessport` \
+         (release build) against podman {}'s Go helper ({GO_HELPER}) and against direct loopback, \
+         each forwarder started exactly as podman starts it, forwarding into a network namespace \
+         (servers on a veth address inside). {} rounds, interleaved; each cell is the median. \
+         Throughput and rates over {} s each; CPU and memory cover the forwarder's whole process \
+         tree (the Go helper re-executes itself as `rootlessport-child`).\n\n{table}\n",
+        today(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        kernel(),
+        podman_version(),
+        opts.rounds,
+        opts.seconds,
+    );
+    std::fs::write(root.join("BENCHMARKS.md"), doc)?;
+    eprintln!("wrote BENCHMARKS.md");
+    Ok(())
+}
+
+/// (metric, label, unit, higher is better, target ratio ours/go)
+const ROWS: &[(&str, &str, bool, Option<f64>)] = &[
+    (
+        "tcp_gbps",
+        "TCP throughput, 1 stream (Gbit/s)",
+        true,
+        Some(1.25),
+    ),
+    (
+        "cpu_s_per_gb",
+        "forwarder CPU per GB moved (s)",
+        false,
+        Some(0.5),
+    ),
+    (
+        "conn_per_s",
+        "connect + 1-byte req/reply + close (conn/s)",
+        true,
+        Some(3.0),
+    ),
+    ("conn_p50_us", "  latency p50 (µs)", false, None),
+    ("conn_p99_us", "  latency p99 (µs)", false, None),
+    (
+        "udp_gbps",
+        "UDP throughput, 1400-byte datagrams (Gbit/s)",
+        true,
+        Some(3.0),
+    ),
+    ("ready_1_ms", "spawn to ready, 1 port (ms)", false, None),
+    ("idle_rss_kib", "idle RSS, 1 port (KiB)", false, Some(0.25)),
+    ("idle_fds", "fds, 1 port", false, None),
+    (
+        "ready_3000_ms",
+        "spawn to ready, 3000-port tcp,udp range (ms)",
+        false,
+        Some(0.1),
+    ),
+    (
+        "range_rss_kib",
+        "RSS, 3000-port tcp,udp range (KiB)",
+        false,
+        Some(0.1),
+    ),
+    ("range_fds", "fds, 3000-port tcp,udp range", false, None),
+];
+
+fn render(s: &Samples, _opts: &BenchOptions) -> String {
+    let get = |m: &'static str, w: Subject| s.get(&(m, w)).and_then(|v| median(v));
+    let fmt = |v: Option<f64>| match v {
+        None => "—".to_owned(),
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) if x >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.3}"),
+    };
+    let mut out = String::from("| metric | ours | Go helper | direct loopback | ours/Go | target | met |\n|---|---:|---:|---:|---:|---:|:-:|\n");
+    for &(m, label, higher, target) in ROWS {
+        let (o, g, d) = (
+            get(m, Subject::Ours),
+            get(m, Subject::Go),
+            get(m, Subject::Direct),
+        );
+        let ratio = match (o, g) {
+            (Some(o), Some(g)) if g > 0.0 => Some(o / g),
+            _ => None,
+        };
+        let (target_txt, met) = match (target, ratio) {
+            (Some(t), Some(r)) => {
+                let ok = if higher { r >= t } else { r <= t };
+                (
+                    format!("{}{t}x", if higher { "≥ " } else { "≤ " }),
+                    if ok { "yes" } else { "no" },
+                )
+            }
+            _ => (String::new(), ""),
+        };
+        let ratio_txt = ratio
+            .map(|r| format!("{r:.2}x"))
+            .unwrap_or_else(|| "—".into());
+        out += &format!(
+            "| {label} | {} | {} | {} | {ratio_txt} | {target_txt} | {met} |\n",
+            fmt(o),
+            fmt(g),
+            fmt(d)
+        );
+    }
+    out
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn podman_version() -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", "podman"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
