@@ -3,55 +3,137 @@
 //! A socket belongs to the network namespace of the thread that created it,
 //! whatever thread uses it later. One thread joins the namespace and does
 //! nothing but `socket(2)`; the event loop connects, reads and writes. No
-//! second process, no per-connection IPC beyond handing over an fd.
+//! second process, no per-connection IPC: the thread keeps a few sockets of
+//! each kind ready, so a new connection usually just takes one.
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 use netns_util::{Netns, NetnsError};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::oneshot;
 
+/// Sockets kept ready per kind.
+const POOL: usize = 32;
+
 type Reply = oneshot::Sender<io::Result<OwnedFd>>;
+
+enum Request {
+    /// Make one now and send it back.
+    Make(Kind, Reply),
+    /// Top the pool of this kind up.
+    Refill(Kind),
+}
+
+/// IPv4 or IPv6, TCP or UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Kind {
+    v6: bool,
+    udp: bool,
+}
+
+impl Kind {
+    fn new(domain: Domain, ty: Type) -> Self {
+        Kind {
+            v6: domain == Domain::IPV6,
+            udp: ty == Type::DGRAM,
+        }
+    }
+
+    fn index(self) -> usize {
+        usize::from(self.v6) * 2 + usize::from(self.udp)
+    }
+
+    fn make(self) -> io::Result<OwnedFd> {
+        let domain = if self.v6 { Domain::IPV6 } else { Domain::IPV4 };
+        let (ty, proto) = if self.udp {
+            (Type::DGRAM, Protocol::UDP)
+        } else {
+            (Type::STREAM, Protocol::TCP)
+        };
+        Socket::new(domain, ty.nonblocking().cloexec(), Some(proto)).map(OwnedFd::from)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Pools {
+    ready: [Mutex<Vec<OwnedFd>>; 4],
+    refilling: [AtomicBool; 4],
+}
 
 /// Hands out sockets created in the namespace.
 #[derive(Debug, Clone)]
 pub struct SocketFactory {
-    requests: mpsc::Sender<(Domain, Type, Reply)>,
+    requests: mpsc::Sender<Request>,
+    pools: Arc<Pools>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Make(k, _) => write!(f, "Make({k:?})"),
+            Request::Refill(k) => write!(f, "Refill({k:?})"),
+        }
+    }
 }
 
 impl SocketFactory {
     /// Starts the thread inside `netns`. Fails at once when the namespace
     /// cannot be joined (for example, for lack of privilege).
     pub fn start(netns: &Netns) -> Result<Self, NetnsError> {
-        let (tx, rx) = mpsc::channel::<(Domain, Type, Reply)>();
+        let (tx, rx) = mpsc::channel::<Request>();
+        let pools = Arc::new(Pools::default());
+        let shared = pools.clone();
         netns.spawn("rootlessport-ns", move || {
             // Ends when every sender is gone.
-            for (domain, ty, reply) in rx {
-                let made = Socket::new(domain, ty.nonblocking().cloexec(), Some(protocol_of(ty)))
-                    .map(OwnedFd::from);
-                let _ = reply.send(made);
+            for req in rx {
+                match req {
+                    Request::Make(kind, reply) => {
+                        let _ = reply.send(kind.make());
+                    }
+                    Request::Refill(kind) => {
+                        let i = kind.index();
+                        let have = lock(&shared.ready[i]).len();
+                        let fresh: Vec<OwnedFd> =
+                            (have..POOL).map_while(|_| kind.make().ok()).collect();
+                        lock(&shared.ready[i]).extend(fresh);
+                        shared.refilling[i].store(false, Ordering::Release);
+                    }
+                }
             }
         })?;
-        Ok(SocketFactory { requests: tx })
+        Ok(SocketFactory {
+            requests: tx,
+            pools,
+        })
     }
 
     /// A new non-blocking, close-on-exec socket inside the namespace.
     pub async fn socket(&self, domain: Domain, ty: Type) -> io::Result<OwnedFd> {
+        let kind = Kind::new(domain, ty);
+        let i = kind.index();
+        let pooled = {
+            let mut ready = lock(&self.pools.ready[i]);
+            let fd = ready.pop();
+            (fd, ready.len())
+        };
+        if pooled.1 < POOL / 2 && !self.pools.refilling[i].swap(true, Ordering::AcqRel) {
+            let _ = self.requests.send(Request::Refill(kind));
+        }
+        if let Some(fd) = pooled.0 {
+            return Ok(fd);
+        }
         let (tx, rx) = oneshot::channel();
         self.requests
-            .send((domain, ty, tx))
+            .send(Request::Make(kind, tx))
             .map_err(|_| io::Error::other("the namespace thread is gone"))?;
         rx.await
             .map_err(|_| io::Error::other("the namespace thread is gone"))?
     }
 }
 
-fn protocol_of(ty: Type) -> Protocol {
-    if ty == Type::DGRAM {
-        Protocol::UDP
-    } else {
-        Protocol::TCP
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -1,15 +1,22 @@
 //! UDP: a flow per client address, each with its own socket inside the
-//! namespace; 90 s idle timeout. One receive buffer per event loop, not one
-//! per port or per flow.
+//! namespace; 90 s idle timeout. Datagrams move in batches (recvmmsg and
+//! sendmmsg, up to 32 per system call) through one buffer per event loop,
+//! not one per port or per flow.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage,
+};
 use socket2::{Domain, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -18,11 +25,100 @@ use crate::target::Target;
 
 /// A flow ends after this long without traffic either way (as in the Go helper).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Datagrams per system call.
+const BATCH: usize = 32;
+/// Room for the largest datagram.
+const SLOT: usize = 65536;
+/// Socket buffers asked for: bursts wait here instead of being dropped.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The batch buffers. The event loop is single-threaded and no borrow is
+/// held across an await, so every port and flow shares them.
+struct Batch {
+    bufs: Vec<u8>,
+    lens: [usize; BATCH],
+    from: [Option<SocketAddr>; BATCH],
+    recv: MultiHeaders<SockaddrStorage>,
+    send: MultiHeaders<SockaddrStorage>,
+}
 
 thread_local! {
-    /// The receive buffer. The event loop is single-threaded and no borrow
-    /// is held across an await, so every port and flow shares it.
-    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 65536]);
+    static BATCH_BUF: RefCell<Batch> = RefCell::new(Batch {
+        // Pages are touched only as datagrams land in them.
+        bufs: vec![0; BATCH * SLOT],
+        lens: [0; BATCH],
+        from: [None; BATCH],
+        recv: MultiHeaders::preallocate(BATCH, None),
+        send: MultiHeaders::preallocate(BATCH, None),
+    });
+}
+
+impl Batch {
+    /// Receives up to BATCH datagrams; their lengths and sources land in
+    /// `lens` and `from`.
+    fn receive(&mut self, fd: i32) -> io::Result<usize> {
+        let Batch {
+            bufs,
+            lens,
+            from,
+            recv,
+            ..
+        } = self;
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+            .chunks_mut(SLOT)
+            .map(|c| [IoSliceMut::new(c)])
+            .collect();
+        let results = recvmmsg(fd, recv, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
+            .map_err(io::Error::from)?;
+        let mut n = 0;
+        for (i, msg) in results.enumerate() {
+            lens[i] = msg.bytes;
+            from[i] = msg.address.as_ref().and_then(to_socket_addr);
+            n = i + 1;
+        }
+        Ok(n)
+    }
+
+    /// Sends datagrams `range` on `fd`: to its connected peer, or each to `to`.
+    fn send(&mut self, fd: i32, range: std::ops::Range<usize>, to: Option<SocketAddr>) {
+        let Batch {
+            bufs, lens, send, ..
+        } = self;
+        let slices: Vec<[IoSlice<'_>; 1]> = range
+            .clone()
+            .map(|i| [IoSlice::new(&bufs[i * SLOT..i * SLOT + lens[i]])])
+            .collect();
+        let addr = to.map(SockaddrStorage::from);
+        let addrs = vec![addr; slices.len()];
+        // A full socket buffer drops what does not fit, as UDP may.
+        let _ = sendmmsg(
+            fd,
+            send,
+            slices.iter(),
+            addrs,
+            [] as [ControlMessage; 0],
+            MsgFlags::MSG_DONTWAIT,
+        );
+    }
+
+    fn datagram(&self, i: usize) -> &[u8] {
+        &self.bufs[i * SLOT..i * SLOT + self.lens[i]]
+    }
+}
+
+fn to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::from((v4.ip(), v4.port())));
+    }
+    s.as_sockaddr_in6()
+        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
+        .filter(|_| s.family().is_some())
+}
+
+fn grow_buffers(socket: &UdpSocket) {
+    let s = socket2::SockRef::from(socket);
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
 }
 
 #[derive(Debug)]
@@ -45,6 +141,7 @@ fn now_ms(epoch: Instant) -> u64 {
 
 /// Serves one host UDP port until the task is dropped.
 pub async fn serve(host: UdpSocket, container_port: u16, target: Target, factory: SocketFactory) {
+    grow_buffers(&host);
     let host = Arc::new(host);
     let epoch = Instant::now();
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
@@ -69,36 +166,54 @@ pub async fn serve(host: UdpSocket, container_port: u16, target: Target, factory
             generation = target.generation();
             flows.clear();
         }
-        // Drain what is queued; stop at WouldBlock.
         loop {
-            let got = BUF.with_borrow_mut(|buf| match host.try_recv_from(buf) {
-                Ok((n, from)) => {
-                    if let Some(flow) = flows.get(&from) {
-                        flow.last.store(now_ms(epoch), Ordering::Relaxed);
-                        // A full socket buffer drops the datagram, as UDP may.
-                        let _ = send_now(&flow.inner, &buf[..n], None);
-                        Ok(None)
-                    } else {
-                        Ok(Some((buf[..n].to_vec(), from)))
+            // Forward a batch to known flows; copy out what needs a new flow.
+            let got = BATCH_BUF.with_borrow_mut(|b| {
+                let n = host.try_io(Interest::READABLE, || b.receive(host.as_raw_fd()))?;
+                let now = now_ms(epoch);
+                let mut strangers = Vec::new();
+                let mut i = 0;
+                while i < n {
+                    let Some(from) = b.from[i] else {
+                        i += 1;
+                        continue;
+                    };
+                    let mut end = i + 1;
+                    while end < n && b.from[end] == Some(from) {
+                        end += 1;
                     }
+                    match flows.get(&from) {
+                        Some(flow) => {
+                            flow.last.store(now, Ordering::Relaxed);
+                            b.send(flow.inner.as_raw_fd(), i..end, None);
+                        }
+                        None => strangers.extend((i..end).map(|k| (from, b.datagram(k).to_vec()))),
+                    }
+                    i = end;
                 }
-                Err(e) => Err(e),
+                Ok::<_, io::Error>((n, strangers))
             });
             match got {
-                Ok(None) => {}
-                Ok(Some((first, from))) => {
-                    let dest = SocketAddr::new(target.ip(), container_port);
-                    match open_flow(&factory, dest, from, &host, epoch).await {
-                        Ok(flow) => {
-                            let _ = send_now(&flow.inner, &first, None);
-                            flows.insert(from, flow);
-                        }
-                        Err(e) => {
-                            tracing::warn!(%from, %dest, error = %e, "cannot open a UDP flow inside the namespace")
-                        }
+                Ok((_, strangers)) => {
+                    for (from, data) in strangers {
+                        use std::collections::hash_map::Entry;
+                        let flow = match flows.entry(from) {
+                            Entry::Occupied(o) => o.into_mut(),
+                            Entry::Vacant(v) => {
+                                let dest = SocketAddr::new(target.ip(), container_port);
+                                match open_flow(&factory, dest, from, &host, epoch).await {
+                                    Ok(flow) => v.insert(flow),
+                                    Err(e) => {
+                                        tracing::warn!(%from, %dest, error = %e, "cannot open a UDP flow inside the namespace");
+                                        continue;
+                                    }
+                                }
+                            }
+                        };
+                        let _ = socket2::SockRef::from(&*flow.inner).send(&data);
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "udp receive");
                     break;
@@ -108,29 +223,19 @@ pub async fn serve(host: UdpSocket, container_port: u16, target: Target, factory
     }
 }
 
-/// A plain non-blocking send. tokio's `try_send` reports WouldBlock until the
-/// reactor has seen the socket writable, which would drop the first datagram
-/// of every new flow; a datagram socket is writable unless its buffer is full.
-fn send_now(socket: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> std::io::Result<usize> {
-    let sock = socket2::SockRef::from(socket);
-    match to {
-        Some(addr) => sock.send_to(data, &addr.into()),
-        None => sock.send(data),
-    }
-}
-
 async fn open_flow(
     factory: &SocketFactory,
     dest: SocketAddr,
     client: SocketAddr,
     host: &Arc<UdpSocket>,
     epoch: Instant,
-) -> std::io::Result<Flow> {
+) -> io::Result<Flow> {
     let fd = factory
         .socket(Domain::for_address(dest), Type::DGRAM)
         .await?;
     let inner = Arc::new(UdpSocket::from_std(std::net::UdpSocket::from(fd))?);
     inner.connect(dest).await?;
+    grow_buffers(&inner);
     let last = Arc::new(AtomicU64::new(now_ms(epoch)));
     let reader = tokio::spawn(reply_loop(
         inner.clone(),
@@ -146,7 +251,7 @@ async fn open_flow(
     })
 }
 
-/// Replies from inside go back to the client from the host port.
+/// Replies from inside go back to the client from the host port, in batches.
 async fn reply_loop(
     inner: Arc<UdpSocket>,
     host: Arc<UdpSocket>,
@@ -159,15 +264,15 @@ async fn reply_loop(
             return;
         }
         loop {
-            let r = BUF.with_borrow_mut(|buf| {
-                let n = inner.try_recv(buf)?;
-                let _ = send_now(&host, &buf[..n], Some(client));
-                Ok::<_, std::io::Error>(())
+            let r = BATCH_BUF.with_borrow_mut(|b| {
+                let n = inner.try_io(Interest::READABLE, || b.receive(inner.as_raw_fd()))?;
+                b.send(host.as_raw_fd(), 0..n, Some(client));
+                Ok::<_, io::Error>(n)
             });
             match r {
-                Ok(()) => last.store(now_ms(epoch), Ordering::Relaxed),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                // ECONNREFUSED (nothing listens inside): keep the flow; a
+                Ok(_) => last.store(now_ms(epoch), Ordering::Relaxed),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ECONNREFUSED (nothing listens inside yet): keep the flow; a
                 // later datagram may find a listener.
                 Err(_) => break,
             }
