@@ -194,27 +194,40 @@ pub fn free_tcp_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
-/// The `slirpnet` binary, freshly built: `cargo test` builds only the tested
-/// package's own binaries, so this runs `cargo build -p slirpnet` once per
-/// test process (a no-op when it is up to date).
+/// The `slirpnet` binary, freshly built (see [`built_bin`]).
 pub fn slirpnet_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("current_exe");
-            // target/<profile>/deps/<test> -> target/<profile>/slirpnet
-            let dir = exe.parent().and_then(Path::parent).expect("target dir");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "-p", "slirpnet", "--bin", "slirpnet"]);
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(status.success(), "cargo build -p slirpnet failed");
-            dir.join("slirpnet")
-        })
-        .clone()
+    built_bin("slirpnet", "slirpnet")
+}
+
+/// The `rootlessport` binary, freshly built (see [`built_bin`]).
+pub fn rootlessport_bin() -> PathBuf {
+    built_bin("rootlessport", "rootlessport")
+}
+
+/// Binary `bin` of workspace package `package`, freshly built: `cargo test`
+/// builds only the tested package's own binaries, so this runs `cargo build`
+/// once per binary and test process (a no-op when it is up to date).
+pub fn built_bin(package: &str, bin: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<bin>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == bin) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(
+            status.success(),
+            "cargo build -p {package} --bin {bin} failed"
+        );
+        built.push(bin.to_owned());
+    }
+    dir.join(bin)
 }
 
 /// Copies programs into a fresh directory every user can read and run, for
@@ -413,35 +426,6 @@ impl Drop for Rootlessport {
         }
         let _ = self.child.wait();
     }
-}
-
-/// The `rootlessport` binary, freshly built (see [`slirpnet_bin`]).
-pub fn rootlessport_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("current_exe");
-            let dir = exe.parent().and_then(Path::parent).expect("target dir");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "rootlessport",
-                "--bin",
-                "rootlessport",
-            ]);
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            assert!(
-                cmd.status().expect("run cargo build").success(),
-                "cargo build -p rootlessport failed"
-            );
-            dir.join("rootlessport")
-        })
-        .clone()
 }
 
 /// A free port on 127.0.0.1 for both TCP and UDP.

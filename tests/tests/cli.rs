@@ -53,6 +53,15 @@ fn wait_limited(child: &mut Child, limit: Duration) -> std::process::ExitStatus 
     }
 }
 
+/// Everything the child wrote on its (piped) stderr.
+fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    err
+}
+
 /// The first JSON object in `text`.
 fn first_json(text: &str) -> Value {
     let start = text
@@ -105,13 +114,7 @@ fn run_echo_roundtrip(slirpnet: &Path, echo: &Path, as_user: Option<u32>, handle
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     if line.trim() != "listening" {
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let err = stderr_of(&mut child);
         panic!("the command did not start: {line:?}; stderr: {err}");
     }
     let data = payload(512 * 1024, 7);
@@ -123,13 +126,7 @@ fn run_echo_roundtrip(slirpnet: &Path, echo: &Path, as_user: Option<u32>, handle
         back.len()
     );
     let status = wait_limited(&mut child, Duration::from_secs(20));
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     assert_eq!(status.code(), Some(0), "stderr: {err}");
 
     let info = first_json(&err);
@@ -568,13 +565,7 @@ fn attach_exits_125_when_slirp4netns_dies() {
     let slirp_pid = info["pid"].as_i64().unwrap() as i32;
     kill(Pid::from_raw(slirp_pid), Signal::SIGKILL).unwrap();
     let status = wait_limited(&mut child, Duration::from_secs(5));
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     assert_eq!(status.code(), Some(125), "{err}");
     assert!(
         err.contains("slirp4netns exited (signal 9 (SIGKILL))"),

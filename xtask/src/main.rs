@@ -136,28 +136,7 @@ fn install_missing(wanted: &[(&str, &str)]) -> Result<()> {
 /// Installs the missing packages with apt-get (only as root) and opens up
 /// /dev/net/tun.
 fn setup() -> Result<()> {
-    let mut missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(_, program)| !on_path(program))
-        .map(|(package, _)| *package)
-        .collect();
-    missing.dedup();
-    if !missing.is_empty() {
-        if !is_root() {
-            bail!(
-                "missing packages {}: install them as root (apt-get install -y {})",
-                missing.join(", "),
-                missing.join(" ")
-            );
-        }
-        run(Command::new("apt-get")
-            .args(["update", "-qq"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
+    install_missing(PACKAGES)?;
     for (_, program) in PACKAGES {
         if !on_path(program) {
             bail!("{program} is still missing after setup");
