@@ -9,7 +9,6 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use nix::fcntl::{open, OFlag};
 use nix::sys::socket::{
@@ -66,11 +65,40 @@ fn open_dir(dir: &Path) -> nix::Result<OwnedFd> {
     )
 }
 
+/// A SEQPACKET socket and the short address of `<dir>/<name>`. The dirfd is
+/// returned too: the address names it, so it must stay open until bind or
+/// connect.
+fn seqpacket_at(
+    dir: &Path,
+    name: &str,
+) -> Result<(OwnedFd, OwnedFd, UnixAddr), (&'static str, nix::Error)> {
+    let dirfd = open_dir(dir).map_err(|e| ("open the directory of", e))?;
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| ("create", e))?;
+    let addr = short_addr(&dirfd, name).map_err(|e| ("address", e))?;
+    Ok((dirfd, sock, addr))
+}
+
+/// Removes the socket file when dropped, from the moment it is bound.
+#[derive(Debug)]
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The listening reload socket; the file is removed on drop.
 #[derive(Debug)]
 pub struct ReloadServer {
     listener: OwnedFd,
-    path: PathBuf,
+    file: SocketFile,
 }
 
 impl ReloadServer {
@@ -89,46 +117,38 @@ impl ReloadServer {
             path: path.clone(),
             source,
         };
-        let dirfd = open_dir(&dir).map_err(|e| fail("open the directory of", e))?;
         // A stale socket from an earlier run would make bind fail.
         let _ = std::fs::remove_file(&path);
-        let listener = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(|e| fail("create", e))?;
-        let addr = short_addr(&dirfd, container_id).map_err(|e| fail("address", e))?;
+        let (_dirfd, listener, addr) =
+            seqpacket_at(&dir, container_id).map_err(|(action, e)| fail(action, e))?;
         bind(listener.as_raw_fd(), &addr).map_err(|e| fail("bind", e))?;
-        let server = ReloadServer { listener, path };
+        let server = ReloadServer {
+            listener,
+            file: SocketFile(path.clone()),
+        };
         listen(
             &server.listener,
             Backlog::new(8).unwrap_or(Backlog::MAXCONN),
         )
-        .map_err(|e| ReloadError::Socket {
-            action: "listen on",
-            path: server.path.clone(),
-            source: e,
-        })?;
+        .map_err(|e| fail("listen on", e))?;
         Ok(server)
     }
 
     /// The socket's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.0
     }
 
     /// Serves requests on a thread of its own, retargeting `target`. The
     /// returned guard stops the thread and removes the socket file on drop.
     pub fn serve(self, target: Target) -> Result<ReloadGuard, ReloadError> {
-        let path = self.path.clone();
+        let path = self.file.0.clone();
         let waker = self.listener.try_clone().map_err(|e| ReloadError::Socket {
             action: "duplicate",
             path: path.clone(),
             source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
         })?;
-        let listener = self.listener;
+        let ReloadServer { listener, file } = self;
         std::thread::Builder::new()
             .name("rootlessport-reload".into())
             .spawn(move || loop {
@@ -150,21 +170,21 @@ impl ReloadServer {
                 path: path.clone(),
                 source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
             })?;
-        Ok(ReloadGuard { path, waker })
+        Ok(ReloadGuard { file, waker })
     }
 }
 
 /// Stops the reload thread and removes the socket file when dropped.
 #[derive(Debug)]
 pub struct ReloadGuard {
-    path: PathBuf,
+    file: SocketFile,
     waker: OwnedFd,
 }
 
 impl ReloadGuard {
     /// The socket's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.0
     }
 }
 
@@ -173,7 +193,7 @@ impl Drop for ReloadGuard {
         // Wakes the blocked accept with EINVAL.
         let _ =
             nix::sys::socket::shutdown(self.waker.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-        let _ = std::fs::remove_file(&self.path);
+        // `file` removes the socket file as it drops.
     }
 }
 
@@ -206,18 +226,10 @@ pub fn reload(tmp_dir: &Path, container_id: &str, child_ip: &str) -> Result<(), 
         path: path.clone(),
         source,
     };
-    let dirfd = open_dir(&dir).map_err(|e| fail("open the directory of", e))?;
-    let conn = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| fail("create a client for", e))?;
-    let addr = short_addr(&dirfd, container_id).map_err(|e| fail("address", e))?;
+    let (_dirfd, conn, addr) =
+        seqpacket_at(&dir, container_id).map_err(|(action, e)| fail(action, e))?;
     connect(conn.as_raw_fd(), &addr).map_err(|e| fail("connect to", e))?;
-    let timeout = TimeVal::new(Duration::from_secs(10).as_secs() as _, 0);
-    let _ = setsockopt(&conn, sockopt::ReceiveTimeout, &timeout);
+    let _ = setsockopt(&conn, sockopt::ReceiveTimeout, &TimeVal::new(10, 0));
     let body = format!("{}\n", serde_json::Value::from(child_ip));
     send(conn.as_raw_fd(), body.as_bytes(), MsgFlags::MSG_NOSIGNAL)
         .map_err(|e| fail("send to", e))?;

@@ -67,8 +67,7 @@ fn work_runs_inside_and_the_caller_stays_put() {
         TcpStream::connect(("127.0.0.1", port)).is_err()
             || TcpListener::bind(("127.0.0.1", port)).is_ok()
     );
-    // ...but it is reachable from inside (lo is down in a new netns until set up,
-    // yet 127.0.0.1 binds; connect from inside works once lo is up).
+    // Work inside sees the new namespace's own interfaces: only lo.
     let inside = ns
         .run(|| std::fs::read_to_string("/proc/thread-self/net/dev").unwrap())
         .unwrap();
