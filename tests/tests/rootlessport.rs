@@ -527,6 +527,10 @@ fn udp_bursts_keep_every_datagram_boundary() {
     server
         .set_read_timeout(Some(Duration::from_millis(1500)))
         .unwrap();
+    // Room for every burst in flight, so that a reader thread starved of CPU
+    // on a busy machine does not turn into drops at the server socket.
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(&server, sockopt::RcvBufForce, &(8 << 20)).unwrap();
     let port = free_port_both();
     let map = json!([{"host_ip": "127.0.0.1", "container_port": 5454, "host_port": port, "range": 1, "protocol": "udp"}]);
     let _rp = started(&ns, &config(&ns, map, "10.77.0.1"));
@@ -545,43 +549,58 @@ fn udp_bursts_keep_every_datagram_boundary() {
     let (n, _) = server.recv_from(&mut buf).unwrap();
     assert_eq!(buf[..n], datagram(0)[..]);
     const COUNT: u32 = 2000;
+    const BURST: u32 = 64;
+    let arrived = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     // The reader runs while the client sends, as a real server would.
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65536];
-        let mut seen = std::collections::BTreeSet::new();
-        while let Ok((n, _)) = server.recv_from(&mut buf) {
-            let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
-            assert!(seq < COUNT, "bad sequence number {seq}");
-            assert_eq!(
-                n,
-                datagram(seq).len(),
-                "datagram {seq} arrived with the wrong size"
-            );
-            assert!(
-                buf[..n] == datagram(seq)[..],
-                "datagram {seq} arrived changed"
-            );
-            assert!(seen.insert(seq), "datagram {seq} arrived twice");
-            if seen.len() == COUNT as usize - 1 {
-                break;
+    let reader = std::thread::spawn({
+        let arrived = arrived.clone();
+        move || {
+            let mut buf = vec![0u8; 65536];
+            let mut seen = std::collections::BTreeSet::new();
+            while let Ok((n, _)) = server.recv_from(&mut buf) {
+                let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                assert!(seq < COUNT, "bad sequence number {seq}");
+                assert_eq!(
+                    n,
+                    datagram(seq).len(),
+                    "datagram {seq} arrived with the wrong size"
+                );
+                assert!(
+                    buf[..n] == datagram(seq)[..],
+                    "datagram {seq} arrived changed"
+                );
+                assert!(seen.insert(seq), "datagram {seq} arrived twice");
+                arrived.store(seen.len() as u32, std::sync::atomic::Ordering::Release);
+                if seen.len() == COUNT as usize - 1 {
+                    break;
+                }
             }
+            seen
         }
-        seen
     });
-    // Bursts of 64 (what one batch holds), lightly paced.
+    // Back-to-back bursts of 64 (what one batch holds), with at most four
+    // bursts unread: the forwarder still gets whole bursts to batch, and the
+    // count below measures the forwarder, not the scheduler.
     for seq in 1..COUNT {
         client.send(&datagram(seq)).unwrap();
-        if seq % 64 == 0 {
-            std::thread::sleep(Duration::from_millis(2));
+        if seq % BURST == 0 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while arrived.load(std::sync::atomic::Ordering::Acquire) + 4 * BURST < seq
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_micros(200));
+            }
         }
     }
     let seen = reader.join().unwrap();
-    // UDP may drop under load, but on loopback with large buffers nearly all arrive.
+    // UDP may drop, but with the window above and large buffers on loopback
+    // and veth a loss of more than 1% means the forwarder dropped them.
+    let missing: Vec<u32> = (1..COUNT).filter(|s| !seen.contains(s)).collect();
     assert!(
-        seen.len() as u32 >= COUNT * 9 / 10,
-        "only {} of {} datagrams arrived: {:?}",
-        seen.len(),
+        missing.len() as u32 <= COUNT / 100,
+        "{} of {} datagrams did not arrive, the first: {:?}",
+        missing.len(),
         COUNT - 1,
-        seen.iter().take(80).collect::<Vec<_>>()
+        &missing[..missing.len().min(40)]
     );
 }
