@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod podman;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -16,7 +17,13 @@ commands:
   test    setup, then cargo fmt --check, clippy -D warnings and every test
   bench   [--rounds N] [--seconds S]: our rootlessport against podman's Go
           helper and direct loopback (installs podman and iperf3 when missing,
-          needs root); prints the table and writes BENCHMARKS.md";
+          needs root); prints the table and writes BENCHMARKS.md
+  podman  real rootless podman (a throw-away user, a busybox --rootfs
+          container, -p through port_handler=rootlesskit) with podman's Go
+          helper and then with our rootlessport; checks the page is served on
+          IPv4 and IPv6 loopback and that the helper and its reload socket go
+          with the container (installs podman, runc, uidmap, busybox-static;
+          needs root)";
 
 /// Debian packages the project needs, with a program each one provides.
 const PACKAGES: &[(&str, &str)] = &[
@@ -55,6 +62,10 @@ fn main() -> Result<()> {
                 }
             }
             bench::bench(&workspace_root(), &opts)
+        }
+        Some("podman") => {
+            setup()?;
+            podman::podman(&workspace_root())
         }
         Some("bench-serve") => bench::serve(args.get(1).context("bench-serve ADDR")?),
         Some("-h" | "--help") | None => {
