@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 mod bench;
 mod podman;
@@ -14,7 +14,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   setup   install what the project needs (slirp4netns, iproute2, util-linux)
           when missing, and make /dev/net/tun usable by unprivileged users
-  test    setup, then cargo fmt --check, clippy -D warnings and every test
+  test    setup, then cargo fmt --check, clippy -D warnings, every test and
+          the podman runs below
   bench   [--rounds N] [--seconds S]: our rootlessport against podman's Go
           helper and direct loopback (installs podman and iperf3 when missing,
           needs root); prints the table and writes BENCHMARKS.md
@@ -65,7 +66,10 @@ fn main() -> Result<()> {
         }
         Some("podman") => {
             setup()?;
-            podman::podman(&workspace_root())
+            let t = podman::podman(&workspace_root())?;
+            println!("\nxtask podman: {} passed, {} failed", t.passed, t.failed);
+            ensure!(t.failed == 0, "podman runs failed");
+            Ok(())
         }
         Some("bench-serve") => bench::serve(args.get(1).context("bench-serve ADDR")?),
         Some("-h" | "--help") | None => {
@@ -210,6 +214,13 @@ fn test() -> Result<()> {
         "--all-targets",
     ]))?);
     total.add(run_tests(cargo().args(["test", "--workspace", "--doc"]))?);
+    // Real rootless podman with our helper (and podman's own beside it). It
+    // needs root; like the privileged tests it is skipped only off CI.
+    if is_root() || std::env::var("CI").is_ok_and(|v| v == "true") {
+        total.add(podman::podman(&workspace_root())?);
+    } else {
+        eprintln!("skipped the podman runs: they need root (they make a user)");
+    }
     println!(
         "\nxtask test: {} passed, {} failed",
         total.passed, total.failed
