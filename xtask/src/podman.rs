@@ -343,6 +343,9 @@ pub fn podman(root: &Path) -> Result<super::Totals> {
         "cargo xtask podman needs root (it makes a user)"
     );
     super::install_missing(&[
+        // podman needs a network stack; CNI is what 4.3.1 uses for rootless
+        // bridges (named here so apt does not pick netavark instead).
+        ("containernetworking-plugins", "/usr/lib/cni/bridge"),
         ("podman", "podman"),
         ("podman", "/usr/lib/podman/rootlessport"),
         ("runc", "runc"),
