@@ -6,12 +6,20 @@
 //! file, in its own process group, and waits until it is ready. A death while
 //! waiting is seen at once through a pidfd, not at the next tick of a timer.
 //! The returned [`Slirp`] owns the process: dropping it stops and reaps it.
+//!
+//! [`HelperCommand::start`] starts a helper the way podman starts
+//! `rootlessport` (configuration on stdin, exit pipe at fd 3, ready pipe at
+//! fd 4, one error line on stdout), with the same immediate death detection.
 
 mod child;
 mod dad;
+mod helper;
 mod pidfd;
 mod process;
 
 pub use child::{install_child_setup, ChildSetup};
 pub use dad::{AcceptDadGuard, DadError};
+pub use helper::{
+    Helper, HelperCommand, HelperError, HelperStderr, HELPER_EXIT_FD, HELPER_READY_FD,
+};
 pub use process::{Exit, Slirp, SlirpCommand, StartError};

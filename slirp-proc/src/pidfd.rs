@@ -35,3 +35,63 @@ pub(crate) fn exited_within(pidfd: &impl AsFd, timeout: Duration) -> io::Result<
         }
     }
 }
+
+/// How waiting for a ready byte ended.
+#[derive(Debug)]
+pub(crate) enum ReadyWait {
+    /// The byte `1` arrived.
+    Ready,
+    /// Another byte arrived.
+    BadByte(u8),
+    /// The process ended (or closed the pipe without writing), so it is ending.
+    Ended,
+    /// Neither within the timeout.
+    TimedOut,
+    /// poll or read failed.
+    Failed(io::Error),
+}
+
+/// Waits for the ready byte on `ready`, the death of the process behind
+/// `pidfd`, or `timeout`, whichever comes first.
+pub(crate) fn wait_ready_or_death(
+    ready: OwnedFd,
+    pidfd: &impl AsFd,
+    timeout: Duration,
+) -> ReadyWait {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut ready = std::fs::File::from(ready);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return ReadyWait::TimedOut;
+        }
+        let mut fds = [
+            PollFd::new(ready.as_fd(), PollFlags::POLLIN),
+            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+        ];
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, ms) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return ReadyWait::Failed(e.into()),
+        }
+        let ready_ev = fds[0].revents().unwrap_or(PollFlags::empty());
+        let died = fds[1].revents().is_some_and(|r| !r.is_empty());
+        if ready_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+            let mut byte = [0u8; 1];
+            match ready.read(&mut byte) {
+                Ok(1) if byte[0] == b'1' => return ReadyWait::Ready,
+                Ok(1) => return ReadyWait::BadByte(byte[0]),
+                // EOF: it closed the pipe without the byte, so it is ending.
+                Ok(_) => return ReadyWait::Ended,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return ReadyWait::Failed(e),
+            }
+        }
+        if died {
+            return ReadyWait::Ended;
+        }
+    }
+}

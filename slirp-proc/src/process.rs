@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -12,14 +12,13 @@ use std::time::{Duration, Instant};
 
 use netns_util::Netns;
 use nix::fcntl::OFlag;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{pipe2, Pid};
 use slirp_opts::{build_args, ArgvError, Features, Invocation, NetworkOptions, Target};
 
 use crate::child::{install_child_setup, ChildSetup};
 use crate::dad::{AcceptDadGuard, DadError};
-use crate::pidfd::{exited_within, pidfd_open};
+use crate::pidfd::{exited_within, pidfd_open, wait_ready_or_death, ReadyWait};
 
 /// How long [`Slirp`]'s drop waits after closing the exit pipe before SIGKILL.
 const DROP_GRACE: Duration = Duration::from_secs(2);
@@ -88,7 +87,7 @@ pub enum Exit {
 }
 
 impl Exit {
-    fn from_status(status: ExitStatus) -> Self {
+    pub(crate) fn from_status(status: ExitStatus) -> Self {
         match (status.code(), status.signal()) {
             (Some(code), _) => Exit::Code(code),
             (None, Some(sig)) => Exit::Signal(sig),
@@ -300,52 +299,23 @@ impl Slirp {
 
     /// Waits for the ready byte, a death, or the deadline, whichever is first.
     fn wait_ready(&mut self, ready_r: OwnedFd, timeout: Duration) -> Result<(), StartError> {
-        let deadline = Instant::now() + timeout;
-        let mut ready = File::from(ready_r);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        match wait_ready_or_death(ready_r, &self.pidfd, timeout) {
+            ReadyWait::Ready => Ok(()),
+            ReadyWait::Ended => Err(self.death_error()),
+            ReadyWait::BadByte(byte) => {
                 self.kill_and_reap();
-                return Err(StartError::Timeout {
+                Err(StartError::BadReadyByte { byte })
+            }
+            ReadyWait::TimedOut => {
+                self.kill_and_reap();
+                Err(StartError::Timeout {
                     timeout,
                     log: self.log_text(),
-                });
+                })
             }
-            let mut fds = [
-                PollFd::new(ready.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN),
-            ];
-            let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-                .unwrap_or(PollTimeout::MAX);
-            match poll(&mut fds, ms) {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    self.kill_and_reap();
-                    return Err(StartError::Wait(e.into()));
-                }
-            }
-            let ready_ev = fds[0].revents().unwrap_or(PollFlags::empty());
-            if ready_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
-                let mut byte = [0u8; 1];
-                match ready.read(&mut byte) {
-                    Ok(1) if byte[0] == b'1' => return Ok(()),
-                    Ok(1) => {
-                        self.kill_and_reap();
-                        return Err(StartError::BadReadyByte { byte: byte[0] });
-                    }
-                    // EOF: it closed the pipe without the byte, so it is ending.
-                    Ok(_) => return Err(self.death_error()),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        self.kill_and_reap();
-                        return Err(StartError::Wait(e));
-                    }
-                }
-            }
-            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-                return Err(self.death_error());
+            ReadyWait::Failed(e) => {
+                self.kill_and_reap();
+                Err(StartError::Wait(e))
             }
         }
     }

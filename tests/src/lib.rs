@@ -324,107 +324,68 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A `rootlessport` process started the way podman starts it: argv
-/// `["rootlessport"]`, the JSON on stdin, the exit pipe's read end at fd 3,
-/// the ready pipe's write end at fd 4, its own process group.
+/// rootlessport started exactly as podman starts it (argv `["rootlessport"]`,
+/// the configuration on stdin, exit pipe at fd 3, ready pipe at fd 4), by
+/// slirp-proc's helper start.
 #[derive(Debug)]
 pub struct Rootlessport {
-    /// The process.
-    pub child: Child,
-    exit_w: Option<std::os::fd::OwnedFd>,
-    ready_r: File,
+    helper: Option<slirp_proc::Helper>,
+    pid: u32,
 }
 
 impl Rootlessport {
-    /// Starts `bin` with `config` (any JSON text) on stdin.
-    pub fn start(bin: &Path, config: &str) -> Result<Self> {
-        use std::io::Write;
-        use std::os::fd::AsRawFd;
-        use std::os::unix::process::CommandExt;
-        let (exit_r, exit_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let mut cmd = Command::new(bin);
-        cmd.arg0("rootlessport")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        slirp_proc::install_child_setup(
-            &mut cmd,
-            slirp_proc::ChildSetup {
-                fds: vec![(exit_r.as_raw_fd(), 3), (ready_w.as_raw_fd(), 4)],
-                ..Default::default()
-            },
-        );
-        let mut child = cmd.spawn()?;
-        drop((exit_r, ready_w));
-        let mut stdin = child.stdin.take().context("stdin")?;
-        // A failing helper may exit before reading everything.
-        let _ = stdin.write_all(config.as_bytes());
-        drop(stdin);
+    fn command(bin: &Path, config: &str) -> slirp_proc::HelperCommand {
+        let mut cmd =
+            slirp_proc::HelperCommand::new(bin, "rootlessport", config.as_bytes().to_vec());
+        cmd.stderr = slirp_proc::HelperStderr::Null;
+        cmd.ready_timeout = Duration::from_secs(20);
+        cmd
+    }
+
+    /// Starts `bin` with `config` (any text) on stdin and waits for ready.
+    pub fn start(bin: &Path, config: &str) -> std::result::Result<Self, slirp_proc::HelperError> {
+        let helper = Self::command(bin, config).start()?;
         Ok(Rootlessport {
-            child,
-            exit_w: Some(exit_w),
-            ready_r: File::from(ready_r),
+            pid: helper.pid(),
+            helper: Some(helper),
         })
     }
 
-    /// Waits for the ready byte. `Err` carries what it printed on stdout
-    /// (podman's error line) when it exited instead.
-    pub fn wait_ready(&mut self) -> std::result::Result<(), String> {
-        use std::io::Read;
-        let mut byte = [0u8; 1];
-        match self.ready_r.read(&mut byte) {
-            Ok(1) if byte[0] == b'1' => Ok(()),
-            _ => {
-                let mut out = String::new();
-                if let Some(mut so) = self.child.stdout.take() {
-                    let _ = so.read_to_string(&mut out);
-                }
-                let _ = self.child.wait();
-                Err(out)
-            }
+    /// Starts a configuration that must fail before ready; returns its stdout
+    /// (podman's error line) and how it ended. Panics if it became ready.
+    pub fn failure(bin: &Path, config: &str) -> (String, slirp_proc::Exit) {
+        match Self::command(bin, config).start() {
+            Err(slirp_proc::HelperError::Failed { line, exit, .. }) => (line, exit),
+            Err(other) => panic!("{config}: failed in the wrong way: {other}"),
+            Ok(_) => panic!("{config}: became ready"),
         }
     }
 
-    /// Closes the exit pipe, as podman does to stop it, and waits at most
-    /// `limit` for it to exit.
-    pub fn stop(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
-        self.exit_w.take();
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!("rootlessport did not exit within {limit:?} of the exit pipe closing");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Closes the exit pipe, as podman does to stop it; an error when it
+    /// had not exited within `limit` (it is then killed).
+    pub fn stop(&mut self, limit: Duration) -> Result<slirp_proc::Exit> {
+        let helper = self.helper.take().context("already stopped")?;
+        helper.stop(limit).map_err(|killed| {
+            anyhow::anyhow!(
+                "rootlessport did not exit within {limit:?} of the exit pipe closing ({killed})"
+            )
+        })
     }
 
     /// The process's open fds, as link targets.
     pub fn fds(&self) -> Vec<String> {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
             .map(|d| {
                 d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
                     .map(|p| p.to_string_lossy().into_owned())
                     .collect()
             })
             .unwrap_or_default()
-    }
-}
-
-impl Drop for Rootlessport {
-    fn drop(&mut self) {
-        self.exit_w.take();
-        if self.child.try_wait().ok().flatten().is_none() {
-            std::thread::sleep(Duration::from_millis(50));
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
 

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
+use slirp_proc::Exit;
 use slirpnet_tests::{
     can_admin_net, free_port_both, free_tcp_port, payload, require, rootlessport_bin,
     PersistentNetns, Rootlessport,
@@ -62,10 +63,7 @@ fn tcp_map(host_ip: &str, host_port: u16, container_port: u16, range: u16) -> se
 
 fn started(ns: &PersistentNetns, cfg: &str) -> Rootlessport {
     let _ = ns;
-    let mut rp = Rootlessport::start(&rootlessport_bin(), cfg).unwrap();
-    rp.wait_ready()
-        .unwrap_or_else(|line| panic!("not ready: {line}"));
-    rp
+    Rootlessport::start(&rootlessport_bin(), cfg).unwrap_or_else(|e| panic!("not ready: {e}"))
 }
 
 fn prerequisites(test: &str) -> bool {
@@ -134,7 +132,7 @@ fn tcp_is_byte_exact_with_half_close_from_the_client() {
         want.len()
     );
     server.join().unwrap();
-    assert!(rp.stop(Duration::from_secs(1)).unwrap().success());
+    assert_eq!(rp.stop(Duration::from_secs(1)).unwrap(), Exit::Code(0));
 }
 
 #[test]
@@ -392,8 +390,7 @@ fn reload_retargets_new_connections() {
     );
 
     // Exit: gone within a second, the socket removed.
-    let status = rp.stop(Duration::from_secs(1)).unwrap();
-    assert!(status.success(), "{status}");
+    assert_eq!(rp.stop(Duration::from_secs(1)).unwrap(), Exit::Code(0));
     assert!(!sock.exists(), "reload socket left behind");
     assert!(
         TcpListener::bind(("127.0.0.1", port)).is_ok(),
@@ -429,14 +426,13 @@ fn bad_configurations_print_one_line_and_leave_nothing() {
         (json!({"NetNSPath": netns, "ExitFD": 9, "ReadyFD": 4, "ChildIP": "10.77.0.1"}).to_string(), "fd 9 named in the configuration is not open".into()),
     ];
     for (cfg, want) in cases {
-        let mut rp = Rootlessport::start(&rootlessport_bin(), &cfg).unwrap();
-        let line = rp.wait_ready().expect_err(&cfg);
+        let (line, exit) = Rootlessport::failure(&rootlessport_bin(), &cfg);
         assert_eq!(line.lines().count(), 1, "{cfg}: {line:?}");
         assert!(
             line.contains(&want),
             "{cfg}: {line:?} does not contain {want:?}"
         );
-        assert_eq!(rp.child.wait().unwrap().code(), Some(1), "{cfg}");
+        assert_eq!(exit, Exit::Code(1), "{cfg}");
         assert!(
             TcpListener::bind(("127.0.0.1", free)).is_ok(),
             "{cfg}: left port {free} bound"
@@ -467,7 +463,7 @@ fn exit_pipe_eof_stops_it_within_a_second() {
         "{fds:?}"
     );
     let start = std::time::Instant::now();
-    assert!(rp.stop(Duration::from_secs(1)).unwrap().success());
+    assert_eq!(rp.stop(Duration::from_secs(1)).unwrap(), Exit::Code(0));
     assert!(start.elapsed() < Duration::from_secs(1));
     assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
     assert!(UdpSocket::bind(("127.0.0.1", port)).is_ok());
@@ -501,8 +497,8 @@ fn a_privileged_port_gets_the_sysctl_hint() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(wrapper.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let wrapper_path = wrapper.into_temp_path();
-    let mut rp = Rootlessport::start(Path::new(&wrapper_path), &cfg).unwrap();
-    let line = rp.wait_ready().unwrap_err();
+    let (line, exit) = Rootlessport::failure(Path::new(&wrapper_path), &cfg);
+    assert_eq!(exit, Exit::Code(1));
     let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
     let start = start.trim();
     assert!(

@@ -2,11 +2,8 @@
 //! against direct loopback, side by side, rounds interleaved, medians.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,55 +110,22 @@ fn run_quiet(cmd: &mut Command) -> Result<()> {
 
 /// A forwarder process started as podman starts it.
 struct Forwarder {
-    child: Child,
-    exit_w: Option<std::os::fd::OwnedFd>,
-    ready_after: Duration,
+    helper: slirp_proc::Helper,
 }
 
 impl Forwarder {
     fn start(binary: &Path, config: &serde_json::Value) -> Result<Forwarder> {
-        let (exit_r, exit_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let mut cmd = Command::new(binary);
-        cmd.arg0("rootlessport")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .process_group(0);
-        slirp_proc::install_child_setup(
-            &mut cmd,
-            slirp_proc::ChildSetup {
-                fds: vec![(exit_r.as_raw_fd(), 3), (ready_w.as_raw_fd(), 4)],
-                ..Default::default()
-            },
-        );
-        let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("failed to start {}", binary.display()))?;
-        drop((exit_r, ready_w));
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(config.to_string().as_bytes())?;
-        let mut byte = [0u8; 1];
-        let got = File::from(ready_r).read(&mut byte)?;
-        let ready_after = started.elapsed();
-        if got != 1 || byte[0] != b'1' {
-            let mut line = String::new();
-            if let Some(mut out) = child.stdout.take() {
-                let _ = out.read_to_string(&mut line);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{} failed: {}", binary.display(), line.trim());
-        }
+        let mut cmd =
+            slirp_proc::HelperCommand::new(binary, "rootlessport", config.to_string().into_bytes());
+        cmd.stderr = slirp_proc::HelperStderr::Null;
         Ok(Forwarder {
-            child,
-            exit_w: Some(exit_w),
-            ready_after,
+            helper: cmd.start()?,
         })
+    }
+
+    /// From spawn to the ready byte.
+    fn ready_after(&self) -> Duration {
+        self.helper.ready_after()
     }
 
     /// The pids of the process and all its descendants.
@@ -185,7 +149,7 @@ impl Forwarder {
                 parents.entry(ppid).or_default().push(pid);
             }
         }
-        let mut out = vec![self.child.id()];
+        let mut out = vec![self.helper.pid()];
         let mut i = 0;
         while i < out.len() {
             out.extend(parents.get(&out[i]).cloned().unwrap_or_default());
@@ -233,18 +197,11 @@ impl Forwarder {
             .sum()
     }
 
-    fn stop(mut self) -> Result<()> {
-        self.exit_w.take();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+    fn stop(self) -> Result<()> {
+        match self.helper.stop(Duration::from_secs(5)) {
+            Ok(_) => Ok(()),
+            Err(killed) => bail!("the forwarder ignored its exit pipe for 5 s ({killed})"),
         }
-        self.child.wait()?;
-        Ok(())
     }
 }
 
@@ -463,7 +420,12 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
                 let port = free_port_block(1)?;
                 let one = serde_json::json!([{"host_ip": "", "container_port": ECHO_PORT, "host_port": port, "range": 1, "protocol": "tcp"}]);
                 let f = Forwarder::start(bin, &config(&ns_path, one))?;
-                record(&mut s, "ready_1_ms", who, f.ready_after.as_secs_f64() * 1e3);
+                record(
+                    &mut s,
+                    "ready_1_ms",
+                    who,
+                    f.ready_after().as_secs_f64() * 1e3,
+                );
                 std::thread::sleep(Duration::from_millis(200));
                 record(&mut s, "idle_rss_kib", who, f.rss_kib() as f64);
                 record(&mut s, "idle_fds", who, f.fds() as f64);
@@ -477,7 +439,7 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
                     &mut s,
                     "ready_3000_ms",
                     who,
-                    f.ready_after.as_secs_f64() * 1e3,
+                    f.ready_after().as_secs_f64() * 1e3,
                 );
                 std::thread::sleep(Duration::from_millis(200));
                 record(&mut s, "range_rss_kib", who, f.rss_kib() as f64);
