@@ -8,15 +8,16 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
 use crate::child::{install_child_setup, ChildSetup};
-use crate::pidfd::{exited_within, pidfd_open, wait_ready_or_death, ReadyWait};
+use crate::pidfd::{wait_ready_or_death, ReadyWait};
 use crate::process::Exit;
+use crate::watched::Watched;
 
 /// The fd number of the exit pipe in the helper (podman's `ExitFD`).
 pub const HELPER_EXIT_FD: i32 = 3;
@@ -110,49 +111,36 @@ impl HelperCommand {
             },
         );
         let started = Instant::now();
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let child = cmd.spawn().map_err(spawn_err)?;
         drop((exit_r, ready_w, userns));
-        let pid = child.id();
-        let pidfd = match pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(source) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(HelperError::Watch {
-                    program: self.program.clone(),
-                    pid,
-                    source,
-                });
-            }
-        };
+        let proc = Watched::new(child).map_err(|(pid, source)| HelperError::Watch {
+            program: self.program.clone(),
+            pid,
+            source,
+        })?;
         let mut helper = Helper {
             program: self.program.clone(),
-            child,
-            pidfd,
+            proc,
             exit_pipe: Some(exit_w),
-            exited: None,
             ready_after: Duration::ZERO,
         };
-        if let Some(mut stdin) = helper.child.stdin.take() {
+        if let Some(mut stdin) = helper.proc.child.stdin.take() {
             // A helper that fails may exit before reading it all (EPIPE);
             // its stdout line then says why.
             let _ = stdin.write_all(&self.stdin);
         }
-        match wait_ready_or_death(ready_r, &helper.pidfd, self.ready_timeout) {
+        match wait_ready_or_death(ready_r, &helper.proc.pidfd(), self.ready_timeout) {
             ReadyWait::Ready => {
                 helper.ready_after = started.elapsed();
                 // After ready its stdout is of no more use (podman's helper
                 // points it at /dev/null).
-                helper.child.stdout.take();
+                helper.proc.child.stdout.take();
                 Ok(helper)
             }
             ReadyWait::Ended => {
                 // The line is complete once the process is gone.
-                if !exited_within(&helper.pidfd, Duration::from_secs(5)).unwrap_or(false) {
-                    let _ = helper.child.kill();
-                }
+                let exit = helper.proc.reap_ending(Duration::from_secs(5));
                 let line = helper.stdout_text();
-                let exit = helper.reap();
                 Err(HelperError::Failed {
                     program: helper.program.clone(),
                     line,
@@ -160,21 +148,21 @@ impl HelperCommand {
                 })
             }
             ReadyWait::BadByte(byte) => {
-                helper.kill_and_reap();
+                helper.proc.kill_and_reap();
                 Err(HelperError::BadReadyByte {
                     program: helper.program.clone(),
                     byte,
                 })
             }
             ReadyWait::TimedOut => {
-                helper.kill_and_reap();
+                helper.proc.kill_and_reap();
                 Err(HelperError::Timeout {
                     program: helper.program.clone(),
                     timeout: self.ready_timeout,
                 })
             }
             ReadyWait::Failed(source) => {
-                helper.kill_and_reap();
+                helper.proc.kill_and_reap();
                 Err(HelperError::Wait {
                     program: helper.program.clone(),
                     source,
@@ -254,17 +242,15 @@ pub enum HelperError {
 #[derive(Debug)]
 pub struct Helper {
     program: PathBuf,
-    child: Child,
-    pidfd: OwnedFd,
+    proc: Watched,
     exit_pipe: Option<OwnedFd>,
-    exited: Option<Exit>,
     ready_after: Duration,
 }
 
 impl Helper {
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.pid()
     }
 
     /// How long it took from spawn to the ready byte.
@@ -274,10 +260,7 @@ impl Helper {
 
     /// Whether it has exited, waiting up to `timeout`; reaps it if so.
     pub fn exited_within(&mut self, timeout: Duration) -> Option<Exit> {
-        if self.exited.is_none() && exited_within(&self.pidfd, timeout).unwrap_or(false) {
-            self.reap();
-        }
-        self.exited.clone()
+        self.proc.exited_within(timeout)
     }
 
     /// Stops it as podman does, by closing the exit pipe; waits up to
@@ -296,45 +279,21 @@ impl Helper {
             program = %self.program.display(),
             "the helper did not stop within {grace:?} of its exit pipe closing; killing it"
         );
-        let _ = self.child.kill();
-        Err(self.reap())
+        Err(self.proc.kill_and_reap())
     }
 
     fn stdout_text(&mut self) -> String {
         let mut buf = Vec::new();
-        if let Some(out) = self.child.stdout.take() {
+        if let Some(out) = self.proc.child.stdout.take() {
             let _ = out.take(LINE_LIMIT).read_to_end(&mut buf);
         }
         String::from_utf8_lossy(&buf).trim().to_owned()
-    }
-
-    fn kill_and_reap(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            self.reap();
-        }
-    }
-
-    fn reap(&mut self) -> Exit {
-        if let Some(exit) = &self.exited {
-            return exit.clone();
-        }
-        let exit = loop {
-            match self.child.wait() {
-                Ok(status) => break Exit::from_status(status),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // ECHILD: reaped elsewhere; there is nothing left to wait for.
-                Err(_) => break Exit::Code(-1),
-            }
-        };
-        self.exited = Some(exit.clone());
-        exit
     }
 }
 
 impl Drop for Helper {
     fn drop(&mut self) {
-        if self.exited.is_none() {
+        if self.proc.exited().is_none() {
             let _ = self.stop_inner(Duration::from_secs(2));
         }
     }

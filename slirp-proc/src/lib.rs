@@ -16,6 +16,7 @@ mod dad;
 mod helper;
 mod pidfd;
 mod process;
+mod watched;
 
 pub use child::{install_child_setup, ChildSetup};
 pub use dad::{AcceptDadGuard, DadError};

@@ -3,11 +3,11 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use netns_util::Netns;
@@ -18,7 +18,8 @@ use slirp_opts::{build_args, ArgvError, Features, Invocation, NetworkOptions, Ta
 
 use crate::child::{install_child_setup, ChildSetup};
 use crate::dad::{AcceptDadGuard, DadError};
-use crate::pidfd::{exited_within, pidfd_open, wait_ready_or_death, ReadyWait};
+use crate::pidfd::{wait_ready_or_death, ReadyWait};
+use crate::watched::Watched;
 
 /// How long [`Slirp`]'s drop waits after closing the exit pipe before SIGKILL.
 const DROP_GRACE: Duration = Duration::from_secs(2);
@@ -198,11 +199,9 @@ pub enum StartError {
 /// kills it if needed, and reaps it.
 #[derive(Debug)]
 pub struct Slirp {
-    child: Child,
-    pidfd: OwnedFd,
+    proc: Watched,
     exit_pipe: Option<OwnedFd>,
     log: File,
-    exited: Option<Exit>,
 }
 
 impl Slirp {
@@ -269,22 +268,13 @@ impl Slirp {
             drop(exit_r);
             exit_w
         });
-        let pid = child.id();
-        let pidfd = match pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(source) => {
-                let mut child = child;
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(StartError::Watch { pid, source });
-            }
-        };
+        let proc =
+            Watched::new(child).map_err(|(pid, source)| StartError::Watch { pid, source })?;
+        let pid = proc.pid();
         let mut slirp = Slirp {
-            child,
-            pidfd,
+            proc,
             exit_pipe,
             log,
-            exited: None,
         };
         let ready = slirp.wait_ready(ready_r, cmd.ready_timeout);
         if let Some(guard) = dad_guard {
@@ -299,7 +289,7 @@ impl Slirp {
 
     /// Waits for the ready byte, a death, or the deadline, whichever is first.
     fn wait_ready(&mut self, ready_r: OwnedFd, timeout: Duration) -> Result<(), StartError> {
-        match wait_ready_or_death(ready_r, &self.pidfd, timeout) {
+        match wait_ready_or_death(ready_r, &self.proc.pidfd(), timeout) {
             ReadyWait::Ready => Ok(()),
             ReadyWait::Ended => Err(self.death_error()),
             ReadyWait::BadByte(byte) => {
@@ -323,10 +313,7 @@ impl Slirp {
     /// Reaps a process that has ended or is ending (waiting at most 5 s,
     /// then killing) and describes how it ended.
     fn death_error(&mut self) -> StartError {
-        if !exited_within(&self.pidfd, Duration::from_secs(5)).unwrap_or(false) {
-            self.kill_and_reap();
-        }
-        let exit = self.reap();
+        let exit = self.proc.reap_ending(Duration::from_secs(5));
         let log = self.log_text();
         match exit {
             Exit::Signal(signal) => StartError::Killed { signal, log },
@@ -336,13 +323,13 @@ impl Slirp {
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.pid()
     }
 
     /// A pidfd for the process: readable once it has exited. For callers
     /// that watch it together with other events.
     pub fn pidfd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
+        self.proc.pidfd()
     }
 
     /// What slirp4netns has printed so far, trimmed.
@@ -365,15 +352,12 @@ impl Slirp {
 
     /// Whether it has exited, waiting up to `timeout`; reaps it if so.
     pub fn exited_within(&mut self, timeout: Duration) -> Option<Exit> {
-        if self.exited.is_none() && exited_within(&self.pidfd, timeout).unwrap_or(false) {
-            self.reap();
-        }
-        self.exited.clone()
+        self.proc.exited_within(timeout)
     }
 
     /// Blocks until it exits, and reaps it.
     pub fn wait(&mut self) -> Exit {
-        self.reap()
+        self.proc.reap()
     }
 
     /// Waits until slirp4netns has done no I/O for `quiet` (at most `max`),
@@ -390,7 +374,7 @@ impl Slirp {
         };
         let mut last = io(self.pid());
         let mut last_change = Instant::now();
-        while started.elapsed() < max && self.exited.is_none() {
+        while started.elapsed() < max && self.proc.exited().is_none() {
             let step = quiet.min(Duration::from_millis(10));
             if self.exited_within(step).is_some() {
                 break;
@@ -416,43 +400,23 @@ impl Slirp {
     }
 
     fn stop_inner(&mut self, grace: Duration) -> Exit {
-        if let Some(exit) = &self.exited {
-            return exit.clone();
+        if let Some(exit) = self.proc.exited() {
+            return exit;
         }
         if self.exit_pipe.take().is_none() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            let _ = kill(Pid::from_raw(self.proc.pid() as i32), Signal::SIGTERM);
         }
-        if !exited_within(&self.pidfd, grace).unwrap_or(false) {
+        if self.proc.exited_within(grace).is_none() {
             tracing::warn!(
                 pid = self.pid(),
                 "slirp4netns did not stop in {grace:?}; killing it"
             );
-            let _ = self.child.kill();
         }
-        self.reap()
+        self.proc.kill_and_reap()
     }
 
     fn kill_and_reap(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            self.reap();
-        }
-    }
-
-    fn reap(&mut self) -> Exit {
-        if let Some(exit) = &self.exited {
-            return exit.clone();
-        }
-        let exit = loop {
-            match self.child.wait() {
-                Ok(status) => break Exit::from_status(status),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // ECHILD: someone else reaped it; nothing is left to wait for.
-                Err(_) => break Exit::Code(-1),
-            }
-        };
-        self.exited = Some(exit.clone());
-        exit
+        self.proc.kill_and_reap();
     }
 }
 

@@ -18,6 +18,20 @@ fn script(body: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// A helper script that first writes its pid to a file, then runs `body`;
+/// the pid is read back with [`noted_pid`].
+fn script_noting_pid(body: &str) -> (tempfile::TempDir, PathBuf) {
+    script(&format!("echo $$ > \"$(dirname \"$0\")/pid\"\n{body}"))
+}
+
+fn noted_pid(dir: &tempfile::TempDir) -> u32 {
+    std::fs::read_to_string(dir.path().join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn command(path: &PathBuf, stdin: &[u8]) -> HelperCommand {
     let mut cmd = HelperCommand::new(path, "rootlessport", stdin.to_vec());
     cmd.stderr = HelperStderr::Null;
@@ -108,32 +122,19 @@ fn a_killed_helper_is_seen_at_once() {
 
 #[test]
 fn a_wrong_ready_byte_is_an_error_and_the_helper_is_killed() {
-    let pidfile = tempfile::NamedTempFile::new().unwrap();
-    let (_d, path) = script(&format!(
-        "echo $$ > {}\nprintf x >&4\nexec sleep 30",
-        pidfile.path().display()
-    ));
+    let (dir, path) = script_noting_pid("printf x >&4\nexec sleep 30");
     let err = command(&path, b"{}").start().unwrap_err();
     assert!(
         matches!(err, HelperError::BadReadyByte { byte: b'x', .. }),
         "{err:?}"
     );
     assert!(err.to_string().contains("wrote 0x78"), "{err}");
-    let pid: u32 = std::fs::read_to_string(pidfile.path())
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(!pid_exists(pid), "killed and reaped");
+    assert!(!pid_exists(noted_pid(&dir)), "killed and reaped");
 }
 
 #[test]
 fn a_helper_that_never_gets_ready_times_out_and_is_killed() {
-    let pidfile = tempfile::NamedTempFile::new().unwrap();
-    let (_d, path) = script(&format!(
-        "echo $$ > {}\nexec sleep 30",
-        pidfile.path().display()
-    ));
+    let (dir, path) = script_noting_pid("exec sleep 30");
     let mut cmd = command(&path, b"{}");
     cmd.ready_timeout = Duration::from_millis(300);
     let err = cmd.start().unwrap_err();
@@ -146,12 +147,7 @@ fn a_helper_that_never_gets_ready_times_out_and_is_killed() {
             .ends_with("did not become ready within 300ms"),
         "{err}"
     );
-    let pid: u32 = std::fs::read_to_string(pidfile.path())
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(!pid_exists(pid), "killed and reaped");
+    assert!(!pid_exists(noted_pid(&dir)), "killed and reaped");
 }
 
 #[test]
