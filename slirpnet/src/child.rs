@@ -4,8 +4,8 @@
 //! unshare user and mount namespaces. Protocol with the parent: it writes
 //! `ok` (or `error: ...`) on fd 3 once its namespaces exist, then waits for
 //! the byte `1` on fd 4 (EOF: the parent gave up, exit quietly), then points
-//! /etc/resolv.conf at slirp4netns's DNS in its private mount namespace and
-//! execs the command.
+//! /etc/resolv.conf at slirp4netns's DNS in its private mount namespace, asks
+//! for SIGKILL when slirpnet dies, and execs the command.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -52,6 +52,7 @@ fn take_fd(fd: i32) -> File {
 }
 
 pub fn main(args: ChildArgs) -> ExitCode {
+    let parent = nix::unistd::getppid();
     let mut status = take_fd(args.status_fd);
     let mut go = take_fd(args.go_fd);
     let dad = match make_namespaces(&args) {
@@ -86,6 +87,15 @@ pub fn main(args: ChildArgs) -> ExitCode {
         // The bind mount holds the inode: the name can go now, so nothing is
         // left in /tmp even if slirpnet itself is killed.
         let _ = std::fs::remove_file(resolv);
+    }
+    // The command's network lives only as long as slirpnet: if slirpnet is
+    // killed, the command goes too (as with `unshare --kill-child`) instead
+    // of running on without network. Set last, as a change of credentials
+    // (the user namespace) clears it; kept across exec.
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+        || nix::unistd::getppid() != parent
+    {
+        return ExitCode::from(125); // slirpnet is gone already
     }
     let err = Command::new(&args.command[0])
         .args(&args.command[1..])

@@ -162,9 +162,9 @@ fn run_as_root_forwards_byte_exact() {
     run_echo_roundtrip(&slirpnet_bin(), Path::new(ECHO), None, "rootlesskit");
 }
 
-#[test]
-fn run_rootless_forwards_byte_exact() {
-    let check = (|| {
+/// What a rootless run as uid 65534 needs.
+fn rootless_possible() -> anyhow::Result<()> {
+    (|| {
         real_slirp()?;
         which("setpriv").ok_or_else(|| anyhow::anyhow!("setpriv (util-linux) is missing"))?;
         let out = Command::new("setpriv")
@@ -189,8 +189,12 @@ fn run_rootless_forwards_byte_exact() {
             "/dev/net/tun is mode {mode:o}, not 0666 (run cargo xtask setup)"
         );
         Ok(())
-    })();
-    if !require("run_rootless_forwards_byte_exact", check) {
+    })()
+}
+
+#[test]
+fn run_rootless_forwards_byte_exact() {
+    if !require("run_rootless_forwards_byte_exact", rootless_possible()) {
         return;
     }
     let (_dir, bins) = world_runnable(&[
@@ -631,4 +635,115 @@ fn dry_run_prints_the_plan_and_starts_nothing() {
         text.starts_with("would run: ") && text.contains("guest    10.0.2.100"),
         "{text}"
     );
+}
+
+/// Kills `slirpnet run` with SIGKILL and checks that the command, slirp4netns
+/// and rootlessport do not outlive it. `as_user` runs it rootless.
+fn killed_run_leaves_nothing(slirpnet: &Path, as_user: Option<u32>) {
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pidfile = dir.path().join("command.pid");
+    let mut cmd = match as_user {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                "--inh-caps=-all".into(),
+            ]);
+            c.arg(slirpnet);
+            c
+        }
+        None => Command::new(slirpnet),
+    };
+    let port = free_tcp_port();
+    let mut child = cmd
+        .args(["run", "--json", "-p"])
+        .arg(format!("127.0.0.1:{port}:7000"))
+        .arg("--")
+        .args(["sh", "-c"])
+        .arg(format!("echo $$ > {}; exec sleep 60", pidfile.display()))
+        .current_dir("/")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `run` reports its setup on stderr (stdout is the command's).
+    let info: Value = serde_json::Deserializer::from_reader(child.stderr.take().unwrap())
+        .into_iter::<Value>()
+        .next()
+        .expect("the setup report")
+        .unwrap();
+    let slirp_pid = info["pid"].as_u64().unwrap() as u32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let command_pid: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Everything started for this run: slirp4netns and rootlessport are
+    // slirpnet's children, the command its grandchild's exec.
+    let forwarder =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "rootlessport")
+            })
+            .expect("rootlessport among slirpnet's children");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (what, pid) in [
+        ("the command", command_pid),
+        ("slirp4netns", slirp_pid),
+        ("rootlessport", forwarder),
+    ] {
+        while pid_exists(pid) && !is_zombie(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "{what} ({pid}) still runs 5 s after slirpnet was killed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A zombie is gone for our purposes: it runs nothing and holds no port.
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_killed_slirpnet_takes_its_command_and_helpers_along() {
+    if !prerequisites("a_killed_slirpnet_takes_its_command_and_helpers_along") {
+        return;
+    }
+    slirpnet_tests::rootlessport_bin();
+    killed_run_leaves_nothing(&slirpnet_bin(), None);
+}
+
+#[test]
+fn a_killed_rootless_slirpnet_takes_its_command_and_helpers_along() {
+    if !require(
+        "a_killed_rootless_slirpnet_takes_its_command_and_helpers_along",
+        rootless_possible(),
+    ) {
+        return;
+    }
+    let (_dir, bins) =
+        world_runnable(&[&slirpnet_bin(), &slirpnet_tests::rootlessport_bin()]).unwrap();
+    killed_run_leaves_nothing(&bins[0], Some(65534));
 }
