@@ -74,12 +74,10 @@ fn first_json(text: &str) -> Value {
         .unwrap()
 }
 
-/// `slirpnet run` with an echo server as the command, data through a
-/// slirp4netns forward, exit status and cleanup checked. `as_user` runs it
-/// through setpriv as that uid (rootless).
-fn run_echo_roundtrip(slirpnet: &Path, echo: &Path, as_user: Option<u32>, handler: &str) {
-    let port = free_tcp_port();
-    let mut cmd = match as_user {
+/// `slirpnet`, run directly or, with `as_user`, through setpriv as that uid
+/// with no capabilities (rootless).
+fn slirpnet_as(slirpnet: &Path, as_user: Option<u32>) -> Command {
+    match as_user {
         Some(uid) => {
             let mut c = Command::new("setpriv");
             c.args([
@@ -92,7 +90,15 @@ fn run_echo_roundtrip(slirpnet: &Path, echo: &Path, as_user: Option<u32>, handle
             c
         }
         None => Command::new(slirpnet),
-    };
+    }
+}
+
+/// `slirpnet run` with an echo server as the command, data through a
+/// slirp4netns forward, exit status and cleanup checked. `as_user` runs it
+/// through setpriv as that uid (rootless).
+fn run_echo_roundtrip(slirpnet: &Path, echo: &Path, as_user: Option<u32>, handler: &str) {
+    let port = free_tcp_port();
+    let mut cmd = slirpnet_as(slirpnet, as_user);
     let mut child = cmd
         .args([
             "run",
@@ -644,20 +650,7 @@ fn killed_run_leaves_nothing(slirpnet: &Path, as_user: Option<u32>) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let pidfile = dir.path().join("command.pid");
-    let mut cmd = match as_user {
-        Some(uid) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                format!("--reuid={uid}"),
-                format!("--regid={uid}"),
-                "--clear-groups".into(),
-                "--inh-caps=-all".into(),
-            ]);
-            c.arg(slirpnet);
-            c
-        }
-        None => Command::new(slirpnet),
-    };
+    let mut cmd = slirpnet_as(slirpnet, as_user);
     let port = free_tcp_port();
     let mut child = cmd
         .args(["run", "--json", "-p"])
