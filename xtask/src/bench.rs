@@ -16,6 +16,8 @@ const GO_HELPER: &str = "/usr/lib/podman/rootlessport";
 const NS_ADDR: &str = "10.77.0.1";
 const IPERF_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 7000;
+/// UDP payload size of the iperf3 runs.
+const UDP_LEN: usize = 1400;
 
 /// Options of one run.
 #[derive(Debug, Clone)]
@@ -67,6 +69,29 @@ impl BenchNetns {
 
     fn path(&self) -> String {
         format!("/run/netns/{}", self.name)
+    }
+
+    /// UDP datagrams that reached the namespace's UDP layer so far, whether
+    /// a socket took them (InDatagrams) or dropped them (InErrors, e.g. a
+    /// full receive buffer): what forwarders carried in.
+    fn udp_arrived(&self) -> Result<u64> {
+        let server = self.servers.first().context("no server in the namespace")?;
+        // A process inside sees the namespace's counters.
+        let snmp = std::fs::read_to_string(format!("/proc/{}/net/snmp", server.id()))?;
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next(), udp.next());
+        let (Some(names), Some(values)) = (names, values) else {
+            bail!("no Udp lines in /proc/net/snmp");
+        };
+        let field = |want: &str| -> Result<u64> {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == want)
+                .and_then(|(_, v)| v.parse().ok())
+                .with_context(|| format!("no Udp {want} in /proc/net/snmp"))
+        };
+        Ok(field("InDatagrams")? + field("InErrors")?)
     }
 
     /// Starts `cmd` inside the namespace (ip netns exec).
@@ -248,6 +273,32 @@ fn free_port_block(len: u16) -> Result<u16> {
 
 /// `iperf3 -J` against 127.0.0.1:port; returns received bits per second and
 /// bytes moved.
+/// CPU seconds all cores have spent busy since boot (/proc/stat: all but
+/// idle and iowait).
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq (steal is the hypervisor's,
+    // guest time is already inside user); USER_HZ is 100 on Linux.
+    let busy: f64 = ticks
+        .iter()
+        .take(7)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy / 100.0
+}
+
 fn iperf(port: u16, seconds: u64, udp: bool) -> Result<(f64, f64)> {
     let mut cmd = Command::new("iperf3");
     cmd.args([
@@ -260,7 +311,7 @@ fn iperf(port: u16, seconds: u64, udp: bool) -> Result<(f64, f64)> {
         "-J",
     ]);
     if udp {
-        cmd.args(["-u", "-b", "0", "-l", "1400"]);
+        cmd.args(["-u", "-b", "0", "-l", &UDP_LEN.to_string()]);
     }
     let out = cmd.output().context("failed to run iperf3")?;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
@@ -459,10 +510,34 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
                 let cpu = f.cpu_seconds() - cpu0;
                 record(&mut s, "tcp_gbps", who, bps / 1e9);
                 record(&mut s, "cpu_s_per_gb", who, cpu / (bytes / 1e9));
-                let (ubps, _) = iperf(ip_port, opts.seconds, true)?;
+                let (cpu0, arrived0) = (f.cpu_seconds(), ns.udp_arrived()?);
+                let (ubps, ubytes) = iperf(ip_port, opts.seconds, true)?;
+                let cpu = f.cpu_seconds() - cpu0;
+                let carried = (ns.udp_arrived()? - arrived0) as f64 * UDP_LEN as f64 * 8.0;
                 record(&mut s, "udp_gbps", who, ubps / 1e9);
+                record(
+                    &mut s,
+                    "udp_carried_gbps",
+                    who,
+                    carried / opts.seconds as f64 / 1e9,
+                );
+                record(&mut s, "udp_cpu_s_per_gb", who, cpu / (ubytes / 1e9));
+                let (cpu0, busy0) = (f.cpu_seconds(), machine_busy_seconds());
                 let (rate, p50, p99) =
                     conn_rate(SocketAddr::from(([127, 0, 0, 1], echo_port)), opts.seconds)?;
+                let conns = rate * opts.seconds as f64;
+                record(
+                    &mut s,
+                    "conn_fwd_cpu_us",
+                    who,
+                    (f.cpu_seconds() - cpu0) / conns * 1e6,
+                );
+                record(
+                    &mut s,
+                    "conn_machine_cpu_us",
+                    who,
+                    (machine_busy_seconds() - busy0) / conns * 1e6,
+                );
                 record(&mut s, "conn_per_s", who, rate);
                 record(&mut s, "conn_p50_us", who, p50);
                 record(&mut s, "conn_p99_us", who, p99);
@@ -473,10 +548,17 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
             record(&mut s, "tcp_gbps", Subject::Direct, bps / 1e9);
             let (ubps, _) = iperf(direct_iperf, opts.seconds, true)?;
             record(&mut s, "udp_gbps", Subject::Direct, ubps / 1e9);
+            let busy0 = machine_busy_seconds();
             let (rate, p50, p99) = conn_rate(
                 SocketAddr::from(([127, 0, 0, 1], direct_echo)),
                 opts.seconds,
             )?;
+            record(
+                &mut s,
+                "conn_machine_cpu_us",
+                Subject::Direct,
+                (machine_busy_seconds() - busy0) / (rate * opts.seconds as f64) * 1e6,
+            );
             record(&mut s, "conn_per_s", Subject::Direct, rate);
             record(&mut s, "conn_p50_us", Subject::Direct, p50);
             record(&mut s, "conn_p99_us", Subject::Direct, p99);
@@ -491,20 +573,22 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
     result?;
 
     let table = render(&s, opts);
-    println!("{table}");
+    let budget = budget(&s);
+    println!("{table}\n{budget}");
     let doc = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench` on {} ({} cores, kernel {}). Our `rootlessport` \
          (release build) against podman {}'s Go helper ({GO_HELPER}) and against direct loopback, \
          each forwarder started exactly as podman starts it, forwarding into a network namespace \
          (servers on a veth address inside). {} rounds, interleaved; each cell is the median. \
          Throughput and rates over {} s each; CPU and memory cover the forwarder's whole process \
-         tree (the Go helper re-executes itself as `rootlessport-child`).\n\n{table}\n{NOTES}",
+         tree (the Go helper re-executes itself as `rootlessport-child`).\n\n{table}\n{NOTES}{}",
         today(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         kernel(),
         podman_version(),
         opts.rounds,
         opts.seconds,
+        budget,
     );
     std::fs::write(root.join("BENCHMARKS.md"), doc)?;
     eprintln!("wrote BENCHMARKS.md");
@@ -516,10 +600,10 @@ const NOTES: &str = "
 ## Reading the table
 
 - **Direct loopback** is the physical limit: the same client and server with
-  no forwarder and no namespace. Both forwarders add a second hop (a TCP or
-  UDP socket inside the namespace, over a veth pair), whose kernel cost every
-  forwarder pays; on this 2-core machine the clients and servers compete with
-  the forwarder for the same cores.
+  no forwarder and no namespace. Both forwarders add a second hop (a second
+  TCP connection or UDP send inside the namespace, to the server's veth
+  address), whose kernel cost every forwarder pays; on this 2-core machine the
+  clients and servers compete with the forwarder for the same cores.
 - **TCP and CPU per GB.** Both forwarders move TCP payload with splice(2), so
   most of the CPU per byte is the kernel's TCP and veth work, charged to the
   forwarder that calls splice. Ours saves the user-space part (no goroutines,
@@ -528,14 +612,19 @@ const NOTES: &str = "
   than 1.25x and 0.5x.
 - **Connection rate.** Per connection we do accept, take a pre-made socket
   from the namespace thread's pool, connect, splice one byte each way and
-  close: no process hop and no IPC, which halves the Go helper's p50 latency.
-  3x the Go helper's rate would be within ~15% of direct loopback (no second
-  hop at all), where the client and server themselves already fill both cores.
+  close: no process hop and no IPC, which halves the Go helper's p50 latency
+  and uses about a third of its CPU per connection (the two CPU rows, measured
+  during the same run from /proc). The rate is bound by CPU: with 4 client
+  threads, the server and the forwarder on 2 cores, both are busy, and 3x the
+  Go helper's rate would be close to direct loopback, which has no second
+  connection at all. The budget below puts numbers on it.
 - **UDP.** Ours receives in batches (recvmmsg, 64 datagrams) and sends runs of
   equal-size datagrams into the namespace as one UDP GSO send; the Go helper
-  makes two system calls and walks the stack twice per datagram. What remains
-  is the kernel's per-datagram cost on the inner hop and the loss when the
-  client outruns one core.
+  makes two system calls and walks the stack twice per datagram. iperf3 counts
+  what its server received; \"UDP carried into the namespace\" counts what
+  reached the namespace's UDP layer (its /proc/net/snmp InDatagrams and
+  InErrors), i.e. what the forwarder moved. The difference is dropped by the
+  iperf3 server's own socket, not by the forwarder.
 - **Memory and start-up.** One event loop, one 4 MiB (lazily touched) UDP
   batch buffer for all ports, no per-port thread or buffer: a 3000-port
   `tcp,udp` range costs the 6000 listening sockets and little else.
@@ -564,10 +653,34 @@ const ROWS: &[(&str, &str, bool, Option<f64>)] = &[
     ("conn_p50_us", "  latency p50 (µs)", false, None),
     ("conn_p99_us", "  latency p99 (µs)", false, None),
     (
+        "conn_machine_cpu_us",
+        "  CPU per connection, whole machine (µs)",
+        false,
+        None,
+    ),
+    (
+        "conn_fwd_cpu_us",
+        "  CPU per connection, forwarder (µs)",
+        false,
+        None,
+    ),
+    (
         "udp_gbps",
         "UDP throughput, 1400-byte datagrams (Gbit/s)",
         true,
         Some(3.0),
+    ),
+    (
+        "udp_carried_gbps",
+        "  UDP carried into the namespace (Gbit/s)",
+        true,
+        None,
+    ),
+    (
+        "udp_cpu_s_per_gb",
+        "  forwarder CPU per GB, UDP (s)",
+        false,
+        None,
     ),
     ("ready_1_ms", "spawn to ready, 1 port (ms)", false, None),
     ("idle_rss_kib", "idle RSS, 1 port (KiB)", false, Some(0.25)),
@@ -587,8 +700,58 @@ const ROWS: &[(&str, &str, bool, Option<f64>)] = &[
     ("range_fds", "fds, 3000-port tcp,udp range", false, None),
 ];
 
+/// The median of one metric for one subject.
+fn med(s: &Samples, metric: &'static str, who: Subject) -> Option<f64> {
+    s.get(&(metric, who)).and_then(|v| median(v))
+}
+
+/// What this run's numbers say about the targets that depend on CPU: the
+/// budget 2 cores leave per connection at 3x the Go helper's rate, and where
+/// the UDP that ours carried in was lost.
+fn budget(s: &Samples) -> String {
+    use Subject::{Direct, Go, Ours};
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut out = String::new();
+    if let (Some(go_rate), Some(ours), Some(fwd), Some(direct)) = (
+        med(s, "conn_per_s", Go),
+        med(s, "conn_machine_cpu_us", Ours),
+        med(s, "conn_fwd_cpu_us", Ours),
+        med(s, "conn_machine_cpu_us", Direct),
+    ) {
+        let allowed = cores / (3.0 * go_rate) * 1e6;
+        out += &format!(
+            "- **Connection budget (this run).** 3x the Go helper's rate is {:.0} conn/s; \
+             {cores:.0} cores then allow {allowed:.0} µs of CPU per connection for client, \
+             server, kernel and forwarder together. Direct loopback uses {direct:.0} µs; \
+             through ours the machine uses {ours:.0} µs: {fwd:.0} µs in the forwarder \
+             process (its system calls, which carry most of the second connection's kernel \
+             work, included) and {:.0} µs in the client, the server and the kernel on their \
+             behalf. To reach the target with the rest unchanged, the forwarder would have to \
+             cost {:.0} µs or less.\n",
+            3.0 * go_rate,
+            ours - fwd,
+            (allowed - (ours - fwd)).max(0.0),
+        );
+    }
+    if let (Some(got), Some(carried), Some(go_carried)) = (
+        med(s, "udp_gbps", Ours),
+        med(s, "udp_carried_gbps", Ours),
+        med(s, "udp_carried_gbps", Go),
+    ) {
+        out += &format!(
+            "- **Where UDP is lost (this run).** Ours carried {carried:.2} Gbit/s into the \
+             namespace ({:.2}x the Go helper's {go_carried:.2}); the iperf3 server delivered \
+             {got:.2} Gbit/s of it and dropped the rest at its own socket (the namespace's \
+             UDP RcvbufErrors): client, forwarder and server share {cores:.0} cores, and the \
+             server gets the least.\n",
+            carried / go_carried,
+        );
+    }
+    out
+}
+
 fn render(s: &Samples, _opts: &BenchOptions) -> String {
-    let get = |m: &'static str, w: Subject| s.get(&(m, w)).and_then(|v| median(v));
+    let get = |m: &'static str, w: Subject| med(s, m, w);
     let fmt = |v: Option<f64>| match v {
         None => "—".to_owned(),
         Some(x) if x >= 100.0 => format!("{x:.0}"),
