@@ -74,6 +74,16 @@ fn first_json(text: &str) -> Value {
         .unwrap()
 }
 
+/// The first JSON value a stream carries (slirpnet's report), read as it
+/// arrives; `what` names it in the failure.
+fn first_json_from(stream: impl Read, what: &str) -> Value {
+    serde_json::Deserializer::from_reader(stream)
+        .into_iter::<Value>()
+        .next()
+        .unwrap_or_else(|| panic!("{what}: the stream ended first"))
+        .unwrap_or_else(|e| panic!("{what}: not JSON: {e}"))
+}
+
 /// `slirpnet`, run directly or, with `as_user`, through setpriv as that uid
 /// with no capabilities (rootless).
 fn slirpnet_as(slirpnet: &Path, as_user: Option<u32>) -> Command {
@@ -460,11 +470,7 @@ fn attach_networks_an_existing_namespace() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let info: Value = serde_json::Deserializer::from_reader(child.stdout.take().unwrap())
-        .into_iter::<Value>()
-        .next()
-        .expect("attach printed nothing")
-        .unwrap();
+    let info = first_json_from(child.stdout.take().unwrap(), "attach's report");
     let slirp_pid = info["pid"].as_u64().unwrap() as u32;
     assert!(pid_exists(slirp_pid));
     // slirp4netns's sandbox (pivot_root in its own mount namespace) must not
@@ -567,11 +573,7 @@ fn attach_exits_125_when_slirp4netns_dies() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let info: Value = serde_json::Deserializer::from_reader(child.stdout.take().unwrap())
-        .into_iter::<Value>()
-        .next()
-        .unwrap()
-        .unwrap();
+    let info = first_json_from(child.stdout.take().unwrap(), "attach's report");
     let slirp_pid = info["pid"].as_i64().unwrap() as i32;
     kill(Pid::from_raw(slirp_pid), Signal::SIGKILL).unwrap();
     let status = wait_limited(&mut child, Duration::from_secs(5));
@@ -664,11 +666,7 @@ fn killed_run_leaves_nothing(slirpnet: &Path, as_user: Option<u32>) {
         .spawn()
         .unwrap();
     // `run` reports its setup on stderr (stdout is the command's).
-    let info: Value = serde_json::Deserializer::from_reader(child.stderr.take().unwrap())
-        .into_iter::<Value>()
-        .next()
-        .expect("the setup report")
-        .unwrap();
+    let info = first_json_from(child.stderr.take().unwrap(), "the setup report");
     let slirp_pid = info["pid"].as_u64().unwrap() as u32;
     let deadline = Instant::now() + Duration::from_secs(10);
     let command_pid: u32 = loop {
@@ -681,8 +679,8 @@ fn killed_run_leaves_nothing(slirpnet: &Path, as_user: Option<u32>) {
         assert!(Instant::now() < deadline, "the command never started");
         std::thread::sleep(Duration::from_millis(10));
     };
-    // Everything started for this run: slirp4netns and rootlessport are
-    // slirpnet's children, the command its grandchild's exec.
+    // slirp4netns, rootlessport and the command (which its `__child`
+    // became by exec) are all slirpnet's children.
     let forwarder =
         std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
             .unwrap_or_default()
