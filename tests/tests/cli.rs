@@ -84,6 +84,22 @@ fn first_json_from(stream: impl Read, what: &str) -> Value {
         .unwrap_or_else(|e| panic!("{what}: not JSON: {e}"))
 }
 
+/// Runs `cmd` to the end; it must succeed and print one JSON value.
+fn json_output(cmd: &mut Command) -> Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{cmd:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 /// `slirpnet`, run directly or, with `as_user`, through setpriv as that uid
 /// with no capabilities (rootless).
 fn slirpnet_as(slirpnet: &Path, as_user: Option<u32>) -> Command {
@@ -510,17 +526,11 @@ fn attach_networks_an_existing_namespace() {
     assert!(echo_through(port, &data) == data, "echo differs");
     assert_eq!(echo.join().unwrap(), data.len());
 
-    let stats = Command::new(slirpnet_bin())
-        .args(["stats", "--json", "--netns"])
-        .arg(&made.path)
-        .output()
-        .unwrap();
-    assert!(
-        stats.status.success(),
-        "{}",
-        String::from_utf8_lossy(&stats.stderr)
+    let stats = json_output(
+        Command::new(slirpnet_bin())
+            .args(["stats", "--json", "--netns"])
+            .arg(&made.path),
     );
-    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert!(
         stats["counters"]["rx_bytes"].as_u64().unwrap() >= data.len() as u64,
         "{stats}"
@@ -591,30 +601,24 @@ fn dry_run_prints_the_plan_and_starts_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("started");
     let (_d, fake) = fake_slirp(&format!("touch {}", marker.display())).unwrap();
-    let out = Command::new(slirpnet_bin())
-        .args([
-            "attach",
-            "--dry-run",
-            "--json",
-            "--netns",
-            "/run/netns/x",
-            "-o",
-            "port_handler=slirp4netns",
-            "-o",
-            "cidr=10.9.0.0/16",
-            "-p",
-            "127.0.0.1:8080-8081:80-81/tcp,udp",
-            "--slirp4netns",
-        ])
-        .arg(&fake)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let plan = json_output(
+        Command::new(slirpnet_bin())
+            .args([
+                "attach",
+                "--dry-run",
+                "--json",
+                "--netns",
+                "/run/netns/x",
+                "-o",
+                "port_handler=slirp4netns",
+                "-o",
+                "cidr=10.9.0.0/16",
+                "-p",
+                "127.0.0.1:8080-8081:80-81/tcp,udp",
+                "--slirp4netns",
+            ])
+            .arg(&fake),
     );
-    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["guest"], "10.9.0.100");
     assert_eq!(plan["gateway"], "10.9.0.2");
     assert_eq!(plan["dns"], "10.9.0.3");
