@@ -70,18 +70,47 @@ pub async fn serve(
                 continue;
             }
         };
-        let dest = SocketAddr::new(target.ip(), container_port);
-        let (factory, pipes) = (factory.clone(), pipes.clone());
+        let (factory, pipes, target) = (factory.clone(), pipes.clone(), target.clone());
         tokio::spawn(async move {
-            match dial(&factory, dest).await {
+            match dial_retrying(&factory, &target, container_port).await {
                 Ok(inner) => relay(conn, inner, &pipes).await,
-                Err(e) => {
+                Err((dest, e)) => {
                     // The Go helper loses this text; say why the connection closed.
                     tracing::warn!(%peer, %dest, error = %e, "cannot connect inside the namespace; closing the connection");
                     let _ = SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO));
                 }
             }
         });
+    }
+}
+
+/// Attempts at connecting while the container refuses (its service may still
+/// be starting), with a pause of `DIAL_PAUSE_STEP` times the attempt number
+/// before each retry: about 225 ms in all, as podman's Go helper does.
+const DIAL_ATTEMPTS: u32 = 10;
+const DIAL_PAUSE_STEP: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Connects to the child IP (read afresh for each attempt, so a reload in
+/// between is followed), retrying only "connection refused": other errors
+/// (no route, no host) would not change within the retry window.
+async fn dial_retrying(
+    factory: &SocketFactory,
+    target: &Target,
+    port: u16,
+) -> Result<TcpStream, (SocketAddr, io::Error)> {
+    let mut attempt = 0;
+    loop {
+        let dest = SocketAddr::new(target.ip(), port);
+        match dial(factory, dest).await {
+            Ok(stream) => return Ok(stream),
+            Err(e)
+                if e.kind() == io::ErrorKind::ConnectionRefused && attempt + 1 < DIAL_ATTEMPTS =>
+            {
+                attempt += 1;
+                tokio::time::sleep(DIAL_PAUSE_STEP * attempt).await;
+            }
+            Err(e) => return Err((dest, e)),
+        }
     }
 }
 

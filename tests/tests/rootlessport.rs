@@ -399,6 +399,49 @@ fn reload_retargets_new_connections() {
 }
 
 #[test]
+fn a_connection_waits_briefly_for_a_service_that_is_starting() {
+    if !prerequisites("a_connection_waits_briefly_for_a_service_that_is_starting") {
+        return;
+    }
+    let ns = veth_netns("rp-late");
+    let port = free_tcp_port();
+    let _rp = started(
+        &ns,
+        &config(&ns, tcp_map("127.0.0.1", port, 7300, 1), "10.77.0.1"),
+    );
+    // The client is accepted at once, while nothing listens inside yet: the
+    // first dials are refused. The service comes up 20 ms later, well within
+    // the ~225 ms the forwarder keeps retrying, as the Go helper does.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"early").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let server = reverse_server(&ns, "10.77.0.1:7300", b"late:", 1);
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"late:ylrae");
+    server.join().unwrap();
+
+    // With no service at all, the client is reset after the retries rather
+    // than held open.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started_at = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    match c.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected a reset or EOF, got {other:?}"),
+    }
+    assert!(
+        started_at.elapsed() < Duration::from_secs(5),
+        "held for {:?}",
+        started_at.elapsed()
+    );
+}
+
+#[test]
 fn bad_configurations_print_one_line_and_leave_nothing() {
     if !prerequisites("bad_configurations_print_one_line_and_leave_nothing") {
         return;
