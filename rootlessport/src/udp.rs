@@ -1,7 +1,9 @@
 //! UDP: a flow per client address, each with its own socket inside the
-//! namespace; 90 s idle timeout. Datagrams move in batches (recvmmsg and
-//! sendmmsg, up to 32 per system call) through one buffer per event loop,
-//! not one per port or per flow.
+//! namespace; 90 s idle timeout. Datagrams are received in batches (recvmmsg,
+//! up to 64 per system call) through one buffer per event loop, not one per
+//! port or per flow; runs of equal-size datagrams go into the namespace as one
+//! UDP GSO send, and replies (or everything, where GSO is refused) go out with
+//! sendmmsg.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
