@@ -31,6 +31,12 @@ pub fn require(test: &str, check: Result<()>) -> bool {
     }
 }
 
+/// [`require`] with the real slirp4netns (and the privilege to run it) as
+/// the prerequisite: what most end-to-end tests need.
+pub fn require_slirp(test: &str) -> bool {
+    require(test, real_slirp().map(drop))
+}
+
 /// The slirp4netns binary on PATH.
 pub fn slirp4netns() -> Result<PathBuf> {
     which("slirp4netns").context("slirp4netns is not installed (run `cargo xtask setup`)")

@@ -11,14 +11,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use slirpnet_tests::{
-    fake_slirp, free_tcp_port, is_mounted, payload, pid_exists, real_slirp, require, slirpnet_bin,
-    which, world_runnable, PersistentNetns,
+    fake_slirp, free_tcp_port, is_mounted, payload, pid_exists, real_slirp, require, require_slirp,
+    slirpnet_bin, which, world_runnable, PersistentNetns,
 };
 
 const ECHO: &str = env!("CARGO_BIN_EXE_tcp-echo");
 
 fn prerequisites(test: &str) -> bool {
-    require(test, real_slirp().map(drop))
+    require_slirp(test)
 }
 
 /// Sends `data` to 127.0.0.1:port, half-closes, and returns all it got back.

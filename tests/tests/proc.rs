@@ -243,24 +243,24 @@ fn real_slirp4netns_starts_stops_and_restores_accept_dad() {
     let ns = made.open();
     let dad = "/proc/sys/net/ipv6/conf/default/accept_dad";
     ns.run(|| std::fs::write(dad, "2")).unwrap().unwrap();
+    let accept_dad = || {
+        ns.run(|| std::fs::read_to_string(dad))
+            .unwrap()
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
 
     let target = Target::Path {
         netns: made.path.clone(),
         userns: None,
     };
     let opts = NetworkOptions::default(); // IPv6 on
-    let mut cmd = SlirpCommand::new(&bin, opts, Features::all(), Invocation::new(target));
+    let mut cmd = SlirpCommand::new(&bin, opts, Features::all(), Invocation::new(target.clone()));
     assert!(cmd.toggle_accept_dad && cmd.new_mount_ns);
     cmd.ready_timeout = Duration::from_secs(10);
     let mut slirp = Slirp::start(&cmd).unwrap();
-    assert_eq!(
-        ns.run(|| std::fs::read_to_string(dad))
-            .unwrap()
-            .unwrap()
-            .trim(),
-        "2",
-        "restored after ready"
-    );
+    assert_eq!(accept_dad(), "2", "restored after ready");
     // tap0's IPv6 address is not tentative: DAD was off when it was made.
     let if_inet6 = ns
         .run(|| std::fs::read_to_string("/proc/thread-self/net/if_inet6"))
@@ -285,10 +285,6 @@ fn real_slirp4netns_starts_stops_and_restores_accept_dad() {
 
     // A failure restores accept_dad too.
     let (_d, fake) = fake_slirp("exit 3").unwrap();
-    let target = Target::Path {
-        netns: made.path.clone(),
-        userns: None,
-    };
     let cmd = SlirpCommand::new(
         &fake,
         NetworkOptions::default(),
@@ -296,14 +292,7 @@ fn real_slirp4netns_starts_stops_and_restores_accept_dad() {
         Invocation::new(target),
     );
     assert!(Slirp::start(&cmd).is_err());
-    assert_eq!(
-        ns.run(|| std::fs::read_to_string(dad))
-            .unwrap()
-            .unwrap()
-            .trim(),
-        "2",
-        "restored after failure"
-    );
+    assert_eq!(accept_dad(), "2", "restored after failure");
 }
 
 #[test]

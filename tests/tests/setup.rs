@@ -6,10 +6,16 @@ use std::time::Duration;
 
 use slirp_opts::{parse_port_spec, NetworkOptions, PortHandler, Target};
 use slirpnet::{setup, SetupError, SetupOptions};
-use slirpnet_tests::{free_tcp_port, pid_exists, real_slirp, require, PersistentNetns};
+use slirpnet_tests::{free_tcp_port, pid_exists, require_slirp, PersistentNetns};
 
 /// These tests count this process's slirp4netns children: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The real slirp4netns is needed; the guard keeps the tests one at a time.
+/// `None`: skipped (only off CI).
+fn prerequisites(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    require_slirp(test).then(|| SERIAL.lock().unwrap_or_else(|p| p.into_inner()))
+}
 
 fn our_slirp_children() -> Vec<u32> {
     let me = std::process::id().to_string();
@@ -45,10 +51,9 @@ fn options(ns: &PersistentNetns) -> SetupOptions {
 
 #[test]
 fn udp_and_tcp_forwards_carry_data() {
-    if !require("udp_and_tcp_forwards_carry_data", real_slirp().map(drop)) {
+    let Some(_serial) = prerequisites("udp_and_tcp_forwards_carry_data") else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    };
     let made = PersistentNetns::new("udp").unwrap();
     let ns = made.open();
     let udp = ns.run(|| UdpSocket::bind("0.0.0.0:5300")).unwrap().unwrap();
@@ -116,10 +121,9 @@ fn udp_and_tcp_forwards_carry_data() {
 
 #[test]
 fn a_failed_forward_undoes_everything() {
-    if !require("a_failed_forward_undoes_everything", real_slirp().map(drop)) {
+    let Some(_serial) = prerequisites("a_failed_forward_undoes_everything") else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    };
     let made = PersistentNetns::new("undo").unwrap();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().port();
@@ -145,13 +149,10 @@ fn a_failed_forward_undoes_everything() {
 
 #[test]
 fn rootlesskit_forwards_tcp_and_udp_through_rootlessport() {
-    if !require(
-        "rootlesskit_forwards_tcp_and_udp_through_rootlessport",
-        real_slirp().map(drop),
-    ) {
+    let Some(_serial) = prerequisites("rootlesskit_forwards_tcp_and_udp_through_rootlessport")
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    };
     let made = PersistentNetns::new("rlk").unwrap();
     let ns = made.open();
     let tcp = ns
@@ -217,13 +218,9 @@ fn rootlesskit_forwards_tcp_and_udp_through_rootlessport() {
 
 #[test]
 fn a_failing_rootlessport_undoes_everything() {
-    if !require(
-        "a_failing_rootlessport_undoes_everything",
-        real_slirp().map(drop),
-    ) {
+    let Some(_serial) = prerequisites("a_failing_rootlessport_undoes_everything") else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    };
     let made = PersistentNetns::new("rlk-fail").unwrap();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().port();
