@@ -100,6 +100,21 @@ fn json_output(cmd: &mut Command) -> Value {
     })
 }
 
+/// `slirpnet run --slirp4netns FAKE ARGS -- touch RAN` to the end: whether
+/// RAN exists afterwards tells whether the command ran.
+fn run_touching(slirpnet: &Path, fake: &Path, args: &[&str], ran: &Path) -> std::process::Output {
+    Command::new(slirpnet)
+        .arg("run")
+        .arg("--slirp4netns")
+        .arg(fake)
+        .args(args)
+        .arg("--")
+        .arg("touch")
+        .arg(ran)
+        .output()
+        .unwrap()
+}
+
 /// `slirpnet`, run directly or, with `as_user`, through setpriv as that uid
 /// with no capabilities (rootless).
 fn slirpnet_as(slirpnet: &Path, as_user: Option<u32>) -> Command {
@@ -386,16 +401,7 @@ fn bad_options_exit_125_and_start_nothing() {
         ),
     ];
     for (args, want) in cases {
-        let out = Command::new(slirpnet_bin())
-            .arg("run")
-            .arg("--slirp4netns")
-            .arg(&fake)
-            .args(*args)
-            .arg("--")
-            .arg("touch")
-            .arg(&ran)
-            .output()
-            .unwrap();
+        let out = run_touching(&slirpnet_bin(), &fake, args, &ran);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
@@ -424,15 +430,7 @@ fn a_failing_slirp4netns_fails_run_without_running_the_command() {
     let (_d, fake) = fake_slirp("echo 'slirp4netns: the tap device is busy' >&2\nexit 1").unwrap();
     let slirpnet = slirpnet_bin(); // may build it: not part of the time
     let started = Instant::now();
-    let out = Command::new(slirpnet)
-        .arg("run")
-        .arg("--slirp4netns")
-        .arg(&fake)
-        .arg("--")
-        .arg("touch")
-        .arg(&ran)
-        .output()
-        .unwrap();
+    let out = run_touching(&slirpnet, &fake, &[], &ran);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(
