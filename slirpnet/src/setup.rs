@@ -319,8 +319,9 @@ pub fn setup(opts: &SetupOptions) -> Result<Network, SetupError> {
         let config = rootlessport::Config {
             mappings: plan.ports.clone(),
             netns_path: netns.to_string_lossy().into_owned(),
-            exit_fd: 3,
-            ready_fd: 4,
+            // Where HelperCommand puts the pipes.
+            exit_fd: slirp_proc::HELPER_EXIT_FD,
+            ready_fd: slirp_proc::HELPER_READY_FD,
             tmp_dir: std::env::temp_dir().to_string_lossy().into_owned(),
             child_ip: net.info.guest.to_string(),
             container_id: format!("slirpnet-{}", net.info.pid),

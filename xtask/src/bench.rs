@@ -273,6 +273,24 @@ fn free_port_block(len: u16) -> Result<u16> {
 
 /// `iperf3 -J` against 127.0.0.1:port; returns received bits per second and
 /// bytes moved.
+/// Starts a forwarder with `config` and records, under the three metric
+/// names, its spawn-to-ready time (ms), then its RSS (KiB) and fd count once
+/// settled; stops it.
+fn footprint(
+    s: &mut Samples,
+    who: Subject,
+    bin: &Path,
+    config: &serde_json::Value,
+    [ready, rss, fds]: [&'static str; 3],
+) -> Result<()> {
+    let f = Forwarder::start(bin, config)?;
+    record(s, ready, who, f.ready_after().as_secs_f64() * 1e3);
+    std::thread::sleep(Duration::from_millis(200));
+    record(s, rss, who, f.rss_kib() as f64);
+    record(s, fds, who, f.fds() as f64);
+    f.stop()
+}
+
 /// CPU seconds all cores have spent busy since boot (/proc/stat: all but
 /// idle and iowait).
 fn machine_busy_seconds() -> f64 {
@@ -470,32 +488,24 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
                 // Spawn to ready, one port.
                 let port = free_port_block(1)?;
                 let one = serde_json::json!([{"host_ip": "", "container_port": ECHO_PORT, "host_port": port, "range": 1, "protocol": "tcp"}]);
-                let f = Forwarder::start(bin, &config(&ns_path, one))?;
-                record(
+                footprint(
                     &mut s,
-                    "ready_1_ms",
                     who,
-                    f.ready_after().as_secs_f64() * 1e3,
-                );
-                std::thread::sleep(Duration::from_millis(200));
-                record(&mut s, "idle_rss_kib", who, f.rss_kib() as f64);
-                record(&mut s, "idle_fds", who, f.fds() as f64);
-                f.stop()?;
+                    bin,
+                    &config(&ns_path, one),
+                    ["ready_1_ms", "idle_rss_kib", "idle_fds"],
+                )?;
 
                 // Spawn to ready, 3000-port tcp,udp range.
                 let base = free_port_block(3000)?;
                 let range = serde_json::json!([{"host_ip": "", "container_port": 10000, "host_port": base, "range": 3000, "protocol": "tcp,udp"}]);
-                let f = Forwarder::start(bin, &config(&ns_path, range))?;
-                record(
+                footprint(
                     &mut s,
-                    "ready_3000_ms",
                     who,
-                    f.ready_after().as_secs_f64() * 1e3,
-                );
-                std::thread::sleep(Duration::from_millis(200));
-                record(&mut s, "range_rss_kib", who, f.rss_kib() as f64);
-                record(&mut s, "range_fds", who, f.fds() as f64);
-                f.stop()?;
+                    bin,
+                    &config(&ns_path, range),
+                    ["ready_3000_ms", "range_rss_kib", "range_fds"],
+                )?;
 
                 // Data path: iperf3 (tcp and udp) and the echo port.
                 let ip_port = free_port_block(1)?;

@@ -23,7 +23,8 @@ const GO_HELPER_DIR: &str = "/usr/lib/podman";
 /// The page the container serves.
 const PAGE: &str = "hello from the container\n";
 
-/// One podman invocation style that works on this machine's cgroup setup.
+/// Extra `podman run` flags, tried in order until podman's own helper runs:
+/// the defaults, then runc with cgroupfs (crun refuses hybrid cgroups).
 const RUNTIME_CHOICES: &[&[&str]] = &[&[], &["--runtime", "runc", "--cgroup-manager=cgroupfs"]];
 
 /// The throw-away user: name, uid, home, and whether this run made it.
