@@ -15,6 +15,7 @@ mod config;
 mod factory;
 mod forwarder;
 mod listen;
+mod mmsg;
 mod reload;
 mod target;
 mod tcp;

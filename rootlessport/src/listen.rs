@@ -3,6 +3,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use nix::sys::socket::{setsockopt, sockopt};
 use slirp_opts::{Forward, Protocol};
 use socket2::{Domain, Socket, Type};
 
@@ -65,6 +66,16 @@ fn bind(proto: Protocol, addr: SocketAddr, dual_stack: bool) -> Result<Socket, L
         Socket::new(Domain::for_address(addr), ty.nonblocking().cloexec(), None).map_err(fail)?;
     if addr.is_ipv6() {
         socket.set_only_v6(!dual_stack).map_err(fail)?;
+    }
+    if proto == Protocol::Udp && addr.ip().is_unspecified() {
+        // Replies must leave from the address each client sent to, which a
+        // wildcard socket learns only from IP_PKTINFO / IPV6_PKTINFO.
+        let set = if addr.is_ipv6() {
+            setsockopt(&socket, sockopt::Ipv6RecvPacketInfo, &true)
+        } else {
+            setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)
+        };
+        set.map_err(|e| fail(e.into()))?;
     }
     if proto == Protocol::Tcp {
         // As any server: a restarted forwarder must not wait out TIME_WAIT.

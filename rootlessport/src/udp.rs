@@ -7,184 +7,119 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::{self, IoSlice, IoSliceMut};
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{
-    recvmmsg, sendmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrLike,
-    SockaddrStorage,
-};
 use socket2::{Domain, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use crate::factory::SocketFactory;
+use crate::mmsg::Slots;
 use crate::target::Target;
 
 /// A flow ends after this long without traffic either way (as in the Go helper).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Datagrams per system call.
-const BATCH: usize = 64;
-/// Room for the largest datagram.
-const SLOT: usize = 65536;
 /// Socket buffers asked for: bursts wait here instead of being dropped.
 const SOCKET_BUFFER: usize = 4 << 20;
 /// UDP GSO limits: segments per send, and bytes (an IPv4 datagram's payload).
 const GSO_MAX_SEGMENTS: usize = 64;
 const GSO_MAX_BYTES: usize = 65000;
 
-/// The batch buffers. The event loop is single-threaded and no borrow is
-/// held across an await, so every port and flow shares them.
-struct Batch {
-    bufs: Vec<u8>,
-    lens: [usize; BATCH],
-    from: [Option<SocketAddr>; BATCH],
-    recv: MultiHeaders<SockaddrStorage>,
-    send: MultiHeaders<SockaddrStorage>,
-}
-
 thread_local! {
     /// Whether UDP GSO works here; turned off at the first refusal.
     static GSO: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
-    static BATCH_BUF: RefCell<Batch> = RefCell::new(Batch {
-        // Pages are touched only as datagrams land in them.
-        bufs: vec![0; BATCH * SLOT],
-        lens: [0; BATCH],
-        from: [None; BATCH],
-        recv: MultiHeaders::preallocate(BATCH, None),
-        send: MultiHeaders::preallocate(BATCH, None),
-    });
+    /// The batch buffers. The event loop is single-threaded and no borrow is
+    /// held across an await, so every port and flow shares them.
+    static BATCH_BUF: RefCell<Slots> = RefCell::new(Slots::new());
 }
 
-impl Batch {
-    /// Receives up to BATCH datagrams; their lengths and sources land in
-    /// `lens` and `from`.
-    fn receive(&mut self, fd: i32) -> io::Result<usize> {
-        let Batch {
-            bufs,
-            lens,
-            from,
-            recv,
-            ..
-        } = self;
-        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
-            .chunks_mut(SLOT)
-            .map(|c| [IoSliceMut::new(c)])
-            .collect();
-        let results = recvmmsg(fd, recv, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
-            .map_err(io::Error::from)?;
-        let mut n = 0;
-        for (i, msg) in results.enumerate() {
-            lens[i] = msg.bytes;
-            from[i] = msg.address.as_ref().and_then(to_socket_addr);
-            n = i + 1;
-        }
-        Ok(n)
+/// The end of the GSO run that starts at `start`: datagrams of `lens[start]`
+/// bytes, the last of which may be shorter but never empty (an empty
+/// segment cannot be carried by GSO and would be lost), within GSO's limits.
+pub(crate) fn gso_run(lens: &[usize], start: usize, end: usize) -> usize {
+    let size = lens[start];
+    if size == 0 {
+        return start + 1;
     }
+    let mut stop = start + 1;
+    let mut total = size;
+    while stop < end
+        && lens[stop] > 0
+        && lens[stop] <= size
+        && stop - start < GSO_MAX_SEGMENTS
+        && total + lens[stop] <= GSO_MAX_BYTES
+    {
+        total += lens[stop];
+        stop += 1;
+        if lens[stop - 1] < size {
+            break;
+        }
+    }
+    stop
+}
 
-    /// Sends datagrams `range` on `fd`: to its connected peer, or each to `to`.
-    /// Into the namespace (connected flows), runs of equal-size datagrams go
-    /// out as one UDP GSO send, so the inner path is walked once per run
-    /// instead of once per datagram.
-    fn send(&mut self, fd: i32, range: std::ops::Range<usize>, to: Option<SocketAddr>) {
-        if to.is_none() && range.len() > 1 && GSO.get() {
-            let mut i = range.start;
-            while i < range.end {
-                let size = self.lens[i];
-                let mut end = i + 1;
-                let mut total = size;
-                // Equal sizes (the last may be shorter), within GSO's limits.
-                while end < range.end
-                    && self.lens[end] <= size
-                    && end - i < GSO_MAX_SEGMENTS
-                    && total + self.lens[end] <= GSO_MAX_BYTES
-                {
-                    total += self.lens[end];
-                    end += 1;
-                    if self.lens[end - 1] < size {
-                        break;
-                    }
+/// Sends datagrams `range` of the batch on `fd`: to its connected peer, or
+/// each to `to`. Into the namespace (connected flows), runs of equal-size
+/// datagrams go out as one UDP GSO send, so the inner path is walked once
+/// per run instead of once per datagram; the order is kept.
+fn send(
+    b: &mut Slots,
+    fd: i32,
+    range: std::ops::Range<usize>,
+    to: Option<SocketAddr>,
+    from: Option<IpAddr>,
+) {
+    if to.is_some() || range.len() < 2 || !GSO.get() {
+        b.send(fd, range, to, from);
+        return;
+    }
+    let mut i = range.start;
+    while i < range.end {
+        let end = gso_run(&b.lens, i, range.end);
+        let size = b.lens[i];
+        if end - i > 1 && size <= usize::from(u16::MAX) {
+            match b.send_gso(fd, i..end, size as u16) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!("UDP GSO refused; sending datagrams one by one");
+                    GSO.set(false);
+                    b.send(fd, i..range.end, None, None);
+                    return;
                 }
-                if end - i > 1 && size > 0 && size <= usize::from(u16::MAX) {
-                    if !self.send_gso(fd, i..end, size as u16) {
-                        GSO.set(false);
-                        self.send_each(fd, i..range.end, None);
-                        return;
-                    }
-                } else {
-                    self.send_each(fd, i..end, None);
-                }
-                i = end;
+                Err(e) => tracing::debug!(error = %e, "udp send into the namespace"),
             }
-            return;
+        } else {
+            b.send(fd, i..end, None, None);
         }
-        self.send_each(fd, range, to);
-    }
-
-    /// One sendmsg with UDP_SEGMENT; `false` when the kernel refuses GSO
-    /// (then the caller sends the datagrams one by one from now on).
-    fn send_gso(&self, fd: i32, range: std::ops::Range<usize>, size: u16) -> bool {
-        let iov: Vec<IoSlice<'_>> = range.map(|k| IoSlice::new(self.datagram(k))).collect();
-        let cmsg = [ControlMessage::UdpGsoSegments(&size)];
-        match sendmsg::<SockaddrStorage>(fd, &iov, &cmsg, MsgFlags::MSG_DONTWAIT, None) {
-            Ok(_) => true,
-            // A full buffer drops the run, as UDP may; GSO itself works.
-            Err(
-                nix::errno::Errno::EAGAIN
-                | nix::errno::Errno::ENOBUFS
-                | nix::errno::Errno::ECONNREFUSED,
-            ) => true,
-            Err(e) => {
-                tracing::debug!(error = %e, "UDP GSO refused; sending datagrams one by one");
-                false
-            }
-        }
-    }
-
-    fn send_each(&mut self, fd: i32, range: std::ops::Range<usize>, to: Option<SocketAddr>) {
-        let Batch {
-            bufs, lens, send, ..
-        } = self;
-        let slices: Vec<[IoSlice<'_>; 1]> = range
-            .clone()
-            .map(|i| [IoSlice::new(&bufs[i * SLOT..i * SLOT + lens[i]])])
-            .collect();
-        let addr = to.map(SockaddrStorage::from);
-        let addrs = vec![addr; slices.len()];
-        // A full socket buffer drops what does not fit, as UDP may.
-        let _ = sendmmsg(
-            fd,
-            send,
-            slices.iter(),
-            addrs,
-            [] as [ControlMessage; 0],
-            MsgFlags::MSG_DONTWAIT,
-        );
-    }
-
-    fn datagram(&self, i: usize) -> &[u8] {
-        &self.bufs[i * SLOT..i * SLOT + self.lens[i]]
+        i = end;
     }
 }
 
-fn to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = s.as_sockaddr_in() {
-        return Some(SocketAddr::from((v4.ip(), v4.port())));
-    }
-    s.as_sockaddr_in6()
-        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
-        .filter(|_| s.family().is_some())
-}
-
+/// Asks for large socket buffers: past `net.core.rmem_max`/`wmem_max` where
+/// the namespace's owner grants CAP_NET_ADMIN, else as far as those allow.
 fn grow_buffers(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
     let s = socket2::SockRef::from(socket);
-    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    }
+}
+
+/// Who a flow serves: the client, and the host address it sent to where
+/// the listener reports it (wildcard listeners).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Peer {
+    client: SocketAddr,
+    local: Option<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -210,7 +145,10 @@ pub async fn serve(host: UdpSocket, container_port: u16, target: Target, factory
     grow_buffers(&host);
     let host = Arc::new(host);
     let epoch = Instant::now();
-    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+    // A flow is a client and the local address it sent to: on a wildcard
+    // listener the same client may reach several of the host's addresses,
+    // and each must be answered from its own.
+    let mut flows: HashMap<Peer, Flow> = HashMap::new();
     let mut generation = target.generation();
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -244,14 +182,19 @@ pub async fn serve(host: UdpSocket, container_port: u16, target: Target, factory
                         i += 1;
                         continue;
                     };
+                    let from = Peer {
+                        client: from,
+                        local: b.local[i],
+                    };
                     let mut end = i + 1;
-                    while end < n && b.from[end] == Some(from) {
+                    while end < n && b.from[end] == Some(from.client) && b.local[end] == from.local
+                    {
                         end += 1;
                     }
                     match flows.get(&from) {
                         Some(flow) => {
                             flow.last.store(now, Ordering::Relaxed);
-                            b.send(flow.inner.as_raw_fd(), i..end, None);
+                            send(b, flow.inner.as_raw_fd(), i..end, None, None);
                         }
                         None => strangers.extend((i..end).map(|k| (from, b.datagram(k).to_vec()))),
                     }
@@ -270,7 +213,7 @@ pub async fn serve(host: UdpSocket, container_port: u16, target: Target, factory
                                 match open_flow(&factory, dest, from, &host, epoch).await {
                                     Ok(flow) => v.insert(flow),
                                     Err(e) => {
-                                        tracing::warn!(%from, %dest, error = %e, "cannot open a UDP flow inside the namespace");
+                                        tracing::warn!(from = %from.client, %dest, error = %e, "cannot open a UDP flow inside the namespace");
                                         continue;
                                     }
                                 }
@@ -292,7 +235,7 @@ pub async fn serve(host: UdpSocket, container_port: u16, target: Target, factory
 async fn open_flow(
     factory: &SocketFactory,
     dest: SocketAddr,
-    client: SocketAddr,
+    client: Peer,
     host: &Arc<UdpSocket>,
     epoch: Instant,
 ) -> io::Result<Flow> {
@@ -321,7 +264,7 @@ async fn open_flow(
 async fn reply_loop(
     inner: Arc<UdpSocket>,
     host: Arc<UdpSocket>,
-    client: SocketAddr,
+    client: Peer,
     last: Arc<AtomicU64>,
     epoch: Instant,
 ) {
@@ -332,7 +275,7 @@ async fn reply_loop(
         loop {
             let r = BATCH_BUF.with_borrow_mut(|b| {
                 let n = inner.try_io(Interest::READABLE, || b.receive(inner.as_raw_fd()))?;
-                b.send(host.as_raw_fd(), 0..n, Some(client));
+                send(b, host.as_raw_fd(), 0..n, Some(client.client), client.local);
                 Ok::<_, io::Error>(n)
             });
             match r {

@@ -253,6 +253,27 @@ pub fn world_runnable(programs: &[&Path]) -> Result<(tempfile::TempDir, Vec<Path
     Ok((dir, out))
 }
 
+/// A script that runs `program` inside `ns`'s network namespace (through
+/// `nsenter`), keeping its argv empty and every inherited fd: for running a
+/// forwarder in a namespace that plays the host, so that its clients can
+/// have addresses the test made. Returns the directory and the script.
+pub fn in_netns(ns: &PersistentNetns, program: &Path) -> Result<(tempfile::TempDir, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("slirpnet-in-netns-")
+        .tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let path = dir.path().join("run-in-netns");
+    let script = format!(
+        "#!/bin/sh\nexec nsenter --net={} {}\n",
+        ns.path.display(),
+        program.display()
+    );
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok((dir, path))
+}
+
 /// Writes an executable shell script standing in for slirp4netns: `--help`
 /// prints the 1.2.0 help text, anything else runs `body`.
 pub fn fake_slirp(body: &str) -> Result<(tempfile::TempDir, PathBuf)> {
@@ -293,6 +314,67 @@ impl PersistentNetns {
     /// Opens it.
     pub fn open(&self) -> netns_util::Netns {
         netns_util::Netns::open(&self.path).expect("open the test netns")
+    }
+
+    /// The name under /run/netns.
+    pub fn name(&self) -> &str {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a /run/netns name")
+    }
+
+    /// Runs `ip -n NAME ARGS` (ARGS split at spaces); panics with its
+    /// stderr when it fails.
+    pub fn ip(&self, args: &str) {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(self.name())
+            .args(args.split(' '))
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip -n {} {args}: {}",
+            self.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A namespace with lo up and a veth pair v0 (10.77.0.1, fd77::1) and
+    /// v1 (10.77.0.2, fd77::2), both ends inside: addresses a forwarder can
+    /// dial that are not loopback.
+    pub fn with_veth(name: &str) -> Self {
+        let ns = PersistentNetns::new(name).expect("make a test netns");
+        for args in [
+            "link set lo up",
+            "link add v0 type veth peer name v1",
+            "addr add 10.77.0.1/24 dev v0",
+            "addr add 10.77.0.2/24 dev v1",
+            "addr add fd77::1/64 dev v0 nodad",
+            "addr add fd77::2/64 dev v1 nodad",
+            "link set v0 up",
+            "link set v1 up",
+        ] {
+            ns.ip(args);
+        }
+        ns
+    }
+
+    /// rootlessport's stdin configuration for forwarding into this
+    /// namespace, as podman writes it (no reload socket).
+    pub fn rootlessport_config(&self, mappings: serde_json::Value, child_ip: &str) -> String {
+        serde_json::json!({
+            "Mappings": mappings,
+            "NetNSPath": self.path,
+            "ExitFD": 3,
+            "ReadyFD": 4,
+            "TmpDir": "/tmp",
+            "ChildIP": child_ip,
+            "ContainerID": "0123456789abcdef",
+            "RootlessCNI": false,
+        })
+        .to_string()
     }
 }
 

@@ -14,47 +14,12 @@ use slirpnet_tests::{
     PersistentNetns, Rootlessport,
 };
 
-/// A namespace with lo up and a veth pair v0 (10.77.0.1, fd77::1) and
-/// v1 (10.77.0.2, fd77::2), both ends inside.
 fn veth_netns(name: &str) -> PersistentNetns {
-    let ns = PersistentNetns::new(name).unwrap();
-    let n = ns.path.file_name().unwrap().to_str().unwrap().to_owned();
-    let ip = |args: &str| {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&n)
-            .args(args.split(' '))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ip("link set lo up");
-    ip("link add v0 type veth peer name v1");
-    ip("addr add 10.77.0.1/24 dev v0");
-    ip("addr add 10.77.0.2/24 dev v1");
-    ip("addr add fd77::1/64 dev v0 nodad");
-    ip("addr add fd77::2/64 dev v1 nodad");
-    ip("link set v0 up");
-    ip("link set v1 up");
-    ns
+    PersistentNetns::with_veth(name)
 }
 
 fn config(ns: &PersistentNetns, mappings: serde_json::Value, child_ip: &str) -> String {
-    json!({
-        "Mappings": mappings,
-        "NetNSPath": ns.path,
-        "ExitFD": 3,
-        "ReadyFD": 4,
-        "TmpDir": "/tmp",
-        "ChildIP": child_ip,
-        "ContainerID": "0123456789abcdef",
-        "RootlessCNI": false,
-    })
-    .to_string()
+    ns.rootlessport_config(mappings, child_ip)
 }
 
 fn tcp_map(host_ip: &str, host_port: u16, container_port: u16, range: u16) -> serde_json::Value {
