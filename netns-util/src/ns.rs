@@ -1,13 +1,12 @@
 //! Opening a network namespace file and running work inside it.
 
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use caps::Capability;
 use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
-use nix::sys::statfs::{fstatfs, NSFS_MAGIC, PROC_SUPER_MAGIC};
+use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
 
 use crate::privilege::{has_cap, PrivilegeError};
 
@@ -22,13 +21,16 @@ pub enum NetnsError {
         /// The error.
         source: std::io::Error,
     },
-    /// The file is not a namespace file (not on nsfs or proc).
+    /// The file is not a namespace file: `found` says what it is instead
+    /// ("a FIFO", "a directory", "a regular file", ...).
     #[error(
-        "{path} is not a namespace file (expected a file like /run/netns/NAME or /proc/PID/ns/net)"
+        "{path} is not a namespace file but {found} (expected a file like /run/netns/NAME or /proc/PID/ns/net)"
     )]
     NotANamespace {
         /// The path.
         path: PathBuf,
+        /// What the path is.
+        found: &'static str,
     },
     /// The file is a namespace, but not a network namespace.
     #[error("{path} is a namespace, but not a network namespace")]
@@ -69,26 +71,62 @@ pub struct Netns {
 
 impl Netns {
     /// Opens `path` (close-on-exec) and checks that it is a network namespace.
+    ///
+    /// Never blocks: what is not a regular file (a FIFO, a socket, a
+    /// device, a directory) is refused from its `stat` before any open, and
+    /// the open itself is non-blocking in case the path changes in between.
+    ///
+    /// # Errors
+    ///
+    /// [`NetnsError::Open`] when the path cannot be read,
+    /// [`NetnsError::NotANamespace`] when it is not a namespace file, and
+    /// [`NetnsError::NotANetworkNamespace`] for another kind of namespace.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
         let path = path.as_ref().to_owned();
-        let file = File::open(&path).map_err(|source| NetnsError::Open {
+        let open_err = |source| NetnsError::Open {
             path: path.clone(),
             source,
-        })?;
-        let fs = fstatfs(&file).map_err(|e| NetnsError::Open {
-            path: path.clone(),
-            source: e.into(),
-        })?;
-        let fs_type = fs.filesystem_type();
-        if fs_type != NSFS_MAGIC && fs_type != PROC_SUPER_MAGIC {
-            return Err(NetnsError::NotANamespace { path });
+        };
+        let meta = std::fs::metadata(&path).map_err(open_err)?;
+        let ft = meta.file_type();
+        let found = if ft.is_fifo() {
+            Some("a FIFO")
+        } else if ft.is_socket() {
+            Some("a socket")
+        } else if ft.is_dir() {
+            Some("a directory")
+        } else if ft.is_char_device() || ft.is_block_device() {
+            Some("a device")
+        } else {
+            None
+        };
+        if let Some(found) = found {
+            return Err(NetnsError::NotANamespace { path, found });
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .open(&path)
+            .map_err(open_err)?;
+        let fs = fstatfs(&file).map_err(|e| open_err(e.into()))?;
+        if fs.filesystem_type() != NSFS_MAGIC {
+            let found = if file.metadata().is_ok_and(|m| m.is_dir()) {
+                "a directory"
+            } else {
+                "a regular file"
+            };
+            return Err(NetnsError::NotANamespace { path, found });
         }
         match nstype(file.as_fd()) {
             Ok(t) if t == CloneFlags::CLONE_NEWNET.bits() => {}
             Ok(_) => return Err(NetnsError::NotANetworkNamespace { path }),
-            // Kernels before 4.11 lack the ioctl; setns will check the type.
-            Err(Errno::ENOTTY) => {}
-            Err(_) => return Err(NetnsError::NotANamespace { path }),
+            Err(_) => {
+                return Err(NetnsError::NotANamespace {
+                    path,
+                    found: "a file of nsfs that is no namespace",
+                })
+            }
         }
         Ok(Netns {
             file: file.into(),

@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use netns_util::{Netns, NetnsError};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -57,10 +58,21 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Pools {
     ready: [Mutex<Vec<OwnedFd>>; 4],
     refilling: [AtomicBool; 4],
+    last_used: Mutex<Instant>,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Pools {
+            ready: Default::default(),
+            refilling: Default::default(),
+            last_used: Mutex::new(Instant::now()),
+        }
+    }
 }
 
 /// Hands out sockets created in the namespace.
@@ -114,6 +126,7 @@ impl SocketFactory {
     pub async fn socket(&self, domain: Domain, ty: Type) -> io::Result<OwnedFd> {
         let kind = Kind::new(domain, ty);
         let i = kind.index();
+        *lock(&self.pools.last_used) = Instant::now();
         let pooled = {
             let mut ready = lock(&self.pools.ready[i]);
             let fd = ready.pop();
@@ -131,6 +144,20 @@ impl SocketFactory {
             .map_err(|_| io::Error::other("the namespace thread is gone"))?;
         rx.await
             .map_err(|_| io::Error::other("the namespace thread is gone"))?
+    }
+}
+
+impl SocketFactory {
+    /// Closes every pooled socket when none was asked for during `idle`: a
+    /// burst's sockets do not stay open for good.
+    pub fn trim_if_idle(&self, idle: Duration) {
+        if lock(&self.pools.last_used).elapsed() < idle {
+            return;
+        }
+        for pool in &self.pools.ready {
+            let drained = std::mem::take(&mut *lock(pool));
+            drop(drained);
+        }
     }
 }
 

@@ -10,12 +10,18 @@ use netns_util::{Netns, NetnsError};
 use slirp_opts::{Forward, Protocol};
 use socket2::Socket;
 
-use crate::config::{Config, ConfigError};
 use crate::factory::SocketFactory;
 use crate::listen::{listen, ListenError};
 use crate::reload::{ReloadError, ReloadGuard, ReloadServer};
 use crate::target::Target;
 use crate::{tcp, udp};
+use slirp_opts::rootlessport::{ConfigError, ValidConfig};
+
+/// Pooled pipes and namespace sockets are closed after this long unused...
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+/// ...checked this often: an idle forwarder is back to its baseline fds
+/// within about 7 s of its last connection.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A failure before the forwarder is ready. Nothing is left listening.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,9 @@ pub enum StartError {
     /// The reload socket.
     #[error(transparent)]
     Reload(#[from] ReloadError),
+    /// The event loop (its epoll and waker fds).
+    #[error("failed to create the event loop: {0}")]
+    Runtime(io::Error),
 }
 
 /// A forwarder with every host port bound, not yet serving.
@@ -41,35 +50,57 @@ pub struct Forwarder {
     target: Target,
     factory: SocketFactory,
     reload: Option<ReloadGuard>,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Forwarder {
-    /// Checks `config`, joins its namespace (on a thread of its own) and
-    /// binds every host port. When this returns, the forwarder can be
-    /// declared ready: connections queue in the listeners' backlogs.
-    pub fn start(config: &Config) -> Result<Self, StartError> {
-        let (child_ip, forwards) = config.validate()?;
+    /// Binds every host port of `config`, joins its namespace (on a thread
+    /// of its own) and serves the reload socket if asked. When this
+    /// returns, the forwarder can be declared ready: connections queue in
+    /// the listeners' backlogs. On failure nothing is left listening.
+    ///
+    /// # Errors
+    ///
+    /// A host port that cannot be listened on, a namespace that cannot be
+    /// opened or joined, or a reload socket that cannot be bound.
+    pub fn start(config: ValidConfig) -> Result<Self, StartError> {
+        let ValidConfig {
+            forwards,
+            netns_path,
+            child_ip,
+            reload,
+            ..
+        } = config;
         // Host side first: a port in use or a privileged port is the most
         // common failure, and its message should not depend on the namespace.
         let listeners = forwards
             .into_iter()
             .map(|f| listen(&f).map(|s| (f, s)))
             .collect::<Result<Vec<_>, _>>()?;
-        let netns = Netns::open(&config.netns_path)?;
+        let netns = Netns::open(&netns_path)?;
         let factory = SocketFactory::start(&netns)?;
         let target = Target::new(child_ip);
-        let reload = if config.rootless_cni {
-            let server = ReloadServer::bind(Path::new(&config.tmp_dir), &config.container_id)?;
-            Some(server.serve(target.clone())?)
-        } else {
-            None
+        let reload = match reload {
+            Some(r) => {
+                let server = ReloadServer::bind(&r.tmp_dir, &r.container_id)?;
+                Some(server.serve(target.clone())?)
+            }
+            None => None,
         };
+        // Made before ready, so that a ready forwarder holds every fd it
+        // will hold while idle.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(StartError::Runtime)?;
         tracing::info!(ports = listeners.len(), %child_ip, "listening");
         Ok(Forwarder {
             listeners,
             target,
             factory,
             reload,
+            runtime,
         })
     }
 
@@ -96,15 +127,12 @@ impl Forwarder {
 
     /// Serves until `stop` completes.
     pub fn run(self, stop: impl Future<Output = ()>) -> io::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()?;
         let Forwarder {
             listeners,
             target,
             factory,
             reload,
+            runtime,
         } = self;
         runtime.block_on(async {
             let pipes = tcp::PipePool::default();
@@ -127,6 +155,18 @@ impl Forwarder {
                     }
                 }
             }
+            // Pools serve bursts; an idle forwarder gives their fds back.
+            tokio::spawn({
+                let (pipes, factory) = (pipes.clone(), factory.clone());
+                async move {
+                    let mut tick = tokio::time::interval(TRIM_EVERY);
+                    loop {
+                        tick.tick().await;
+                        pipes.trim_if_idle(POOL_IDLE);
+                        factory.trim_if_idle(POOL_IDLE);
+                    }
+                }
+            });
             stop.await;
             Ok::<_, io::Error>(())
         })?;

@@ -11,7 +11,6 @@
 //! reused pipes, and UDP flows share one receive buffer.
 
 mod childip;
-mod config;
 mod factory;
 mod forwarder;
 mod listen;
@@ -22,10 +21,13 @@ mod tcp;
 mod udp;
 
 pub use childip::{child_ip, NetAddress, NetInterface, StatusBlock};
-pub use config::{parse_child_ip, Config, ConfigError};
 pub use factory::SocketFactory;
 pub use forwarder::{Forwarder, StartError};
 pub use listen::ListenError;
 pub use reload::{reload, socket_path, ReloadError, ReloadGuard, ReloadServer};
+pub use slirp_opts;
+pub use slirp_opts::rootlessport::{
+    parse_child_ip, Config, ConfigError, ReloadSocket, ValidConfig,
+};
 pub use target::Target;
 pub use udp::IDLE_TIMEOUT;

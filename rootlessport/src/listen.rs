@@ -11,7 +11,7 @@ use socket2::{Domain, Socket, Type};
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     /// A port below ip_unprivileged_port_start, without the privilege.
-    #[error("cannot expose privileged port {port}, you can add 'net.ipv4.ip_unprivileged_port_start={port}' to /etc/sysctl.conf (currently {start}), or choose a larger port number (>= {start}): {source}")]
+    #[error("cannot expose privileged port {port}, you can add 'net.ipv4.ip_unprivileged_port_start={port}' to /etc/sysctl.conf (currently {start}), or choose a larger port number (>= {start}): {}", describe(.source))]
     Privileged {
         /// The port.
         port: u16,
@@ -21,7 +21,7 @@ pub enum ListenError {
         source: io::Error,
     },
     /// Any other failure, with what was being listened on.
-    #[error("failed to listen on {proto} {addr}: {source}")]
+    #[error("failed to listen on {proto} {addr}: {}", describe(.source))]
     Bind {
         /// tcp or udp.
         proto: Protocol,
@@ -86,6 +86,15 @@ fn bind(proto: Protocol, addr: SocketAddr, dual_stack: bool) -> Result<Socket, L
         socket.listen(4096).map_err(fail)?;
     }
     Ok(socket)
+}
+
+/// A system error's own text ("Address already in use"), without the
+/// " (os error 98)" that `io::Error` adds.
+fn describe(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_owned(),
+        None => e.to_string(),
+    }
 }
 
 fn no_ipv6(e: &io::Error) -> bool {

@@ -8,9 +8,44 @@ use rootlessport::{Config, Forwarder};
 
 /// Fails before ready: ONE line on stdout (podman shows `rootlessport <line>`).
 fn fail(message: impl std::fmt::Display) -> ExitCode {
-    println!("{message}");
+    println!("{}", human(&message.to_string()));
     ExitCode::from(1)
 }
+
+/// The message as one short line: no line breaks, and without the
+/// " (os error N)" that Rust appends to system errors.
+fn human(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(" (os error ") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + " (os error ".len()..];
+        match tail.find(')') {
+            Some(close) if tail[..close].bytes().all(|b| b.is_ascii_digit()) => {
+                rest = &tail[close + 1..];
+            }
+            _ => {
+                out.push_str(" (os error ");
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    let mut line = out.replace(['\n', '\r'], " ");
+    // A decode error quotes the offending value, which may be megabytes.
+    if line.len() > MAX_LINE {
+        let mut cut = MAX_LINE;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str("...");
+    }
+    line
+}
+
+/// The longest error line printed, in bytes.
+const MAX_LINE: usize = 1024;
 
 fn main() -> ExitCode {
     if std::env::args_os().len() > 1 {
@@ -30,18 +65,19 @@ fn main() -> ExitCode {
             "failed to read the configuration on stdin: {e}"
         ));
     }
-    let config = match Config::from_json(&input) {
+    let config = match Config::from_json(&input).and_then(Config::validate) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    if let Err(e) = config.validate() {
-        return fail(e);
-    }
-    let (exit, ready) = match (take_fd(config.exit_fd), take_fd(config.ready_fd)) {
-        (Ok(exit), Ok(ready)) => (exit, ready),
-        (Err(e), _) | (_, Err(e)) => return fail(e),
+    let exit = match take_fd("ExitFD", config.exit_fd, Access::Read) {
+        Ok(fd) => fd,
+        Err(e) => return fail(e),
     };
-    let forwarder = match Forwarder::start(&config) {
+    let ready = match take_fd("ReadyFD", config.ready_fd, Access::Write) {
+        Ok(fd) => fd,
+        Err(e) => return fail(e),
+    };
+    let forwarder = match Forwarder::start(config) {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
@@ -63,25 +99,44 @@ fn main() -> ExitCode {
     }
 }
 
-/// Takes ownership of an fd podman passed, after checking it is open.
-#[allow(unsafe_code)]
-fn take_fd(fd: i32) -> Result<OwnedFd, String> {
-    // SAFETY: F_GETFD on any number is harmless; it tells whether it is open.
-    let open = unsafe { libc_fcntl_getfd(fd) } >= 0;
-    if !open || fd <= 2 {
-        return Err(format!("fd {fd} named in the configuration is not open"));
-    }
-    // SAFETY: podman opened this fd for us (the config names it), nothing in
-    // this process owns it yet, and it is checked to be open.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// What the helper does with an fd podman passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
 }
 
-/// fcntl(fd, F_GETFD), for a raw number from the configuration.
-///
-/// # Safety
-/// Only queries flags; safe for any integer.
+/// Takes ownership of an fd podman passed, after checking that it is open
+/// and can be used the way it will be. `Config::validate` has already
+/// refused fds 0-2 and two names for one fd, so no fd is owned twice.
 #[allow(unsafe_code)]
-unsafe fn libc_fcntl_getfd(fd: i32) -> i32 {
-    // SAFETY: see the function's contract.
-    unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) }
+fn take_fd(name: &str, fd: i32, access: Access) -> Result<OwnedFd, String> {
+    use nix::fcntl::OFlag;
+    use nix::libc;
+    // SAFETY: F_GETFL on any number is harmless: it only reports the flags
+    // of an open fd, or EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(format!(
+            "{name} {fd} named in the configuration is not open"
+        ));
+    }
+    let flags = OFlag::from_bits_truncate(flags);
+    let mode = flags & OFlag::O_ACCMODE;
+    let usable = !flags.contains(OFlag::O_PATH)
+        && match access {
+            Access::Read => mode == OFlag::O_RDONLY || mode == OFlag::O_RDWR,
+            Access::Write => mode == OFlag::O_WRONLY || mode == OFlag::O_RDWR,
+        };
+    if !usable {
+        let want = match access {
+            Access::Read => "readable (the exit pipe's read end)",
+            Access::Write => "writable (the ready pipe's write end)",
+        };
+        return Err(format!("{name} {fd} is open but not {want}"));
+    }
+    // SAFETY: podman opened this fd for us (the config names it), it is
+    // open (checked above), it is not 0-2 and not the other named fd
+    // (checked by validate), and nothing in this process owns it yet.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -7,8 +7,11 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use nix::fcntl::{open, OFlag};
 use nix::sys::socket::{
@@ -18,8 +21,13 @@ use nix::sys::socket::{
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeVal;
 
-use crate::config::parse_child_ip;
 use crate::target::Target;
+use slirp_opts::rootlessport::parse_child_ip;
+
+/// How long one reload client may take to send its request.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+/// Reload requests served at once; more are answered with an error at once.
+const MAX_IN_FLIGHT: usize = 256;
 
 /// A failure to set up or use the reload socket.
 #[derive(Debug, thiserror::Error)]
@@ -65,23 +73,14 @@ fn open_dir(dir: &Path) -> nix::Result<OwnedFd> {
     )
 }
 
-/// A SEQPACKET socket and the short address of `<dir>/<name>`. The dirfd is
-/// returned too: the address names it, so it must stay open until bind or
-/// connect.
-fn seqpacket_at(
-    dir: &Path,
-    name: &str,
-) -> Result<(OwnedFd, OwnedFd, UnixAddr), (&'static str, nix::Error)> {
-    let dirfd = open_dir(dir).map_err(|e| ("open the directory of", e))?;
-    let sock = socket(
+/// A close-on-exec SEQPACKET socket.
+fn seqpacket() -> nix::Result<OwnedFd> {
+    socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
         SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(|e| ("create", e))?;
-    let addr = short_addr(&dirfd, name).map_err(|e| ("address", e))?;
-    Ok((dirfd, sock, addr))
 }
 
 /// Removes the socket file when dropped, from the moment it is bound.
@@ -103,14 +102,46 @@ pub struct ReloadServer {
 
 impl ReloadServer {
     /// Creates `<tmp_dir>/rp` (mode 0700) and listens at `<tmp_dir>/rp/<id>`.
+    ///
+    /// `rp` is never followed if it is a symbolic link (nor is anything
+    /// chmodded through one): it must be a directory of its own.
+    ///
+    /// # Errors
+    ///
+    /// [`ReloadError::Dir`] when `rp` cannot be made or is not a plain
+    /// directory, [`ReloadError::Socket`] when the socket cannot be bound.
     pub fn bind(tmp_dir: &Path, container_id: &str) -> Result<Self, ReloadError> {
         let dir = tmp_dir.join("rp");
         let dir_err = |source| ReloadError::Dir {
             path: dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(dir_err)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        std::fs::create_dir_all(tmp_dir).map_err(dir_err)?;
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(dir_err(e)),
+        }
+        // O_NOFOLLOW: a symlink at `rp` fails here (ELOOP) instead of
+        // letting us chmod, and bind in, whatever it points at.
+        let dirfd = open(
+            &dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            // O_DIRECTORY with O_NOFOLLOW reports a symlink as ENOTDIR.
+            let link = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink());
+            dir_err(match e {
+                _ if link => io::Error::other(
+                    "it is a symbolic link; refusing to follow it (remove it, or point TmpDir elsewhere)",
+                ),
+                nix::Error::ENOTDIR => io::Error::other("it exists and is not a directory"),
+                e => e.into(),
+            })
+        })?;
+        nix::sys::stat::fchmod(&dirfd, Mode::from_bits_truncate(0o700))
+            .map_err(|e| dir_err(e.into()))?;
         let path = dir.join(container_id);
         let fail = |action, source| ReloadError::Socket {
             action,
@@ -118,19 +149,19 @@ impl ReloadServer {
             source,
         };
         // A stale socket from an earlier run would make bind fail.
-        let _ = std::fs::remove_file(&path);
-        let (_dirfd, listener, addr) =
-            seqpacket_at(&dir, container_id).map_err(|(action, e)| fail(action, e))?;
+        let _ = nix::unistd::unlinkat(
+            &dirfd,
+            container_id,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        let listener = seqpacket().map_err(|e| fail("create", e))?;
+        let addr = short_addr(&dirfd, container_id).map_err(|e| fail("address", e))?;
         bind(listener.as_raw_fd(), &addr).map_err(|e| fail("bind", e))?;
         let server = ReloadServer {
             listener,
             file: SocketFile(path.clone()),
         };
-        listen(
-            &server.listener,
-            Backlog::new(8).unwrap_or(Backlog::MAXCONN),
-        )
-        .map_err(|e| fail("listen on", e))?;
+        listen(&server.listener, Backlog::MAXCONN).map_err(|e| fail("listen on", e))?;
         Ok(server)
     }
 
@@ -151,19 +182,40 @@ impl ReloadServer {
         let ReloadServer { listener, file } = self;
         std::thread::Builder::new()
             .name("rootlessport-reload".into())
-            .spawn(move || loop {
-                let conn = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-                    Ok(fd) => owned(fd),
-                    Err(nix::Error::EINTR | nix::Error::ECONNABORTED) => continue,
-                    // Shut down by the guard (EINVAL), or broken: stop serving.
-                    Err(_) => return,
-                };
-                let _ = setsockopt(&conn, sockopt::ReceiveTimeout, &TimeVal::new(5, 0));
-                let answer = match handle(&conn, &target) {
-                    Ok(()) => "OK".to_owned(),
-                    Err(text) => text,
-                };
-                let _ = send(conn.as_raw_fd(), answer.as_bytes(), MsgFlags::MSG_NOSIGNAL);
+            .spawn(move || {
+                let in_flight = Arc::new(AtomicUsize::new(0));
+                loop {
+                    let conn = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                        Ok(fd) => owned(fd),
+                        Err(nix::Error::EINTR | nix::Error::ECONNABORTED) => continue,
+                        // Out of fds or memory for a moment: try again shortly.
+                        Err(nix::Error::EMFILE | nix::Error::ENFILE | nix::Error::ENOMEM | nix::Error::ENOBUFS) => {
+                            std::thread::sleep(Duration::from_millis(20));
+                            continue;
+                        }
+                        // Shut down by the guard (EINVAL), or broken: stop serving.
+                        Err(_) => return,
+                    };
+                    // Each client on a thread of its own with its own
+                    // deadline: one that connects and never sends delays
+                    // nobody else.
+                    if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                        let _ = send(conn.as_raw_fd(), b"rootless port failed to decode ports: too many reload requests at once", MsgFlags::MSG_NOSIGNAL);
+                        continue;
+                    }
+                    let (target, counter) = (target.clone(), in_flight.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("rootlessport-reload-client".into())
+                        .stack_size(64 << 10)
+                        .spawn(move || {
+                            answer(&conn, &target);
+                            counter.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    if spawned.is_err() {
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
             })
             .map_err(|e| ReloadError::Socket {
                 action: "start a thread for",
@@ -204,6 +256,25 @@ fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// Reads one request (within [`CLIENT_DEADLINE`]) and answers it.
+fn answer(conn: &OwnedFd, target: &Target) {
+    let _ = setsockopt(
+        conn,
+        sockopt::ReceiveTimeout,
+        &TimeVal::new(CLIENT_DEADLINE.as_secs() as i64, 0),
+    );
+    let _ = setsockopt(
+        conn,
+        sockopt::SendTimeout,
+        &TimeVal::new(CLIENT_DEADLINE.as_secs() as i64, 0),
+    );
+    let answer = match handle(conn, target) {
+        Ok(()) => "OK".to_owned(),
+        Err(text) => text,
+    };
+    let _ = send(conn.as_raw_fd(), answer.as_bytes(), MsgFlags::MSG_NOSIGNAL);
+}
+
 fn handle(conn: &OwnedFd, target: &Target) -> Result<(), String> {
     let mut buf = [0u8; 4096];
     let n = recv(conn.as_raw_fd(), &mut buf, MsgFlags::empty())
@@ -226,8 +297,9 @@ pub fn reload(tmp_dir: &Path, container_id: &str, child_ip: &str) -> Result<(), 
         path: path.clone(),
         source,
     };
-    let (_dirfd, conn, addr) =
-        seqpacket_at(&dir, container_id).map_err(|(action, e)| fail(action, e))?;
+    let dirfd = open_dir(&dir).map_err(|e| fail("open the directory of", e))?;
+    let conn = seqpacket().map_err(|e| fail("create", e))?;
+    let addr = short_addr(&dirfd, container_id).map_err(|e| fail("address", e))?;
     connect(conn.as_raw_fd(), &addr).map_err(|e| fail("connect to", e))?;
     let _ = setsockopt(&conn, sockopt::ReceiveTimeout, &TimeVal::new(10, 0));
     let body = format!("{}\n", serde_json::Value::from(child_ip));

@@ -5,6 +5,7 @@ use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use socket2::{Domain, SockRef, Type};
@@ -30,14 +31,39 @@ struct Pipe {
 }
 
 /// Reused pipes. When no pipe can be had (EMFILE, or an unprivileged user's
-/// pipe-page quota), connections fall back to read/write copies.
-#[derive(Debug, Clone, Default)]
-pub struct PipePool(Arc<Mutex<Vec<Pipe>>>);
+/// pipe-page quota), connections fall back to read/write copies. A burst
+/// fills the pool; [`PipePool::trim_if_idle`] empties it again, since under
+/// podman's `nofile=1024` every fd kept is a connection refused later.
+#[derive(Debug, Clone)]
+pub struct PipePool(Arc<Mutex<Pool>>);
+
+#[derive(Debug)]
+struct Pool {
+    pipes: Vec<Pipe>,
+    last_used: Instant,
+}
+
+impl Default for PipePool {
+    fn default() -> Self {
+        PipePool(Arc::new(Mutex::new(Pool {
+            pipes: Vec::new(),
+            last_used: Instant::now(),
+        })))
+    }
+}
 
 impl PipePool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn take(&self) -> Option<Pipe> {
-        if let Some(p) = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Some(p);
+        {
+            let mut pool = self.lock();
+            pool.last_used = Instant::now();
+            if let Some(p) = pool.pipes.pop() {
+                return Some(p);
+            }
         }
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).ok()?;
         let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
@@ -45,10 +71,22 @@ impl PipePool {
     }
 
     fn give(&self, pipe: Pipe) {
-        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL_MAX {
-            pool.push(pipe);
+        let mut pool = self.lock();
+        if pool.pipes.len() < POOL_MAX {
+            pool.pipes.push(pipe);
         }
+    }
+
+    /// Closes every pooled pipe when none was taken for `idle`.
+    pub fn trim_if_idle(&self, idle: Duration) {
+        let drained = {
+            let mut pool = self.lock();
+            if pool.last_used.elapsed() < idle {
+                return;
+            }
+            std::mem::take(&mut pool.pipes)
+        };
+        drop(drained);
     }
 }
 
@@ -66,7 +104,7 @@ pub async fn serve(
             Err(e) => {
                 // EMFILE and friends: back off a little instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
         };
@@ -77,7 +115,7 @@ pub async fn serve(
                 Err((dest, e)) => {
                     // The Go helper loses this text; say why the connection closed.
                     tracing::warn!(%peer, %dest, error = %e, "cannot connect inside the namespace; closing the connection");
-                    let _ = SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO));
+                    let _ = SockRef::from(&conn).set_linger(Some(Duration::ZERO));
                 }
             }
         });
@@ -88,7 +126,7 @@ pub async fn serve(
 /// be starting), with a pause of `DIAL_PAUSE_STEP` times the attempt number
 /// before each retry: about 225 ms in all, as podman's Go helper does.
 const DIAL_ATTEMPTS: u32 = 10;
-const DIAL_PAUSE_STEP: std::time::Duration = std::time::Duration::from_millis(5);
+const DIAL_PAUSE_STEP: Duration = Duration::from_millis(5);
 
 /// Connects to the child IP (read afresh for each attempt, so a reload in
 /// between is followed), retrying only "connection refused": other errors

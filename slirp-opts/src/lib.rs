@@ -9,6 +9,7 @@ mod argv;
 mod json;
 mod options;
 mod ports;
+pub mod rootlessport;
 mod spec;
 
 pub use addr::{

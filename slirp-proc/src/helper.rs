@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -113,16 +114,20 @@ impl HelperCommand {
         let started = Instant::now();
         let child = cmd.spawn().map_err(spawn_err)?;
         drop((exit_r, ready_w, userns));
-        let proc = Watched::new(child).map_err(|(pid, source)| HelperError::Watch {
+        let mut proc = Watched::new(child).map_err(|(pid, source)| HelperError::Watch {
             program: self.program.clone(),
             pid,
             source,
         })?;
+        // Read its stdout from the start: a helper whose error is longer
+        // than a pipe holds would otherwise block writing it, and never end.
+        let stdout = proc.child.stdout.take().map(collect_line);
         let mut helper = Helper {
             program: self.program.clone(),
             proc,
             exit_pipe: Some(exit_w),
             ready_after: Duration::ZERO,
+            stdout,
         };
         if let Some(mut stdin) = helper.proc.child.stdin.take() {
             // A helper that fails may exit before reading it all (EPIPE);
@@ -133,8 +138,8 @@ impl HelperCommand {
             ReadyWait::Ready => {
                 helper.ready_after = started.elapsed();
                 // After ready its stdout is of no more use (podman's helper
-                // points it at /dev/null).
-                helper.proc.child.stdout.take();
+                // points it at /dev/null); the reader drains it until then.
+                helper.stdout.take();
                 Ok(helper)
             }
             ReadyWait::Ended => {
@@ -245,6 +250,28 @@ pub struct Helper {
     proc: Watched,
     exit_pipe: Option<OwnedFd>,
     ready_after: Duration,
+    /// The first [`LINE_LIMIT`] bytes of its stdout, once it is closed.
+    stdout: Option<mpsc::Receiver<Vec<u8>>>,
+}
+
+/// Reads `out` on a thread of its own until EOF, keeping the first
+/// [`LINE_LIMIT`] bytes and discarding the rest.
+fn collect_line(out: std::process::ChildStdout) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("helper-stdout".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            let mut out = out;
+            let mut kept = Vec::new();
+            let _ = (&mut out).take(LINE_LIMIT).read_to_end(&mut kept);
+            let _ = io::copy(&mut out, &mut io::sink());
+            let _ = tx.send(kept);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a thread to read a helper's stdout");
+    }
+    rx
 }
 
 impl Helper {
@@ -282,11 +309,14 @@ impl Helper {
         Err(self.proc.kill_and_reap())
     }
 
+    /// What it printed, once it has ended. A process it left behind that
+    /// still holds the pipe gets a second, then the text so far is lost.
     fn stdout_text(&mut self) -> String {
-        let mut buf = Vec::new();
-        if let Some(out) = self.proc.child.stdout.take() {
-            let _ = out.take(LINE_LIMIT).read_to_end(&mut buf);
-        }
+        let buf = self
+            .stdout
+            .take()
+            .and_then(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
+            .unwrap_or_default();
         String::from_utf8_lossy(&buf).trim().to_owned()
     }
 }

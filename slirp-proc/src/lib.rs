@@ -16,6 +16,7 @@ mod dad;
 mod helper;
 mod pidfd;
 mod process;
+mod run;
 mod watched;
 
 pub use child::{install_child_setup, ChildSetup};
@@ -24,3 +25,4 @@ pub use helper::{
     Helper, HelperCommand, HelperError, HelperStderr, HELPER_EXIT_FD, HELPER_READY_FD,
 };
 pub use process::{Exit, Slirp, SlirpCommand, StartError};
+pub use run::{output_within, RunError};

@@ -77,6 +77,21 @@ impl Watched {
         self.reap()
     }
 
+    /// Blocks until it exits, reaps it, and gives its raw status (`None`
+    /// when it was already reaped elsewhere).
+    pub(crate) fn child_status(&mut self) -> Option<std::process::ExitStatus> {
+        loop {
+            match self.child.wait() {
+                Ok(status) => {
+                    self.exited = Some(Exit::from_status(status));
+                    return Some(status);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Blocks until it exits and reaps it (once; later calls repeat the exit).
     pub(crate) fn reap(&mut self) -> Exit {
         if let Some(exit) = &self.exited {

@@ -3,10 +3,14 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use slirp_opts::Features;
+
+/// How long `slirp4netns --help` may take before it is killed.
+pub const HELP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The binary cannot be found or asked for its features.
 #[derive(Debug, thiserror::Error)]
@@ -22,14 +26,17 @@ pub enum BinaryError {
         /// Why.
         reason: String,
     },
-    /// `--help` could not be run.
-    #[error("failed to run {path} --help: {source}")]
-    Help {
+    /// The binary cannot be read.
+    #[error("failed to read {path}: {source}")]
+    Stat {
         /// The path.
         path: PathBuf,
         /// The error.
         source: std::io::Error,
     },
+    /// `--help` could not be run, or did not exit within [`HELP_TIMEOUT`].
+    #[error(transparent)]
+    Help(#[from] slirp_proc::RunError),
     /// `--help` exited non-zero.
     #[error("{path} --help failed ({status}): {output}")]
     HelpFailed {
@@ -71,10 +78,15 @@ type CacheKey = (PathBuf, u64, u64, i64);
 
 static FEATURES: Mutex<Option<HashMap<CacheKey, Features>>> = Mutex::new(None);
 
-/// Runs `binary --help` and reads its features; cached per binary (path,
-/// device, inode and modification time), so a replaced binary is asked again.
+/// Runs `binary --help` (killed after [`HELP_TIMEOUT`]) and reads its
+/// features; cached per binary (path, device, inode and modification time),
+/// so a replaced binary is asked again.
+///
+/// # Errors
+///
+/// The binary cannot be read or run, hangs, or `--help` fails.
 pub fn detect_features(binary: &Path) -> Result<Features, BinaryError> {
-    let meta = std::fs::metadata(binary).map_err(|source| BinaryError::Help {
+    let meta = std::fs::metadata(binary).map_err(|source| BinaryError::Stat {
         path: binary.to_owned(),
         source,
     })?;
@@ -87,14 +99,9 @@ pub fn detect_features(binary: &Path) -> Result<Features, BinaryError> {
     {
         return Ok(*f);
     }
-    let out = Command::new(binary)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| BinaryError::Help {
-            path: binary.to_owned(),
-            source,
-        })?;
+    let mut cmd = Command::new(binary);
+    cmd.arg("--help");
+    let out = slirp_proc::output_within(cmd, HELP_TIMEOUT)?;
     if !out.status.success() {
         let mut text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         if text.is_empty() {

@@ -21,6 +21,6 @@ mod binary;
 mod portfwd;
 mod setup;
 
-pub use binary::{detect_features, find_binary, BinaryError};
+pub use binary::{detect_features, find_binary, BinaryError, HELP_TIMEOUT};
 pub use portfwd::{find_rootlessport, PortForwardError, PortForwarder};
 pub use setup::{plan, setup, ForwardInfo, Network, Plan, SetupError, SetupInfo, SetupOptions};

@@ -141,9 +141,27 @@ fn main() -> ExitCode {
         Cmd::Child(_) => unreachable!("handled above"),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("slirpnet: {e:#}");
+        eprintln!("slirpnet: {}", error_text(&e));
         ExitCode::from(EXIT_OWN_FAILURE)
     })
+}
+
+/// The error and its causes on one line, each cause once: the libraries'
+/// messages already end with their cause's text, which anyhow's `{:#}`
+/// would print again.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Parses -o and -p, and assigns free host ports where none were given.

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rootlessport::Config;
+use slirp_opts::rootlessport::Config;
 use slirp_proc::{Helper, HelperCommand, HelperError};
 
 /// podman's helper directories, searched after the directory of the running

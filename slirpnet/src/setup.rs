@@ -306,7 +306,11 @@ pub fn setup(opts: &SetupOptions) -> Result<Network, SetupError> {
         slirp,
         _api_dir: api_dir,
     };
-    if let Some(sock) = net.info.api_socket.clone() {
+    // Exactly one handler forwards: an API socket asked for with the
+    // rootlesskit handler is only for the caller's own use.
+    if let (PortHandler::Slirp4netns, Some(sock)) =
+        (opts.network.port_handler, net.info.api_socket.clone())
+    {
         if !plan.forwards.is_empty() {
             net.forward_all(&sock, &plan.forwards)?;
         }
@@ -316,17 +320,16 @@ pub fn setup(opts: &SetupOptions) -> Result<Network, SetupError> {
             Target::Path { netns, userns } => (netns.clone(), userns.clone()),
             Target::Pid(pid) => (PathBuf::from(format!("/proc/{pid}/ns/net")), None),
         };
-        let config = rootlessport::Config {
-            mappings: plan.ports.clone(),
-            netns_path: netns.to_string_lossy().into_owned(),
-            // Where HelperCommand puts the pipes.
-            exit_fd: slirp_proc::HELPER_EXIT_FD,
-            ready_fd: slirp_proc::HELPER_READY_FD,
-            tmp_dir: std::env::temp_dir().to_string_lossy().into_owned(),
-            child_ip: net.info.guest.to_string(),
-            container_id: format!("slirpnet-{}", net.info.pid),
-            rootless_cni: false,
-        };
+        let mut config = slirp_opts::rootlessport::Config::new(
+            plan.ports.clone(),
+            netns.to_string_lossy(),
+            IpAddr::V4(net.info.guest),
+        );
+        // Where HelperCommand puts the pipes.
+        config.exit_fd = slirp_proc::HELPER_EXIT_FD;
+        config.ready_fd = slirp_proc::HELPER_READY_FD;
+        config.tmp_dir = std::env::temp_dir().to_string_lossy().into_owned();
+        config.container_id = format!("slirpnet-{}", net.info.pid);
         net.ports = Some(PortForwarder::start(
             binary,
             &config,
@@ -358,9 +361,17 @@ impl Network {
         })?;
         let client = Client::new(sock);
         for (fwd, info) in forwards.iter().zip(self.info.forwards.iter_mut()) {
+            // plan() refused IPv6 host addresses for this handler: an
+            // address is never widened to 0.0.0.0.
             let host_addr = match fwd.host_ip {
                 Some(IpAddr::V4(a)) => Some(a),
-                _ => None,
+                Some(addr @ IpAddr::V6(_)) => {
+                    return Err(SetupError::Ipv6HostAddress {
+                        addr,
+                        mapping: fwd.to_string(),
+                    })
+                }
+                None => None,
             };
             let id = client
                 .add_hostfwd(&HostFwd {
@@ -390,12 +401,20 @@ impl Network {
         &mut self.slirp
     }
 
-    /// Stops slirp4netns (closing its exit pipe, SIGKILL after 2 s), reaps
-    /// it and removes the API socket's directory. Returns how it ended.
+    /// Stops the port forwarder first (no new connection is accepted into a
+    /// namespace that is losing its network), then slirp4netns (closing its
+    /// exit pipe, SIGKILL after 2 s), reaps both and removes the API
+    /// socket's directory. Returns how slirp4netns ended.
     pub fn teardown(self) -> Exit {
         let Network {
-            slirp, _api_dir, ..
+            ports,
+            slirp,
+            _api_dir,
+            ..
         } = self;
+        if let Some(ports) = ports {
+            ports.stop();
+        }
         let exit = slirp.stop(Duration::from_secs(2));
         drop(_api_dir);
         exit

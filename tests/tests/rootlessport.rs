@@ -59,6 +59,23 @@ fn reverse_server(
     })
 }
 
+/// The namespace's TCP OutRsts counter: resets it sent, e.g. refusing a
+/// connection to a port nobody listens on.
+fn tcp_out_resets(ns: &PersistentNetns) -> u64 {
+    let snmp = ns
+        .open()
+        .run(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
+        .unwrap()
+        .unwrap();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "OutRsts")
+        .unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
 fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -375,13 +392,22 @@ fn a_connection_waits_briefly_for_a_service_that_is_starting() {
         &config(&ns, tcp_map("127.0.0.1", port, 7300, 1), "10.77.0.1"),
     );
     // The client is accepted at once, while nothing listens inside yet: the
-    // first dials are refused. The service comes up 20 ms later, well within
+    // first dials are refused, which the namespace counts as resets sent.
+    // Only once one has been refused does the service come up, well within
     // the ~225 ms the forwarder keeps retrying, as the Go helper does.
+    let resets_before = tcp_out_resets(&ns);
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     c.write_all(b"early").unwrap();
     c.shutdown(Shutdown::Write).unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tcp_out_resets(&ns) == resets_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dial was refused inside the namespace"
+        );
+        std::thread::yield_now();
+    }
     let server = reverse_server(&ns, "10.77.0.1:7300", b"late:", 1);
     let mut got = Vec::new();
     c.read_to_end(&mut got).unwrap();
@@ -431,7 +457,7 @@ fn bad_configurations_print_one_line_and_leave_nothing() {
         (base(map(free, 80, 1, "tcp,icmp")).to_string(), "unknown protocol \"icmp\"".into()),
         (base(map(busy, 80, 1, "tcp")).to_string(), format!("failed to listen on tcp 127.0.0.1:{busy}: Address already in use")),
         (json!({"Mappings": map(free, 80, 1, "tcp"), "NetNSPath": "/etc/hostname", "ExitFD": 3, "ReadyFD": 4, "ChildIP": "10.77.0.1"}).to_string(), "/etc/hostname is not a namespace file".into()),
-        (json!({"NetNSPath": netns, "ExitFD": 9, "ReadyFD": 4, "ChildIP": "10.77.0.1"}).to_string(), "fd 9 named in the configuration is not open".into()),
+        (json!({"NetNSPath": netns, "ExitFD": 9, "ReadyFD": 4, "ChildIP": "10.77.0.1"}).to_string(), "ExitFD 9 named in the configuration is not open".into()),
     ];
     for (cfg, want) in cases {
         let (line, exit) = Rootlessport::failure(&rootlessport_bin(), &cfg);

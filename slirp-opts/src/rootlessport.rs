@@ -1,0 +1,247 @@
+//! The JSON document podman writes on rootlessport's stdin, and its checks.
+//!
+//! Plain data and pure checks, so that a program that only starts a
+//! forwarder (or writes this document) links no forwarder.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{expand_all, from_go_json, Forward, PortError, PortMapping};
+
+/// rootlessport's configuration, as podman sends it. Keys are Go field names;
+/// like Go, decoding matches them case-insensitively and ignores unknown ones
+/// (see [`from_go_json`]).
+///
+/// ```
+/// use slirp_opts::rootlessport::Config;
+///
+/// let config = Config::from_json(r#"{"Mappings":[{"host_ip":"","container_port":80,
+///     "host_port":8080,"range":1,"protocol":"tcp,udp"}],"NetNSPath":"/run/netns/x",
+///     "ExitFD":3,"ReadyFD":4,"ChildIP":"10.0.2.100"}"#).unwrap();
+/// let valid = config.validate().unwrap();
+/// assert_eq!(valid.forwards.len(), 2);
+/// assert_eq!(valid.child_ip.to_string(), "10.0.2.100");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Config {
+    /// The ports to forward.
+    #[serde(rename(serialize = "Mappings", deserialize = "mappings"), default)]
+    pub mappings: Vec<PortMapping>,
+    /// The network namespace to forward into.
+    #[serde(rename(serialize = "NetNSPath", deserialize = "netnspath"), default)]
+    pub netns_path: String,
+    /// The fd number of the exit pipe's read end (3).
+    #[serde(rename(serialize = "ExitFD", deserialize = "exitfd"), default)]
+    pub exit_fd: i32,
+    /// The fd number of the ready pipe's write end (4).
+    #[serde(rename(serialize = "ReadyFD", deserialize = "readyfd"), default)]
+    pub ready_fd: i32,
+    /// podman's temporary directory; the reload socket goes in `<TmpDir>/rp/`.
+    #[serde(rename(serialize = "TmpDir", deserialize = "tmpdir"), default)]
+    pub tmp_dir: String,
+    /// The address connections are forwarded to, inside the namespace.
+    #[serde(rename(serialize = "ChildIP", deserialize = "childip"), default)]
+    pub child_ip: String,
+    /// The container id, naming the reload socket.
+    #[serde(
+        rename(serialize = "ContainerID", deserialize = "containerid"),
+        default
+    )]
+    pub container_id: String,
+    /// Whether to serve the reload socket (rootless netavark/CNI networks).
+    #[serde(
+        rename(serialize = "RootlessCNI", deserialize = "rootlesscni"),
+        default
+    )]
+    pub rootless_cni: bool,
+}
+
+/// A configuration that cannot be used. The texts are what podman shows after
+/// `rootlessport `.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// stdin is not the JSON document.
+    #[error("failed to decode the configuration on stdin: {0}")]
+    Decode(serde_json::Error),
+    /// No NetNSPath.
+    #[error("missing NetNSPath")]
+    MissingNetNsPath,
+    /// No ExitFD.
+    #[error("missing ExitFD")]
+    MissingExitFd,
+    /// No ReadyFD.
+    #[error("missing ReadyFD")]
+    MissingReadyFd,
+    /// An fd number that cannot name a pipe podman passed: negative, or
+    /// stdin, stdout or stderr.
+    #[error("{name} {fd} is not usable: podman passes its pipes above fd 2")]
+    UnusableFd {
+        /// `ExitFD` or `ReadyFD`.
+        name: &'static str,
+        /// The number given.
+        fd: i32,
+    },
+    /// ExitFD and ReadyFD name the same fd.
+    #[error("ExitFD and ReadyFD are both {0}: they must be two different pipes")]
+    SameFd(i32),
+    /// No ChildIP.
+    #[error("missing ChildIP")]
+    MissingChildIp,
+    /// ChildIP is not an address.
+    #[error("invalid ChildIP {0:?}")]
+    InvalidChildIp(String),
+    /// ChildIP is loopback (CVE-2021-20199).
+    #[error("ChildIP {0} is a loopback address: forwarding there would expose the container's services bound to localhost (CVE-2021-20199)")]
+    LoopbackChildIp(IpAddr),
+    /// RootlessCNI without the fields the reload socket needs.
+    #[error("RootlessCNI needs TmpDir and ContainerID for the reload socket")]
+    MissingReloadFields,
+    /// A ContainerID that is not one path component.
+    #[error("invalid ContainerID {0:?}")]
+    InvalidContainerId(String),
+    /// A port mapping.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Where the reload socket goes (`RootlessCNI`): `<tmp_dir>/rp/<container_id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReloadSocket {
+    /// podman's temporary directory.
+    pub tmp_dir: PathBuf,
+    /// The container id, one path component.
+    pub container_id: String,
+}
+
+/// A configuration that passed [`Config::validate`]: what a forwarder needs,
+/// checked once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ValidConfig {
+    /// Every forward, one protocol and port each.
+    pub forwards: Vec<Forward>,
+    /// The network namespace to forward into.
+    pub netns_path: PathBuf,
+    /// The exit pipe's fd number (3 or above).
+    pub exit_fd: i32,
+    /// The ready pipe's fd number (3 or above, not `exit_fd`).
+    pub ready_fd: i32,
+    /// Where connections go inside the namespace; never loopback.
+    pub child_ip: IpAddr,
+    /// The reload socket, when `RootlessCNI` asks for one.
+    pub reload: Option<ReloadSocket>,
+}
+
+impl Config {
+    /// A configuration forwarding `mappings` into the namespace at
+    /// `netns_path`, to `child_ip`, with podman's fd numbers (exit 3,
+    /// ready 4) and no reload socket.
+    pub fn new(
+        mappings: Vec<PortMapping>,
+        netns_path: impl Into<String>,
+        child_ip: IpAddr,
+    ) -> Self {
+        Config {
+            mappings,
+            netns_path: netns_path.into(),
+            exit_fd: 3,
+            ready_fd: 4,
+            child_ip: child_ip.to_string(),
+            ..Config::default()
+        }
+    }
+
+    /// Decodes the document the way Go's encoding/json would.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Decode`] when it is not JSON of this shape.
+    pub fn from_json(text: &str) -> Result<Config, ConfigError> {
+        from_go_json(text).map_err(ConfigError::Decode)
+    }
+
+    /// Checks the configuration and expands the mappings into forwards.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, in the order podman's helper checks them:
+    /// NetNSPath, ExitFD, ReadyFD, ChildIP, the reload fields, the mappings.
+    pub fn validate(self) -> Result<ValidConfig, ConfigError> {
+        if self.netns_path.is_empty() {
+            return Err(ConfigError::MissingNetNsPath);
+        }
+        for (name, fd, missing) in [
+            ("ExitFD", self.exit_fd, ConfigError::MissingExitFd),
+            ("ReadyFD", self.ready_fd, ConfigError::MissingReadyFd),
+        ] {
+            match fd {
+                0 => return Err(missing),
+                fd if fd <= 2 => return Err(ConfigError::UnusableFd { name, fd }),
+                _ => {}
+            }
+        }
+        if self.exit_fd == self.ready_fd {
+            return Err(ConfigError::SameFd(self.exit_fd));
+        }
+        let child_ip = parse_child_ip(&self.child_ip)?;
+        let reload = if self.rootless_cni {
+            if self.tmp_dir.is_empty() || self.container_id.is_empty() {
+                return Err(ConfigError::MissingReloadFields);
+            }
+            if self.container_id.contains('/')
+                || self.container_id == "."
+                || self.container_id == ".."
+                || self.container_id.contains('\0')
+            {
+                return Err(ConfigError::InvalidContainerId(self.container_id));
+            }
+            Some(ReloadSocket {
+                tmp_dir: PathBuf::from(self.tmp_dir),
+                container_id: self.container_id,
+            })
+        } else {
+            None
+        };
+        let forwards = expand_all(&self.mappings)?;
+        Ok(ValidConfig {
+            forwards,
+            netns_path: PathBuf::from(self.netns_path),
+            exit_fd: self.exit_fd,
+            ready_fd: self.ready_fd,
+            child_ip,
+            reload,
+        })
+    }
+}
+
+/// Parses a child IP, refusing loopback, unspecified and multicast
+/// addresses (an IPv4-mapped IPv6 address counts as its IPv4 address).
+///
+/// # Errors
+///
+/// [`ConfigError::MissingChildIp`], [`ConfigError::InvalidChildIp`] or
+/// [`ConfigError::LoopbackChildIp`].
+pub fn parse_child_ip(text: &str) -> Result<IpAddr, ConfigError> {
+    if text.is_empty() {
+        return Err(ConfigError::MissingChildIp);
+    }
+    let ip: IpAddr = text
+        .parse()
+        .map_err(|_| ConfigError::InvalidChildIp(text.to_owned()))?;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    if ip.is_loopback() {
+        return Err(ConfigError::LoopbackChildIp(ip));
+    }
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(ConfigError::InvalidChildIp(text.to_owned()));
+    }
+    Ok(ip)
+}
