@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{bail, ensure, Context, Result};
 
 mod bench;
+mod packaging;
 mod podman;
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -14,8 +15,13 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   setup   install what the project needs (slirp4netns, iproute2, util-linux)
           when missing, and make /dev/net/tun usable by unprivileged users
-  test    setup, then cargo fmt --check, clippy -D warnings, every test and
-          the podman runs below
+  test    setup, msrv, cargo fmt --check, clippy -D warnings, the publishable
+          crates built without default features and packaged (cargo package,
+          verified), then every test and the podman runs below
+  msrv    check that each publishable crate's rust-version is at least what
+          every locked dependency needs (its rust-version, or its edition's)
+  package build the publishable crates without default features, then
+          cargo package them, verified (publish = false members left out)
   bench   [--rounds N] [--seconds S]: our rootlessport against podman's Go
           helper and direct loopback (installs podman and iperf3 when missing,
           needs root); prints the table and writes BENCHMARKS.md
@@ -39,6 +45,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("setup") => setup(),
         Some("test") => test(),
+        Some("msrv") => packaging::msrv(&workspace_root()),
+        Some("package") => packaging::package(&workspace_root()),
         Some("bench") => {
             setup()?;
             install_missing(&[
@@ -194,10 +202,12 @@ fn cargo() -> Command {
     cmd
 }
 
-/// setup, formatting, lints, every test. With CI=true the privileged and
-/// slirp4netns tests fail instead of skipping when they cannot run.
+/// setup, MSRV, formatting, lints, packaging, every test. With CI=true the
+/// privileged and slirp4netns tests fail instead of skipping when they
+/// cannot run.
 fn test() -> Result<()> {
     setup()?;
+    packaging::msrv(&workspace_root())?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -207,6 +217,7 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    packaging::package(&workspace_root())?;
     let mut total = Totals::default();
     total.add(run_tests(cargo().args([
         "test",
