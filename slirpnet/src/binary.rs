@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use slirp_opts::Features;
 
-/// How long `slirp4netns --help` may take before it is killed.
+/// How long `slirp4netns --help` may take before it is killed, by default.
 pub const HELP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The binary cannot be found or asked for its features.
@@ -34,7 +34,7 @@ pub enum BinaryError {
         /// The error.
         source: std::io::Error,
     },
-    /// `--help` could not be run, or did not exit within [`HELP_TIMEOUT`].
+    /// `--help` could not be run, or did not exit in time.
     #[error(transparent)]
     Help(#[from] slirp_proc::RunError),
     /// `--help` exited non-zero.
@@ -78,14 +78,14 @@ type CacheKey = (PathBuf, u64, u64, i64);
 
 static FEATURES: Mutex<Option<HashMap<CacheKey, Features>>> = Mutex::new(None);
 
-/// Runs `binary --help` (killed after [`HELP_TIMEOUT`]) and reads its
+/// Runs `binary --help` (killed after `timeout`) and reads its
 /// features; cached per binary (path, device, inode and modification time),
 /// so a replaced binary is asked again.
 ///
 /// # Errors
 ///
 /// The binary cannot be read or run, hangs, or `--help` fails.
-pub fn detect_features(binary: &Path) -> Result<Features, BinaryError> {
+pub fn detect_features(binary: &Path, timeout: Duration) -> Result<Features, BinaryError> {
     let meta = std::fs::metadata(binary).map_err(|source| BinaryError::Stat {
         path: binary.to_owned(),
         source,
@@ -101,7 +101,7 @@ pub fn detect_features(binary: &Path) -> Result<Features, BinaryError> {
     }
     let mut cmd = Command::new(binary);
     cmd.arg("--help");
-    let out = slirp_proc::output_within(cmd, HELP_TIMEOUT)?;
+    let out = slirp_proc::output_within(cmd, timeout)?;
     if !out.status.success() {
         let mut text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         if text.is_empty() {

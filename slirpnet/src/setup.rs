@@ -39,6 +39,8 @@ pub struct SetupOptions {
     pub sandbox_mount_ns: bool,
     /// How long slirp4netns may take to become ready.
     pub ready_timeout: Duration,
+    /// How long `slirp4netns --help` (feature detection) may take.
+    pub help_timeout: Duration,
     /// Signal slirp4netns gets if the thread that started it dies.
     pub parent_death_signal: Option<Signal>,
     /// The rootlessport binary for port_handler=rootlesskit; `None`: next to
@@ -58,6 +60,7 @@ impl SetupOptions {
             toggle_accept_dad: true,
             sandbox_mount_ns: true,
             ready_timeout: Duration::from_secs(30),
+            help_timeout: crate::binary::HELP_TIMEOUT,
             parent_death_signal: None,
             rootlessport: None,
         }
@@ -180,7 +183,7 @@ pub struct Plan {
 /// binary and its features, the argv, the addresses, the port mappings.
 pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
     let binary = find_binary(opts.binary.as_deref())?;
-    let features = detect_features(&binary)?;
+    let features = detect_features(&binary, opts.help_timeout)?;
     let subnet = Subnet::from_cidr(opts.network.cidr);
     let (guest, gateway, dns) = (subnet.guest()?, subnet.gateway()?, subnet.dns()?);
     let forwards = expand_all(&opts.ports)?;

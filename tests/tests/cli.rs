@@ -418,6 +418,18 @@ fn bad_options_exit_125_and_start_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/etc/hostname is not a namespace file"));
+    // Each cause once.
+    let out = Command::new(slirpnet_bin())
+        .args(["attach", "--netns", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(
+        err.starts_with("slirpnet: failed to open network namespace /nonexistent: "),
+        "{err}"
+    );
 }
 
 #[test]

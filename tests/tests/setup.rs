@@ -238,7 +238,155 @@ fn a_failing_rootlessport_undoes_everything() {
     let err = setup(&opts).unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("rootlessport failed: failed to listen on tcp 127.0.0.1:{busy}: Address already in use (os error 98)")
+        format!(
+            "rootlessport failed: failed to listen on tcp 127.0.0.1:{busy}: Address already in use"
+        )
     );
     assert_eq!(our_slirp_children(), before, "slirp4netns left running");
+}
+
+#[test]
+fn an_api_socket_beside_rootlessport_forwards_each_port_once_and_never_wider() {
+    let Some(_serial) =
+        prerequisites("an_api_socket_beside_rootlessport_forwards_each_port_once_and_never_wider")
+    else {
+        return;
+    };
+    let made = PersistentNetns::new("once").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let (v6_port, v4_port) = (free_tcp_port(), free_tcp_port());
+    let mut opts = SetupOptions::new(
+        Target::Path {
+            netns: made.path.clone(),
+            userns: None,
+        },
+        NetworkOptions::default(),
+    );
+    opts.rootlessport = Some(slirpnet_tests::rootlessport_bin());
+    opts.api_socket = Some(sock.clone());
+    opts.ports
+        .push(parse_port_spec(&format!("[::1]:{v6_port}:7100")).unwrap());
+    opts.ports
+        .push(parse_port_spec(&format!("127.0.0.1:{v4_port}:7101")).unwrap());
+    let net = setup(&opts).unwrap();
+    // rootlessport forwards; slirp4netns, whose API socket the caller asked
+    // for, forwards nothing.
+    let listed = slirp_api::Client::new(&sock).list_hostfwd().unwrap();
+    assert!(listed.is_empty(), "slirp4netns forwards too: {listed:?}");
+    let hosts: Vec<String> = net
+        .info()
+        .forwards
+        .iter()
+        .map(|f| f.host_ip.to_string())
+        .collect();
+    assert_eq!(hosts, ["::1", "127.0.0.1"]);
+    // [::1]:PORT is open on ::1 only, not on any IPv4 address.
+    assert!(
+        TcpListener::bind(("::1", v6_port)).is_err(),
+        "not listening on [::1]"
+    );
+    assert!(
+        TcpListener::bind(("127.0.0.1", v6_port)).is_ok(),
+        "the IPv6 forward was widened to IPv4"
+    );
+    assert!(TcpListener::bind(("127.0.0.1", v4_port)).is_err());
+    net.teardown();
+}
+
+#[test]
+fn teardown_stops_the_port_forwarder_before_slirp4netns() {
+    let Some(_serial) = prerequisites("teardown_stops_the_port_forwarder_before_slirp4netns")
+    else {
+        return;
+    };
+    let made = PersistentNetns::new("order").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("slirp-at-forwarder-exit");
+    // A stand-in forwarder that notes, when its exit pipe closes, whether
+    // slirp4netns (whose pid names the container) is still there: what the
+    // real one cannot tell us.
+    let script = dir.path().join("rootlessport");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+pid=$(sed -n 's/.*"ContainerID":"slirpnet-\([0-9]*\)".*/\1/p')
+printf 1 >&4
+exec 4>&-
+cat <&3 >/dev/null
+if kill -0 "$pid" 2>/dev/null; then echo running > {mark}; else echo gone > {mark}; fi
+"#,
+            mark = mark.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut opts = SetupOptions::new(
+        Target::Path {
+            netns: made.path.clone(),
+            userns: None,
+        },
+        NetworkOptions::default(),
+    );
+    opts.rootlessport = Some(script);
+    opts.ports
+        .push(parse_port_spec(&format!("127.0.0.1:{}:80", free_tcp_port())).unwrap());
+    let net = setup(&opts).unwrap();
+    let pid = net.info().pid;
+    net.teardown();
+    assert_eq!(
+        std::fs::read_to_string(&mark).unwrap().trim(),
+        "running",
+        "slirp4netns (pid {pid}) was stopped before the port forwarder"
+    );
+    assert!(!pid_exists(pid));
+}
+
+#[test]
+fn a_hung_slirp4netns_help_is_killed_and_named() {
+    // No privilege needed: nothing is started but `--help`.
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let fake = dir.path().join("slirp4netns");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho $$ > {}\nsleep 600\n", pidfile.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut opts = SetupOptions::new(Target::Pid(1), NetworkOptions::default());
+    opts.binary = Some(fake.clone());
+    opts.help_timeout = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let err = slirpnet::plan(&opts).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            err,
+            SetupError::Binary(slirpnet::BinaryError::Help(
+                slirp_proc::RunError::TimedOut { .. }
+            ))
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} --help did not exit within 300ms; it was killed",
+            fake.display()
+        )
+    );
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!pid_exists(pid), "the hung --help was left running");
 }
