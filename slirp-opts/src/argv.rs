@@ -107,6 +107,44 @@ pub enum Target {
     Pid(u32),
 }
 
+impl Target {
+    /// The namespaces of process `pid`, as paths: `/proc/PID/ns/net`, and
+    /// `/proc/PID/ns/user` as the owner when `rootless`.
+    ///
+    /// ```
+    /// let t = slirp_opts::Target::of_process(42, true);
+    /// assert_eq!(t.netns_path(), std::path::Path::new("/proc/42/ns/net"));
+    /// assert_eq!(t.userns_path(), Some(std::path::Path::new("/proc/42/ns/user")));
+    /// ```
+    pub fn of_process(pid: u32, rootless: bool) -> Target {
+        Target::Path {
+            netns: proc_ns(pid, "net"),
+            userns: rootless.then(|| proc_ns(pid, "user")),
+        }
+    }
+
+    /// The network namespace file: the path, or `/proc/PID/ns/net`.
+    pub fn netns_path(&self) -> PathBuf {
+        match self {
+            Target::Path { netns, .. } => netns.clone(),
+            Target::Pid(pid) => proc_ns(*pid, "net"),
+        }
+    }
+
+    /// The user namespace that owns it, when one is named.
+    pub fn userns_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Target::Path { userns, .. } => userns.as_deref(),
+            Target::Pid(_) => None,
+        }
+    }
+}
+
+/// `/proc/PID/ns/KIND`: the one place these paths are built.
+fn proc_ns(pid: u32, kind: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/ns/{kind}"))
+}
+
 /// Everything about one slirp4netns invocation that is not a network option.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {

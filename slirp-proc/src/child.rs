@@ -96,9 +96,9 @@ pub fn install_child_setup(command: &mut Command, setup: ChildSetup) {
             check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) })?;
         }
         if let Some(userns) = join_userns {
-            // SAFETY: setns on an fd the parent keeps open until spawn
-            // returns; allowed here because the child is single-threaded.
-            check(unsafe { libc::setns(userns, libc::CLONE_NEWUSER) })?;
+            // The parent keeps the fd open until spawn returns; the child is
+            // single-threaded, as joining a user namespace requires.
+            netns_util::join_userns_before_exec(userns)?;
         }
         if new_mount_ns {
             // SAFETY: unshare in the single-threaded child.
@@ -122,7 +122,8 @@ pub fn install_child_setup(command: &mut Command, setup: ChildSetup) {
     };
     // SAFETY: the hook runs between fork and exec and only makes
     // async-signal-safe system calls (fcntl, dup2, close_range, sigprocmask,
-    // prctl, setns, unshare, mount) on a fixed-size array: it does not allocate or lock.
+    // prctl, setns through netns-util, unshare, mount) on a fixed-size array:
+    // it does not allocate or lock.
     unsafe {
         command.pre_exec(hook);
     }

@@ -16,8 +16,8 @@ use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
 use crate::child::{install_child_setup, ChildSetup};
+use crate::exit::Exit;
 use crate::pidfd::{wait_ready_or_death, ReadyWait};
-use crate::process::Exit;
 use crate::watched::Watched;
 
 /// The fd number of the exit pipe in the helper (podman's `ExitFD`).

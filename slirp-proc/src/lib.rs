@@ -13,6 +13,7 @@
 
 mod child;
 mod dad;
+mod exit;
 mod helper;
 mod pidfd;
 mod process;
@@ -20,9 +21,13 @@ mod run;
 mod watched;
 
 pub use child::{install_child_setup, ChildSetup};
-pub use dad::{AcceptDadGuard, DadError};
+pub use dad::{
+    disable_here as disable_accept_dad_here, restore_here as restore_accept_dad_here,
+    AcceptDadGuard, DadError,
+};
+pub use exit::Exit;
 pub use helper::{
     Helper, HelperCommand, HelperError, HelperStderr, HELPER_EXIT_FD, HELPER_READY_FD,
 };
-pub use process::{Exit, Slirp, SlirpCommand, StartError};
+pub use process::{Slirp, SlirpCommand, StartError};
 pub use run::{output_within, RunError};

@@ -5,19 +5,20 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netns_util::Netns;
 use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{pipe2, Pid};
-use slirp_opts::{build_args, ArgvError, Features, Invocation, NetworkOptions, Target};
+use slirp_opts::{build_args, ArgvError, Features, Invocation, NetworkOptions};
 
 use crate::child::{install_child_setup, ChildSetup};
 use crate::dad::{AcceptDadGuard, DadError};
+use crate::exit::{signal_name, Exit};
 use crate::pidfd::{wait_ready_or_death, ReadyWait};
 use crate::watched::Watched;
 
@@ -76,40 +77,6 @@ impl SlirpCommand {
     pub fn args(&self) -> Result<Vec<OsString>, ArgvError> {
         build_args(&self.options, &self.features, &self.invocation)
     }
-}
-
-/// How slirp4netns ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exit {
-    /// It exited with this status.
-    Code(i32),
-    /// A signal killed it.
-    Signal(i32),
-}
-
-impl Exit {
-    pub(crate) fn from_status(status: ExitStatus) -> Self {
-        match (status.code(), status.signal()) {
-            (Some(code), _) => Exit::Code(code),
-            (None, Some(sig)) => Exit::Signal(sig),
-            (None, None) => Exit::Code(-1),
-        }
-    }
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Exit::Code(c) => write!(f, "exit status {c}"),
-            Exit::Signal(s) => write!(f, "signal {s} ({})", signal_name(*s)),
-        }
-    }
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    Signal::try_from(sig)
-        .map(Signal::as_str)
-        .unwrap_or("unknown")
 }
 
 fn describe_log(log: &str) -> String {
@@ -211,11 +178,7 @@ impl Slirp {
         let inv = &cmd.invocation;
 
         let dad_guard = if cmd.toggle_accept_dad && cmd.options.enable_ipv6 {
-            let ns_path = match &inv.target {
-                Target::Path { netns, .. } => netns.clone(),
-                Target::Pid(pid) => PathBuf::from(format!("/proc/{pid}/ns/net")),
-            };
-            AcceptDadGuard::disable(Netns::open(ns_path)?)?
+            AcceptDadGuard::disable(Netns::open(inv.target.netns_path())?)?
         } else {
             None
         };

@@ -5,8 +5,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::Child;
 use std::time::Duration;
 
+use crate::exit::Exit;
 use crate::pidfd::{exited_within, pidfd_open};
-use crate::process::Exit;
 
 /// A spawned child and a pidfd for it; remembers how it ended once reaped.
 #[derive(Debug)]

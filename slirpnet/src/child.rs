@@ -1,25 +1,34 @@
-//! `slirpnet __child`: the process `run` starts, which becomes the command.
+//! `slirpnet __child`: the process `run` starts, which becomes the command,
+//! and [`NsChild`], the parent's side of it. Both ends of the protocol live
+//! here.
 //!
 //! It is a fresh exec of our own binary, so it is single-threaded and may
 //! unshare user and mount namespaces. Protocol with the parent: it writes
-//! `ok` (or `error: ...`) on fd 3 once its namespaces exist, then waits for
-//! the byte `1` on fd 4 (EOF: the parent gave up, exit quietly), then points
-//! /etc/resolv.conf at slirp4netns's DNS in its private mount namespace, asks
-//! for SIGKILL when slirpnet dies, and execs the command.
+//! `ok` (or `error: ...`) on [`STATUS_FD`] once its namespaces exist, then
+//! waits for the byte `1` on [`GO_FD`] (EOF: the parent gave up, exit
+//! quietly), then points /etc/resolv.conf at slirp4netns's DNS in its private
+//! mount namespace, asks for SIGKILL when slirpnet dies, and execs the
+//! command.
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
+
+use nix::fcntl::OFlag;
+use nix::unistd::pipe2;
 
 use clap::Args;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
-const ACCEPT_DAD: &str = "/proc/sys/net/ipv6/conf/default/accept_dad";
+/// The child's fd for its report (`ok` or `error: ...`).
+pub const STATUS_FD: i32 = 3;
+/// The child's fd for the parent's go (the byte `1`).
+pub const GO_FD: i32 = 4;
 
 #[derive(Debug, Args)]
 pub struct ChildArgs {
@@ -76,8 +85,8 @@ pub fn main(args: ChildArgs) -> ExitCode {
         return ExitCode::from(125); // the parent reports why
     }
     if let Some(original) = dad {
-        if let Err(e) = std::fs::write(ACCEPT_DAD, original) {
-            eprintln!("slirpnet: warning: could not restore {ACCEPT_DAD}: {e}");
+        if let Err(e) = slirp_proc::restore_accept_dad_here(&original) {
+            eprintln!("slirpnet: warning: {e}");
         }
     }
     if let Some(resolv) = &args.resolv {
@@ -151,16 +160,7 @@ fn make_namespaces(args: &ChildArgs) -> Result<Option<String>, String> {
     if !args.ipv6 {
         return Ok(None);
     }
-    match std::fs::read_to_string(ACCEPT_DAD) {
-        Ok(v) if v.trim() != "0" => {
-            std::fs::write(ACCEPT_DAD, "0")
-                .map_err(|e| format!("failed to write {ACCEPT_DAD}: {e}"))?;
-            Ok(Some(v.trim().to_owned()))
-        }
-        Ok(_) => Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("failed to read {ACCEPT_DAD}: {e}")),
-    }
+    slirp_proc::disable_accept_dad_here().map_err(|e| e.to_string())
 }
 
 fn bind_resolv_conf(source: &Path) -> Result<(), String> {
@@ -181,4 +181,100 @@ fn bind_resolv_conf(source: &Path) -> Result<(), String> {
             target.display()
         )
     })
+}
+
+/// The parent's side: the child that becomes the command, started as
+/// `slirpnet __child`. It makes the namespaces, reports on [`STATUS_FD`],
+/// waits for a go on [`GO_FD`], then execs.
+pub struct NsChild {
+    proc: std::process::Child,
+    status: BufReader<File>,
+    go: Option<File>,
+}
+
+impl NsChild {
+    /// Starts `command` in new namespaces (a user namespace mapping us to
+    /// root when `rootless`), accept_dad held at 0 until the go when `ipv6`,
+    /// `resolv` bound over /etc/resolv.conf.
+    pub fn spawn(
+        command: &[OsString],
+        rootless: bool,
+        ipv6: bool,
+        resolv: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let exe = std::env::current_exe().context("cannot find the slirpnet binary to re-run")?;
+        let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("__child")
+            .arg(format!("--status-fd={STATUS_FD}"))
+            .arg(format!("--go-fd={GO_FD}"));
+        if rootless {
+            let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+            cmd.arg(format!("--map={uid}:{gid}"));
+        }
+        if ipv6 {
+            cmd.arg("--ipv6");
+        }
+        if let Some(path) = resolv {
+            cmd.arg("--resolv").arg(path);
+        }
+        cmd.arg("--").args(command).stdin(Stdio::inherit());
+        slirp_proc::install_child_setup(
+            &mut cmd,
+            slirp_proc::ChildSetup {
+                fds: vec![(status_w.as_raw_fd(), STATUS_FD), (go_r.as_raw_fd(), GO_FD)],
+                ..Default::default()
+            },
+        );
+        let proc = cmd.spawn().context("failed to start the namespace child")?;
+        drop(status_w);
+        drop(go_r);
+        Ok(NsChild {
+            proc,
+            status: BufReader::new(File::from(status_r)),
+            go: Some(File::from(go_w)),
+        })
+    }
+
+    /// Its pid: its namespaces are `/proc/PID/ns/*`.
+    pub fn pid(&self) -> u32 {
+        self.proc.id()
+    }
+
+    /// Waits for the child's report that its namespaces exist.
+    pub fn wait_namespaces(&mut self) -> anyhow::Result<()> {
+        let mut line = String::new();
+        self.status.read_line(&mut line)?;
+        if line.trim() == "ok" {
+            return Ok(());
+        }
+        let status = self.proc.wait()?;
+        match line.trim().strip_prefix("error: ") {
+            Some(msg) => anyhow::bail!("{msg}"),
+            None => {
+                anyhow::bail!("the namespace child exited ({status}) before making its namespaces")
+            }
+        }
+    }
+
+    /// Lets the child exec the command.
+    pub fn go(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let mut go = self.go.take().context("the go was sent already")?;
+        go.write_all(b"1").context("the namespace child is gone")?;
+        Ok(())
+    }
+
+    /// Whether the command has exited (reaping it if so).
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.proc.try_wait()
+    }
+
+    /// Closes the go pipe without a go (the child exits) and reaps it.
+    pub fn abort(&mut self) {
+        self.go.take();
+        let _ = self.proc.wait();
+    }
 }

@@ -5,24 +5,23 @@ mod child;
 mod output;
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use caps::Capability;
 use clap::{Args, Parser, Subcommand};
-use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::unistd::{pipe2, Pid};
+use nix::unistd::Pid;
 use slirp_opts::{parse_port_spec, NetworkOptions, PortMapping, Protocol, Target};
-use slirpnet::{plan, setup, Network, SetupOptions};
+use slirpnet::{plan, ForwarderChoice, Network, Plan, SetupOptions};
+
+use crate::child::NsChild;
 
 /// Our own failure (bad input, setup failed), as podman and runc use it.
 const EXIT_OWN_FAILURE: u8 = 125;
@@ -66,6 +65,11 @@ struct NetArgs {
     /// The slirp4netns binary (default: slirp4netns on PATH)
     #[arg(long = "slirp4netns", value_name = "PATH")]
     slirp4netns: Option<PathBuf>,
+    /// The port forwarder binary for port_handler=rootlesskit, started as
+    /// podman starts its rootlessport helper (default: our rootlessport next
+    /// to slirpnet, else on PATH; podman's own is used only when named here)
+    #[arg(long = "rootlessport", value_name = "PATH")]
+    rootlessport: Option<PathBuf>,
     /// Print the setup as JSON instead of a table
     #[arg(long)]
     json: bool,
@@ -216,13 +220,24 @@ fn print_setup(net: &NetArgs, info: &slirpnet::SetupInfo, out: &mut dyn Write) -
     Ok(())
 }
 
-fn dry_run(net: &NetArgs, opts: &SetupOptions) -> Result<ExitCode> {
-    let plan = plan(opts)?;
+/// The setup options every subcommand shares.
+fn setup_options(net: &NetArgs, network: NetworkOptions, ports: Vec<PortMapping>) -> SetupOptions {
+    let mut opts = SetupOptions::new(network);
+    opts.binary = net.slirp4netns.clone();
+    opts.ports = ports;
+    if let Some(path) = &net.rootlessport {
+        opts.forwarder = ForwarderChoice::Binary(path.clone());
+    }
+    opts
+}
+
+fn dry_run(net: &NetArgs, plan: &Plan, target: &Target) -> Result<ExitCode> {
+    let args = plan.args_for(target)?;
     let mut out = std::io::stdout().lock();
     if net.json {
         let mut value = serde_json::to_value(&plan.info)?;
         let argv: Vec<String> = std::iter::once(plan.binary.as_os_str())
-            .chain(plan.args.iter().map(|a| a.as_os_str()))
+            .chain(args.iter().map(|a| a.as_os_str()))
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         value["argv"] = argv.into();
@@ -232,7 +247,7 @@ fn dry_run(net: &NetArgs, opts: &SetupOptions) -> Result<ExitCode> {
         writeln!(
             out,
             "would run: {}",
-            output::shell_words(&plan.binary, &plan.args)
+            output::shell_words(&plan.binary, &args)
         )?;
         output::table(&plan.info, &mut out)?;
     }
@@ -245,17 +260,16 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
         netns: args.netns.clone(),
         userns: args.userns.clone(),
     };
-    let mut opts = SetupOptions::new(target, network);
-    opts.binary = args.net.slirp4netns.clone();
-    opts.ports = ports;
+    let mut opts = setup_options(&args.net, network, ports);
     opts.toggle_accept_dad = can_admin();
     opts.sandbox_mount_ns = can_admin();
+    let checked = plan(&opts)?;
     if args.net.dry_run {
-        return dry_run(&args.net, &opts);
+        return dry_run(&args.net, &checked, &target);
     }
     netns_util::Netns::open(&args.netns)?;
     let signals = block_signals()?;
-    let mut net = setup(&opts)?;
+    let mut net = checked.start(target)?;
     print_setup(&args.net, net.info(), &mut std::io::stdout().lock())?;
     loop {
         let sig = next_signal(&signals)?;
@@ -331,20 +345,19 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         // make the mount namespace its sandbox needs.
         network.no_pivot_root = true;
     }
-    let placeholder = Target::Path {
-        netns: "/proc/PID/ns/net".into(),
-        userns: rootless.then(|| "/proc/PID/ns/user".into()),
-    };
-    let mut opts = SetupOptions::new(placeholder, network);
-    opts.binary = args.net.slirp4netns.clone();
-    opts.ports = ports;
+    let mut opts = setup_options(&args.net, network, ports);
     opts.toggle_accept_dad = false; // the child does it from inside
     opts.sandbox_mount_ns = !rootless;
-    if args.net.dry_run {
-        return dry_run(&args.net, &opts);
-    }
     // Everything that can be checked is checked before anything starts.
     let checked = plan(&opts)?;
+    if args.net.dry_run {
+        // The namespaces do not exist yet: show where they will be.
+        let shown = Target::Path {
+            netns: "/proc/PID/ns/net".into(),
+            userns: rootless.then(|| "/proc/PID/ns/user".into()),
+        };
+        return dry_run(&args.net, &checked, &shown);
+    }
 
     let resolv = if args.no_resolv_conf {
         None
@@ -366,19 +379,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     };
 
     let signals = block_signals()?;
-    let mut child = Helper::spawn(
-        &args,
+    let mut child = NsChild::spawn(
+        &args.command,
         rootless,
         checked.info.ipv6,
         resolv.as_ref().map(|f| f.path()),
     )?;
     child.wait_namespaces()?;
-
-    opts.target = Target::Path {
-        netns: format!("/proc/{}/ns/net", child.pid()).into(),
-        userns: rootless.then(|| format!("/proc/{}/ns/user", child.pid()).into()),
-    };
-    let net = match setup(&opts) {
+    let net = match checked.start(Target::of_process(child.pid(), rootless)) {
         Ok(net) => net,
         Err(e) => {
             child.abort();
@@ -395,12 +403,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
 }
 
 /// Waits for the command, passing on signals sent to us, then tears down.
-fn supervise(signals: &SignalFd, child: &mut Helper, mut net: Network) -> Result<ExitCode> {
+fn supervise(signals: &SignalFd, child: &mut NsChild, mut net: Network) -> Result<ExitCode> {
     let mut warned = false;
     loop {
         let (sig, from_process) = next_signal_info(signals)?;
         if sig == Signal::SIGCHLD {
-            if let Some(status) = child.proc.try_wait()? {
+            if let Some(status) = child.try_wait()? {
                 // What the command sent last may still be on its way out.
                 let waited = net
                     .slirp()
@@ -430,80 +438,5 @@ fn supervise(signals: &SignalFd, child: &mut Helper, mut net: Network) -> Result
         if from_process {
             let _ = kill(Pid::from_raw(child.pid() as i32), sig);
         }
-    }
-}
-
-/// The child that becomes the command: started as `slirpnet __child`, it
-/// makes the namespaces, reports on fd 3, waits for a go on fd 4, then execs.
-struct Helper {
-    proc: Child,
-    status: BufReader<File>,
-    go: Option<File>,
-}
-
-impl Helper {
-    fn spawn(args: &RunArgs, rootless: bool, ipv6: bool, resolv: Option<&Path>) -> Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the slirpnet binary to re-run")?;
-        let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC)?;
-        let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC)?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("__child").arg("--status-fd=3").arg("--go-fd=4");
-        if rootless {
-            let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
-            cmd.arg(format!("--map={uid}:{gid}"));
-        }
-        if ipv6 {
-            cmd.arg("--ipv6");
-        }
-        if let Some(path) = resolv {
-            cmd.arg("--resolv").arg(path);
-        }
-        cmd.arg("--").args(&args.command).stdin(Stdio::inherit());
-        slirp_proc::install_child_setup(
-            &mut cmd,
-            slirp_proc::ChildSetup {
-                fds: vec![(status_w.as_raw_fd(), 3), (go_r.as_raw_fd(), 4)],
-                ..Default::default()
-            },
-        );
-        let proc = cmd.spawn().context("failed to start the namespace child")?;
-        drop(status_w);
-        drop(go_r);
-        Ok(Helper {
-            proc,
-            status: BufReader::new(File::from(status_r)),
-            go: Some(File::from(go_w)),
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.proc.id()
-    }
-
-    /// Waits for the child's report that its namespaces exist.
-    fn wait_namespaces(&mut self) -> Result<()> {
-        let mut line = String::new();
-        self.status.read_line(&mut line)?;
-        if line.trim() == "ok" {
-            return Ok(());
-        }
-        let status = self.proc.wait()?;
-        match line.trim().strip_prefix("error: ") {
-            Some(msg) => bail!("{msg}"),
-            None => bail!("the namespace child exited ({status}) before making its namespaces"),
-        }
-    }
-
-    /// Lets the child exec the command.
-    fn go(&mut self) -> Result<()> {
-        let mut go = self.go.take().expect("go is sent once");
-        go.write_all(b"1").context("the namespace child is gone")?;
-        Ok(())
-    }
-
-    /// Closes the go pipe without a go (the child exits) and reaps it.
-    fn abort(&mut self) {
-        self.go.take();
-        let _ = self.proc.wait();
     }
 }

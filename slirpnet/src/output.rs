@@ -35,7 +35,24 @@ pub fn table(info: &SetupInfo, out: &mut dyn Write) -> io::Result<()> {
     if info.forwards.is_empty() {
         return Ok(());
     }
-    writeln!(out, "forwards ({}):", info.port_handler)?;
+    match &info.forwarder {
+        Some(slirpnet::ForwarderInfo::Binary { path, pid }) => {
+            write!(
+                out,
+                "forwards ({}, by {}",
+                info.port_handler,
+                path.display()
+            )?;
+            match pid {
+                Some(pid) => writeln!(out, ", pid {pid}):")?,
+                None => writeln!(out, "):")?,
+            }
+        }
+        Some(slirpnet::ForwarderInfo::InProcess) => {
+            writeln!(out, "forwards ({}, in-process):", info.port_handler)?
+        }
+        _ => writeln!(out, "forwards ({}):", info.port_handler)?,
+    }
     writeln!(out, "  {:<5} {:<24} CONTAINER", "PROTO", "HOST")?;
     for f in &info.forwards {
         let host = match f.host_ip {

@@ -1,99 +1,267 @@
-//! Port forwarding through rootlessport (port_handler=rootlesskit, the
-//! default), started the way podman starts it.
+//! Port forwarding for port_handler=rootlesskit (the default): which
+//! forwarder serves the ports is chosen explicitly, and reported.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Serialize;
 use slirp_opts::rootlessport::Config;
 use slirp_proc::{Helper, HelperCommand, HelperError};
 
-/// podman's helper directories, searched after the directory of the running
-/// program and before PATH.
-const HELPER_DIRS: &[&str] = &[
-    "/usr/local/libexec/podman",
-    "/usr/local/lib/podman",
-    "/usr/libexec/podman",
-    "/usr/lib/podman",
-];
+/// Who forwards the host ports with port_handler=rootlesskit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForwarderChoice {
+    /// Our `rootlessport` binary, next to the running program or on PATH.
+    /// podman's helper directories are never searched: another project's
+    /// forwarder runs only when named with [`ForwarderChoice::Binary`].
+    #[default]
+    Rootlessport,
+    /// This binary, started as podman starts its helper (podman's own Go
+    /// helper, `/usr/lib/podman/rootlessport`, included).
+    Binary(PathBuf),
+    /// In this process, on threads of its own, through the rootlessport
+    /// crate: no helper binary at all. The process must be able to enter the
+    /// network namespace (CAP_SYS_ADMIN over its owner).
+    #[cfg(feature = "in-process")]
+    InProcess,
+}
 
-/// A failure to start rootlessport.
+/// The forwarder a setup uses, as reported in [`SetupInfo`](crate::SetupInfo).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ForwarderInfo {
+    /// A helper binary.
+    Binary {
+        /// The binary.
+        path: PathBuf,
+        /// Its pid, once started.
+        pid: Option<u32>,
+    },
+    /// In this process.
+    InProcess,
+}
+
+/// A failure to find or start the port forwarder.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PortForwardError {
-    /// No binary.
-    #[error("rootlessport not found next to this program, in the podman helper directories or in PATH; build it (cargo build -p rootlessport) or add -o port_handler=slirp4netns")]
+    /// No rootlessport binary next to the program or on PATH.
+    #[error("rootlessport not found next to this program or in PATH; build it (cargo build -p rootlessport), name a forwarder binary (slirpnet --rootlessport PATH), or use -o port_handler=slirp4netns")]
     NotFound,
+    /// The named binary is not an executable file.
+    #[error("port forwarder {} is not an executable file", .0.display())]
+    NotExecutable(PathBuf),
     /// It failed before ready, with its one line.
-    #[error("rootlessport failed: {0}")]
-    Failed(String),
+    #[error("{} failed: {line}", program.display())]
+    Failed {
+        /// The binary.
+        program: PathBuf,
+        /// What it printed (its one error line).
+        line: String,
+    },
     /// It could not be started, or did not become ready.
     #[error(transparent)]
     Start(HelperError),
+    /// The configuration for it is invalid (a bug, or bad ports).
+    #[error("invalid port forwarder configuration: {0}")]
+    Config(#[from] slirp_opts::rootlessport::ConfigError),
+    /// The in-process forwarder failed to start.
+    #[cfg(feature = "in-process")]
+    #[error("in-process port forwarder: {0}")]
+    InProcess(#[from] rootlessport::StartError),
+    /// The in-process forwarder's thread or pipe could not be made.
+    #[cfg(feature = "in-process")]
+    #[error("in-process port forwarder: failed to start its thread: {0}")]
+    Thread(std::io::Error),
 }
 
-/// The rootlessport binary: `explicit`, else next to the running program,
-/// else `$CONTAINERS_HELPER_BINARY_DIR` and podman's helper directories,
-/// else PATH.
-pub fn find_rootlessport(explicit: Option<&Path>) -> Result<PathBuf, PortForwardError> {
-    if let Some(p) = explicit {
-        return Ok(p.to_owned());
+fn executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Resolves `choice` to what will run, checking that a binary exists.
+///
+/// # Errors
+///
+/// [`PortForwardError::NotFound`] when our rootlessport is neither next to
+/// this program nor on PATH, [`PortForwardError::NotExecutable`] for a named
+/// binary that is not an executable file.
+pub fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, PortForwardError> {
+    match choice {
+        ForwarderChoice::Binary(path) => {
+            if executable(path) {
+                Ok(ForwarderInfo::Binary {
+                    path: path.clone(),
+                    pid: None,
+                })
+            } else {
+                Err(PortForwardError::NotExecutable(path.clone()))
+            }
+        }
+        ForwarderChoice::Rootlessport => {
+            let beside = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(Path::to_owned));
+            let path_dirs = std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default();
+            beside
+                .into_iter()
+                .chain(path_dirs)
+                .map(|dir| dir.join("rootlessport"))
+                .find(|p| executable(p))
+                .map(|path| ForwarderInfo::Binary { path, pid: None })
+                .ok_or(PortForwardError::NotFound)
+        }
+        #[cfg(feature = "in-process")]
+        ForwarderChoice::InProcess => Ok(ForwarderInfo::InProcess),
     }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_owned));
-    let env_dir = std::env::var_os("CONTAINERS_HELPER_BINARY_DIR").map(PathBuf::from);
-    let path_dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    beside
-        .into_iter()
-        .chain(env_dir)
-        .chain(HELPER_DIRS.iter().map(PathBuf::from))
-        .chain(path_dirs)
-        .map(|dir| dir.join("rootlessport"))
-        .find(|p| p.is_file())
-        .ok_or(PortForwardError::NotFound)
 }
 
-/// A running rootlessport. Dropping it closes the exit pipe and reaps it.
+/// A running port forwarder. Dropping it stops it.
 #[derive(Debug)]
 pub struct PortForwarder {
-    helper: Helper,
+    running: Running,
+}
+
+#[derive(Debug)]
+enum Running {
+    Helper(Helper),
+    #[cfg(feature = "in-process")]
+    InProcess(inprocess::InProcess),
 }
 
 impl PortForwarder {
-    /// Starts `binary` as podman does (argv `["rootlessport"]`, `config` as
-    /// JSON on stdin, exit pipe at fd 3, ready pipe at fd 4, its own process
-    /// group), joining `userns` first when given, and waits for ready.
+    /// Starts `forwarder` with `config` and waits until it is ready: a
+    /// binary as podman starts it (argv `["rootlessport"]`, `config` as JSON
+    /// on stdin, exit pipe at fd 3, ready pipe at fd 4, its own process
+    /// group, joining `userns` first when given); in-process, on threads of
+    /// this process.
+    ///
+    /// # Errors
+    ///
+    /// The forwarder failed before ready (its line), could not be started,
+    /// or did not become ready within `timeout`.
     pub fn start(
-        binary: &Path,
-        config: &Config,
+        forwarder: &ForwarderInfo,
+        config: Config,
         userns: Option<&Path>,
         timeout: Duration,
     ) -> Result<Self, PortForwardError> {
-        // Config is plain data; serializing it cannot fail.
-        let stdin = serde_json::to_vec(config).unwrap_or_default();
-        let mut cmd = HelperCommand::new(binary, "rootlessport", stdin);
-        cmd.join_userns = userns.map(Path::to_owned);
-        cmd.ready_timeout = timeout;
-        if std::env::var_os("ROOTLESSPORT_LOG").is_none() {
-            cmd.env.push(("ROOTLESSPORT_LOG".into(), "warn".into()));
-        }
-        match cmd.start() {
-            Ok(helper) => Ok(PortForwarder { helper }),
-            Err(HelperError::Failed { line, .. }) if !line.is_empty() => {
-                Err(PortForwardError::Failed(line))
+        let running = match forwarder {
+            ForwarderInfo::Binary { path, .. } => {
+                Running::Helper(start_helper(path, &config, userns, timeout)?)
             }
-            Err(e) => Err(PortForwardError::Start(e)),
+            #[cfg(feature = "in-process")]
+            ForwarderInfo::InProcess => Running::InProcess(inprocess::InProcess::start(config)?),
+            #[cfg(not(feature = "in-process"))]
+            ForwarderInfo::InProcess => unreachable!("InProcess is chosen only with the feature"),
+        };
+        Ok(PortForwarder { running })
+    }
+
+    /// The helper's process id; `None` in-process.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.running {
+            Running::Helper(h) => Some(h.pid()),
+            #[cfg(feature = "in-process")]
+            Running::InProcess(_) => None,
         }
     }
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.helper.pid()
+    /// Stops it: a helper's exit pipe is closed, then it gets 2 s before
+    /// SIGKILL and is reaped; in-process, the forwarder's threads end.
+    pub fn stop(self) {
+        match self.running {
+            Running::Helper(h) => {
+                let _ = h.stop(Duration::from_secs(2));
+            }
+            #[cfg(feature = "in-process")]
+            Running::InProcess(p) => p.stop(),
+        }
+    }
+}
+
+fn start_helper(
+    binary: &Path,
+    config: &Config,
+    userns: Option<&Path>,
+    timeout: Duration,
+) -> Result<Helper, PortForwardError> {
+    // Config is plain data; serializing it cannot fail.
+    let stdin = serde_json::to_vec(config).unwrap_or_default();
+    let mut cmd = HelperCommand::new(binary, "rootlessport", stdin);
+    cmd.join_userns = userns.map(Path::to_owned);
+    cmd.ready_timeout = timeout;
+    if std::env::var_os("ROOTLESSPORT_LOG").is_none() {
+        cmd.env.push(("ROOTLESSPORT_LOG".into(), "warn".into()));
+    }
+    match cmd.start() {
+        Ok(helper) => Ok(helper),
+        Err(HelperError::Failed { line, .. }) if !line.is_empty() => {
+            Err(PortForwardError::Failed {
+                program: binary.to_owned(),
+                line,
+            })
+        }
+        Err(e) => Err(PortForwardError::Start(e)),
+    }
+}
+
+#[cfg(feature = "in-process")]
+mod inprocess {
+    use std::os::fd::OwnedFd;
+    use std::thread::JoinHandle;
+
+    use slirp_opts::rootlessport::Config;
+
+    use super::PortForwardError;
+
+    /// rootlessport's forwarder on a thread of this process, stopped (also
+    /// on drop) by closing the write end of its exit pipe and joining it.
+    #[derive(Debug)]
+    pub(super) struct InProcess {
+        exit: Option<OwnedFd>,
+        thread: Option<JoinHandle<()>>,
     }
 
-    /// Closes the exit pipe, waits up to 2 s, kills if needed, reaps.
-    pub fn stop(self) {
-        let _ = self.helper.stop(Duration::from_secs(2));
+    impl InProcess {
+        pub(super) fn start(config: Config) -> Result<Self, PortForwardError> {
+            let forwarder = rootlessport::Forwarder::start(config.validate()?)?;
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| PortForwardError::Thread(e.into()))?;
+            let thread = std::thread::Builder::new()
+                .name("rootlessport".into())
+                .spawn(move || {
+                    if let Err(e) = forwarder.run_until_eof(read) {
+                        tracing::warn!(error = %e, "the in-process port forwarder failed");
+                    }
+                })
+                .map_err(PortForwardError::Thread)?;
+            Ok(InProcess {
+                exit: Some(write),
+                thread: Some(thread),
+            })
+        }
+
+        pub(super) fn stop(mut self) {
+            self.stop_inner();
+        }
+
+        fn stop_inner(&mut self) {
+            self.exit.take();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    impl Drop for InProcess {
+        fn drop(&mut self) {
+            self.stop_inner();
+        }
     }
 }

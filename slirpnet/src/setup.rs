@@ -9,27 +9,31 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use slirp_api::{Client, HostFwd};
 use slirp_opts::{
-    expand_all, AddrError, ArgvError, Forward, Invocation, NetworkOptions, PortError, PortHandler,
-    PortMapping, Protocol, Subnet, Target, IPV6_DNS, IPV6_GATEWAY, IPV6_GUEST,
+    expand_all, AddrError, ArgvError, Features, Forward, Invocation, NetworkOptions, PortError,
+    PortHandler, PortMapping, Protocol, Subnet, Target, IPV6_DNS, IPV6_GATEWAY, IPV6_GUEST,
 };
 use slirp_proc::{Exit, Slirp, SlirpCommand, StartError};
 
 use crate::binary::{detect_features, find_binary, BinaryError};
-use crate::portfwd::{find_rootlessport, PortForwardError, PortForwarder};
+use crate::portfwd::{
+    resolve_forwarder, ForwarderChoice, ForwarderInfo, PortForwardError, PortForwarder,
+};
 
-/// What to set up.
+/// How to set up: everything but the namespace, which [`Plan::start`]
+/// (or [`setup`]) takes.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SetupOptions {
     /// The slirp4netns binary; `None` means `slirp4netns` on PATH.
     pub binary: Option<PathBuf>,
-    /// The namespace to network.
-    pub target: Target,
     /// The network options (podman's `-o` values over its defaults).
     pub network: NetworkOptions,
     /// Host ports to forward.
     pub ports: Vec<PortMapping>,
     /// The API socket path. `None`: a private one in a temporary directory
     /// when port_handler=slirp4netns (so forwards can be added), else none.
+    /// With the rootlesskit handler an API socket asked for here is only for
+    /// the caller's use: ports are forwarded by one handler, never both.
     pub api_socket: Option<PathBuf>,
     /// Turn IPv6 accept_dad off in the namespace while slirp4netns starts.
     /// Needs the right to enter the namespace; off when the caller does it.
@@ -37,23 +41,23 @@ pub struct SetupOptions {
     /// Start slirp4netns in a new mount namespace when the sandbox is on
     /// (needs CAP_SYS_ADMIN).
     pub sandbox_mount_ns: bool,
-    /// How long slirp4netns may take to become ready.
+    /// How long slirp4netns (and the port forwarder) may take to become ready.
     pub ready_timeout: Duration,
     /// How long `slirp4netns --help` (feature detection) may take.
     pub help_timeout: Duration,
     /// Signal slirp4netns gets if the thread that started it dies.
     pub parent_death_signal: Option<Signal>,
-    /// The rootlessport binary for port_handler=rootlesskit; `None`: next to
-    /// this program, in podman's helper directories, or on PATH.
-    pub rootlessport: Option<PathBuf>,
+    /// Who forwards ports with port_handler=rootlesskit.
+    pub forwarder: ForwarderChoice,
 }
 
 impl SetupOptions {
-    /// Options with the usual defaults for `target`.
-    pub fn new(target: Target, network: NetworkOptions) -> Self {
+    /// Options with the usual defaults: slirp4netns from PATH, no ports,
+    /// accept_dad toggled, a sandbox mount namespace, 30 s to be ready, 10 s
+    /// for `--help`, our rootlessport for ports.
+    pub fn new(network: NetworkOptions) -> Self {
         SetupOptions {
             binary: None,
-            target,
             network,
             ports: Vec::new(),
             api_socket: None,
@@ -62,13 +66,14 @@ impl SetupOptions {
             ready_timeout: Duration::from_secs(30),
             help_timeout: crate::binary::HELP_TIMEOUT,
             parent_death_signal: None,
-            rootlessport: None,
+            forwarder: ForwarderChoice::default(),
         }
     }
 }
 
 /// A failed setup. Nothing it started is left running.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SetupError {
     /// The binary.
     #[error(transparent)]
@@ -82,9 +87,12 @@ pub enum SetupError {
     /// A port mapping.
     #[error(transparent)]
     Port(#[from] PortError),
-    /// rootlessport (port_handler=rootlesskit).
+    /// The port forwarder (port_handler=rootlesskit).
     #[error(transparent)]
     PortForward(#[from] PortForwardError),
+    /// The namespace to network, for the accept_dad toggle or the forwarder.
+    #[error(transparent)]
+    Netns(#[from] netns_util::NetnsError),
     /// slirp4netns forwards only IPv4 host addresses.
     #[error("port_handler=slirp4netns can only listen on IPv4 host addresses, not {addr} (in {mapping})")]
     Ipv6HostAddress {
@@ -114,6 +122,7 @@ pub enum SetupError {
 
 /// One forward made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ForwardInfo {
     /// tcp or udp.
     pub proto: Protocol,
@@ -129,6 +138,7 @@ pub struct ForwardInfo {
 
 /// What the setup made (or, from [`plan`], will make).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct SetupInfo {
     /// slirp4netns's pid (0 in a plan).
     pub pid: u32,
@@ -152,8 +162,11 @@ pub struct SetupInfo {
     pub mtu: u32,
     /// The tap device's name.
     pub tap: String,
-    /// Who forwards ports.
+    /// Who forwards ports: `rootlesskit` (a port forwarder) or `slirp4netns`.
     pub port_handler: String,
+    /// With port_handler=rootlesskit and ports: the forwarder, a binary (and
+    /// its pid once started) or in-process.
+    pub forwarder: Option<ForwarderInfo>,
     /// The API socket, if any.
     pub api_socket: Option<PathBuf>,
     /// The forwards.
@@ -162,25 +175,28 @@ pub struct SetupInfo {
     pub warnings: Vec<String>,
 }
 
-/// A checked plan: the argv and the addresses, with nothing started.
+/// A checked plan: binary, features, addresses, forwards and forwarder,
+/// with nothing started. [`Plan::start`] consumes it for one namespace.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The binary.
+    /// The slirp4netns binary.
     pub binary: PathBuf,
-    /// The argv after the binary.
-    pub args: Vec<OsString>,
-    /// What the setup will make.
+    /// What the setup will make (pid 0; no private API socket yet).
     pub info: SetupInfo,
-    /// The rootlessport binary, with port_handler=rootlesskit and ports.
-    pub rootlessport: Option<PathBuf>,
-    command: SlirpCommand,
+    features: Features,
+    opts: SetupOptions,
     forwards: Vec<Forward>,
-    auto_api_dir: bool,
-    ports: Vec<PortMapping>,
 }
 
 /// Checks everything that can be checked without starting anything: the
-/// binary and its features, the argv, the addresses, the port mappings.
+/// binary and its features, the addresses, the port mappings, the port
+/// forwarder.
+///
+/// # Errors
+///
+/// The binary is missing or its `--help` fails, an address falls outside
+/// the subnet, a port mapping is invalid (or names an IPv6 host address for
+/// port_handler=slirp4netns), or the port forwarder cannot be found.
 pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
     let binary = find_binary(opts.binary.as_deref())?;
     let features = detect_features(&binary, opts.help_timeout)?;
@@ -188,8 +204,8 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
     let (guest, gateway, dns) = (subnet.guest()?, subnet.gateway()?, subnet.dns()?);
     let forwards = expand_all(&opts.ports)?;
     let handler = opts.network.port_handler;
-    let rootlessport = if !forwards.is_empty() && handler == PortHandler::Rootlesskit {
-        Some(find_rootlessport(opts.rootlessport.as_deref())?)
+    let forwarder = if !forwards.is_empty() && handler == PortHandler::Rootlesskit {
+        Some(resolve_forwarder(&opts.forwarder)?)
     } else {
         None
     };
@@ -203,19 +219,6 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
             }
         }
     }
-    let auto_api_dir = opts.api_socket.is_none() && handler == PortHandler::Slirp4netns;
-    let mut invocation = Invocation::new(opts.target.clone());
-    // A placeholder of the right shape until the directory exists.
-    invocation.api_socket = opts
-        .api_socket
-        .clone()
-        .or_else(|| auto_api_dir.then(|| PathBuf::from("/tmp/slirpnet-XXXXXX/api.sock")));
-    let mut command = SlirpCommand::new(&binary, opts.network.clone(), features, invocation);
-    command.new_mount_ns &= opts.sandbox_mount_ns;
-    command.toggle_accept_dad &= opts.toggle_accept_dad;
-    command.ready_timeout = opts.ready_timeout;
-    command.parent_death_signal = opts.parent_death_signal;
-    let args = command.args()?;
     let ipv6 = opts.network.enable_ipv6;
     let mut warnings = Vec::new();
     if handler == PortHandler::Slirp4netns
@@ -244,9 +247,10 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
         gateway_v6: ipv6.then_some(IPV6_GATEWAY),
         dns_v6: ipv6.then_some(IPV6_DNS),
         mtu: opts.network.mtu,
-        tap: command.invocation.tap.clone(),
+        tap: Invocation::new(Target::Pid(0)).tap,
         port_handler: handler.to_string(),
-        api_socket: command.invocation.api_socket.clone(),
+        forwarder,
+        api_socket: opts.api_socket.clone(),
         forwards: forwards
             .iter()
             .map(|f| ForwardInfo {
@@ -261,19 +265,120 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
     };
     Ok(Plan {
         binary,
-        args,
         info,
-        rootlessport,
-        command,
+        features,
+        opts: opts.clone(),
         forwards,
-        auto_api_dir,
-        ports: opts.ports.clone(),
     })
 }
 
-/// A networked namespace: owns slirp4netns and the API socket's directory.
-/// Dropping it tears everything down; [`Network::teardown`] does so and
-/// reports how slirp4netns ended.
+impl Plan {
+    /// Whether starting makes a private API socket (port_handler=slirp4netns
+    /// without one named).
+    fn private_api_socket(&self) -> bool {
+        self.opts.api_socket.is_none() && self.opts.network.port_handler == PortHandler::Slirp4netns
+    }
+
+    fn command(&self, target: Target, api_socket: Option<PathBuf>) -> SlirpCommand {
+        let mut invocation = Invocation::new(target);
+        invocation.api_socket = api_socket;
+        let mut command = SlirpCommand::new(
+            &self.binary,
+            self.opts.network.clone(),
+            self.features,
+            invocation,
+        );
+        command.new_mount_ns &= self.opts.sandbox_mount_ns;
+        command.toggle_accept_dad &= self.opts.toggle_accept_dad;
+        command.ready_timeout = self.opts.ready_timeout;
+        command.parent_death_signal = self.opts.parent_death_signal;
+        command
+    }
+
+    /// The slirp4netns argv (after the binary) that [`Plan::start`] would
+    /// run for `target`, for showing; a private API socket is shown in the
+    /// directory where it would be made.
+    ///
+    /// # Errors
+    ///
+    /// The argv cannot be built (e.g. an API socket path that is too long).
+    pub fn args_for(&self, target: &Target) -> Result<Vec<OsString>, SetupError> {
+        let api = self.opts.api_socket.clone().or_else(|| {
+            self.private_api_socket()
+                .then(|| runtime_dir().join("slirpnet-XXXXXX").join("api.sock"))
+        });
+        Ok(self.command(target.clone(), api).args()?)
+    }
+
+    /// Starts slirp4netns for `target`, waits until it is ready, and
+    /// forwards the ports through exactly one handler. On failure whatever
+    /// was started is stopped and removed.
+    ///
+    /// # Errors
+    ///
+    /// The private API socket's directory cannot be made, slirp4netns fails
+    /// to start or become ready, or a forward cannot be made.
+    pub fn start(self, target: Target) -> Result<Network, SetupError> {
+        let api_dir = if self.private_api_socket() {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("slirpnet-")
+                    .tempdir_in(runtime_dir())
+                    .map_err(SetupError::ApiDir)?,
+            )
+        } else {
+            None
+        };
+        let api_socket = match &api_dir {
+            Some(dir) => Some(dir.path().join("api.sock")),
+            None => self.opts.api_socket.clone(),
+        };
+        let command = self.command(target.clone(), api_socket.clone());
+        let slirp = Slirp::start(&command)?;
+        let mut info = self.info;
+        info.pid = slirp.pid();
+        info.api_socket = api_socket;
+        let mut net = Network {
+            info,
+            ports: None,
+            slirp,
+            _api_dir: api_dir,
+        };
+        match (&self.opts.network.port_handler, net.info.api_socket.clone()) {
+            (PortHandler::Slirp4netns, Some(sock)) if !self.forwards.is_empty() => {
+                net.forward_all(&sock, &self.forwards)?;
+            }
+            _ => {}
+        }
+        if let Some(forwarder) = net.info.forwarder.clone() {
+            let mut config = slirp_opts::rootlessport::Config::new(
+                self.opts.ports.clone(),
+                target.netns_path().to_string_lossy(),
+                IpAddr::V4(net.info.guest),
+            );
+            // Where HelperCommand puts the pipes.
+            config.exit_fd = slirp_proc::HELPER_EXIT_FD;
+            config.ready_fd = slirp_proc::HELPER_READY_FD;
+            config.tmp_dir = std::env::temp_dir().to_string_lossy().into_owned();
+            config.container_id = format!("slirpnet-{}", net.info.pid);
+            let started = PortForwarder::start(
+                &forwarder,
+                config,
+                target.userns_path(),
+                self.opts.ready_timeout,
+            )?;
+            if let Some(ForwarderInfo::Binary { pid, .. }) = &mut net.info.forwarder {
+                *pid = started.pid();
+            }
+            net.ports = Some(started);
+        }
+        Ok(net)
+    }
+}
+
+/// A networked namespace: owns slirp4netns, the port forwarder and the API
+/// socket's directory. Dropping it tears everything down;
+/// [`Network::teardown`] does so and reports how slirp4netns ended.
 #[derive(Debug)]
 pub struct Network {
     info: SetupInfo,
@@ -284,63 +389,14 @@ pub struct Network {
     _api_dir: Option<tempfile::TempDir>,
 }
 
-/// Plans, then starts slirp4netns, waits until it is ready, and adds the
-/// forwards. On failure, whatever was started is stopped and removed.
-pub fn setup(opts: &SetupOptions) -> Result<Network, SetupError> {
-    let mut plan = plan(opts)?;
-    let api_dir = if plan.auto_api_dir {
-        let dir = tempfile::Builder::new()
-            .prefix("slirpnet-")
-            .tempdir_in(runtime_dir())
-            .map_err(SetupError::ApiDir)?;
-        let sock = dir.path().join("api.sock");
-        plan.command.invocation.api_socket = Some(sock.clone());
-        plan.info.api_socket = Some(sock);
-        Some(dir)
-    } else {
-        None
-    };
-    let slirp = Slirp::start(&plan.command)?;
-    let mut info = plan.info;
-    info.pid = slirp.pid();
-    let mut net = Network {
-        info,
-        ports: None,
-        slirp,
-        _api_dir: api_dir,
-    };
-    // Exactly one handler forwards: an API socket asked for with the
-    // rootlesskit handler is only for the caller's own use.
-    if let (PortHandler::Slirp4netns, Some(sock)) =
-        (opts.network.port_handler, net.info.api_socket.clone())
-    {
-        if !plan.forwards.is_empty() {
-            net.forward_all(&sock, &plan.forwards)?;
-        }
-    }
-    if let Some(binary) = &plan.rootlessport {
-        let (netns, userns) = match &opts.target {
-            Target::Path { netns, userns } => (netns.clone(), userns.clone()),
-            Target::Pid(pid) => (PathBuf::from(format!("/proc/{pid}/ns/net")), None),
-        };
-        let mut config = slirp_opts::rootlessport::Config::new(
-            plan.ports.clone(),
-            netns.to_string_lossy(),
-            IpAddr::V4(net.info.guest),
-        );
-        // Where HelperCommand puts the pipes.
-        config.exit_fd = slirp_proc::HELPER_EXIT_FD;
-        config.ready_fd = slirp_proc::HELPER_READY_FD;
-        config.tmp_dir = std::env::temp_dir().to_string_lossy().into_owned();
-        config.container_id = format!("slirpnet-{}", net.info.pid);
-        net.ports = Some(PortForwarder::start(
-            binary,
-            &config,
-            userns.as_deref(),
-            opts.ready_timeout,
-        )?);
-    }
-    Ok(net)
+/// Plans with `opts`, then starts for `target`: [`plan`] and
+/// [`Plan::start`] in one call.
+///
+/// # Errors
+///
+/// Whatever [`plan`] or [`Plan::start`] reports.
+pub fn setup(target: Target, opts: &SetupOptions) -> Result<Network, SetupError> {
+    plan(opts)?.start(target)
 }
 
 /// Where the API socket's directory goes: $XDG_RUNTIME_DIR when set and

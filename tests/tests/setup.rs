@@ -5,7 +5,7 @@ use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
 
 use slirp_opts::{parse_port_spec, NetworkOptions, PortHandler, Target};
-use slirpnet::{setup, SetupError, SetupOptions};
+use slirpnet::{setup, ForwarderChoice, SetupError, SetupOptions};
 use slirpnet_tests::{free_tcp_port, pid_exists, require_slirp, PersistentNetns};
 
 /// These tests count this process's slirp4netns children: one at a time.
@@ -17,36 +17,47 @@ fn prerequisites(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     require_slirp(test).then(|| SERIAL.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-fn our_slirp_children() -> Vec<u32> {
+/// This process's children whose command name is `comm`.
+fn our_children(comm: &str) -> Vec<u32> {
     let me = std::process::id().to_string();
+    let name = format!("({comm})");
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or("");
-            // Feature detection (`slirp4netns --help`) from a test running
-            // alongside is not a slirp4netns that setup started.
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            stat.contains("(slirp4netns)")
-                && after.split(' ').nth(1) == Some(&*me)
-                && !cmdline.split(|&b| b == 0).any(|a| a == b"--help")
+            stat.contains(&name) && after.split(' ').nth(1) == Some(&*me)
         })
         .collect()
 }
 
-fn options(ns: &PersistentNetns) -> SetupOptions {
+fn our_slirp_children() -> Vec<u32> {
+    our_children("slirp4netns")
+        .into_iter()
+        .filter(|pid| {
+            // Feature detection (`slirp4netns --help`) from a test running
+            // alongside is not a slirp4netns that setup started.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !cmdline.split(|&b| b == 0).any(|a| a == b"--help")
+        })
+        .collect()
+}
+
+/// The test namespace as slirp4netns's target.
+fn target(ns: &PersistentNetns) -> Target {
+    Target::Path {
+        netns: ns.path.clone(),
+        userns: None,
+    }
+}
+
+fn options() -> SetupOptions {
     let network = NetworkOptions {
         port_handler: PortHandler::Slirp4netns,
         ..Default::default()
     };
-    SetupOptions::new(
-        Target::Path {
-            netns: ns.path.clone(),
-            userns: None,
-        },
-        network,
-    )
+    SetupOptions::new(network)
 }
 
 #[test]
@@ -58,7 +69,7 @@ fn udp_and_tcp_forwards_carry_data() {
     let ns = made.open();
     let udp = ns.run(|| UdpSocket::bind("0.0.0.0:5300")).unwrap().unwrap();
     let port = free_tcp_port();
-    let mut opts = options(&made);
+    let mut opts = options();
     opts.ports
         .push(parse_port_spec(&format!("127.0.0.1:{port}:5300/udp,tcp")).unwrap());
     // With host loopback disabled (the default) slirp4netns drops the UDP
@@ -67,7 +78,7 @@ fn udp_and_tcp_forwards_carry_data() {
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert!(warned[0].contains("allow_host_loopback=true"), "{warned:?}");
     opts.network.allow_host_loopback = true;
-    let net = setup(&opts).unwrap();
+    let net = setup(target(&made), &opts).unwrap();
     assert!(net.info().warnings.is_empty());
     let info = net.info().clone();
     assert_eq!(info.forwards.len(), 2);
@@ -128,13 +139,13 @@ fn a_failed_forward_undoes_everything() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().port();
     let free = free_tcp_port();
-    let mut opts = options(&made);
+    let mut opts = options();
     opts.ports
         .push(parse_port_spec(&format!("127.0.0.1:{free}:80")).unwrap());
     opts.ports
         .push(parse_port_spec(&format!("127.0.0.1:{busy}:81")).unwrap());
     let before = our_slirp_children();
-    let err = setup(&opts).unwrap_err();
+    let err = setup(target(&made), &opts).unwrap_err();
     assert!(matches!(err, SetupError::Forward { .. }), "{err}");
     assert_eq!(
         err.to_string(),
@@ -147,38 +158,19 @@ fn a_failed_forward_undoes_everything() {
     );
 }
 
-#[test]
-fn rootlesskit_forwards_tcp_and_udp_through_rootlessport() {
-    let Some(_serial) = prerequisites("rootlesskit_forwards_tcp_and_udp_through_rootlessport")
-    else {
-        return;
-    };
-    let made = PersistentNetns::new("rlk").unwrap();
+/// A TCP and a UDP server on `container_port` inside `made` that echo one
+/// connection and one datagram; checks both through host `port` from
+/// `client_ip` (TCP: 200 kB byte-exact with half-close).
+fn echo_tcp_and_udp(made: &PersistentNetns, container_port: u16, port: u16, client_ip: &str) {
     let ns = made.open();
     let tcp = ns
-        .run(|| TcpListener::bind("0.0.0.0:7100"))
+        .run(|| TcpListener::bind(("0.0.0.0", container_port)))
         .unwrap()
         .unwrap();
-    let udp = ns.run(|| UdpSocket::bind("0.0.0.0:7100")).unwrap().unwrap();
-    let port = slirpnet_tests::free_port_both();
-    // The default handler; host loopback stays disabled, and UDP replies
-    // still come back because rootlessport answers from inside.
-    let mut opts = SetupOptions::new(
-        Target::Path {
-            netns: made.path.clone(),
-            userns: None,
-        },
-        NetworkOptions::default(),
-    );
-    opts.rootlessport = Some(slirpnet_tests::rootlessport_bin());
-    opts.ports
-        .push(parse_port_spec(&format!("127.0.0.1:{port}:7100/tcp,udp")).unwrap());
-    let plan = slirpnet::plan(&opts).unwrap();
-    assert!(plan.info.warnings.is_empty(), "{:?}", plan.info.warnings);
-    let net = setup(&opts).unwrap();
-    assert_eq!(net.info().port_handler, "rootlesskit");
-    assert!(net.info().api_socket.is_none());
-
+    let udp = ns
+        .run(|| UdpSocket::bind(("0.0.0.0", container_port)))
+        .unwrap()
+        .unwrap();
     let server = std::thread::spawn(move || {
         let (mut c, _) = tcp.accept().unwrap();
         let mut got = Vec::new();
@@ -197,7 +189,7 @@ fn rootlesskit_forwards_tcp_and_udp_through_rootlessport() {
     let mut back = Vec::new();
     std::io::Read::read_to_end(&mut c, &mut back).unwrap();
     assert!(back == data);
-    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let client = UdpSocket::bind((client_ip, 0)).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -206,6 +198,29 @@ fn rootlesskit_forwards_tcp_and_udp_through_rootlessport() {
     let n = client.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"ping");
     server.join().unwrap();
+}
+
+#[test]
+fn rootlesskit_forwards_tcp_and_udp_through_rootlessport() {
+    let Some(_serial) = prerequisites("rootlesskit_forwards_tcp_and_udp_through_rootlessport")
+    else {
+        return;
+    };
+    let made = PersistentNetns::new("rlk").unwrap();
+    let port = slirpnet_tests::free_port_both();
+    // The default handler; host loopback stays disabled, and UDP replies
+    // still come back because rootlessport answers from inside.
+    let mut opts = SetupOptions::new(NetworkOptions::default());
+    opts.forwarder = ForwarderChoice::Binary(slirpnet_tests::rootlessport_bin());
+    opts.ports
+        .push(parse_port_spec(&format!("127.0.0.1:{port}:7100/tcp,udp")).unwrap());
+    let plan = slirpnet::plan(&opts).unwrap();
+    assert!(plan.info.warnings.is_empty(), "{:?}", plan.info.warnings);
+    let net = setup(target(&made), &opts).unwrap();
+    assert_eq!(net.info().port_handler, "rootlesskit");
+    assert!(net.info().api_socket.is_none());
+
+    echo_tcp_and_udp(&made, 7100, port, "127.0.0.1");
 
     let pid = net.info().pid;
     net.teardown();
@@ -224,22 +239,17 @@ fn a_failing_rootlessport_undoes_everything() {
     let made = PersistentNetns::new("rlk-fail").unwrap();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().port();
-    let mut opts = SetupOptions::new(
-        Target::Path {
-            netns: made.path.clone(),
-            userns: None,
-        },
-        NetworkOptions::default(),
-    );
-    opts.rootlessport = Some(slirpnet_tests::rootlessport_bin());
+    let mut opts = SetupOptions::new(NetworkOptions::default());
+    opts.forwarder = ForwarderChoice::Binary(slirpnet_tests::rootlessport_bin());
     opts.ports
         .push(parse_port_spec(&format!("127.0.0.1:{busy}:80")).unwrap());
     let before = our_slirp_children();
-    let err = setup(&opts).unwrap_err();
+    let err = setup(target(&made), &opts).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
-            "rootlessport failed: failed to listen on tcp 127.0.0.1:{busy}: Address already in use"
+            "{} failed: failed to listen on tcp 127.0.0.1:{busy}: Address already in use",
+            slirpnet_tests::rootlessport_bin().display()
         )
     );
     assert_eq!(our_slirp_children(), before, "slirp4netns left running");
@@ -256,20 +266,14 @@ fn an_api_socket_beside_rootlessport_forwards_each_port_once_and_never_wider() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
     let (v6_port, v4_port) = (free_tcp_port(), free_tcp_port());
-    let mut opts = SetupOptions::new(
-        Target::Path {
-            netns: made.path.clone(),
-            userns: None,
-        },
-        NetworkOptions::default(),
-    );
-    opts.rootlessport = Some(slirpnet_tests::rootlessport_bin());
+    let mut opts = SetupOptions::new(NetworkOptions::default());
+    opts.forwarder = ForwarderChoice::Binary(slirpnet_tests::rootlessport_bin());
     opts.api_socket = Some(sock.clone());
     opts.ports
         .push(parse_port_spec(&format!("[::1]:{v6_port}:7100")).unwrap());
     opts.ports
         .push(parse_port_spec(&format!("127.0.0.1:{v4_port}:7101")).unwrap());
-    let net = setup(&opts).unwrap();
+    let net = setup(target(&made), &opts).unwrap();
     // rootlessport forwards; slirp4netns, whose API socket the caller asked
     // for, forwards nothing.
     let listed = slirp_api::Client::new(&sock).list_hostfwd().unwrap();
@@ -323,17 +327,11 @@ if kill -0 "$pid" 2>/dev/null; then echo running > {mark}; else echo gone > {mar
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut opts = SetupOptions::new(
-        Target::Path {
-            netns: made.path.clone(),
-            userns: None,
-        },
-        NetworkOptions::default(),
-    );
-    opts.rootlessport = Some(script);
+    let mut opts = SetupOptions::new(NetworkOptions::default());
+    opts.forwarder = ForwarderChoice::Binary(script);
     opts.ports
         .push(parse_port_spec(&format!("127.0.0.1:{}:80", free_tcp_port())).unwrap());
-    let net = setup(&opts).unwrap();
+    let net = setup(target(&made), &opts).unwrap();
     let pid = net.info().pid;
     net.teardown();
     assert_eq!(
@@ -357,7 +355,7 @@ fn a_hung_slirp4netns_help_is_killed_and_named() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut opts = SetupOptions::new(Target::Pid(1), NetworkOptions::default());
+    let mut opts = SetupOptions::new(NetworkOptions::default());
     opts.binary = Some(fake.clone());
     opts.help_timeout = Duration::from_millis(300);
     let started = std::time::Instant::now();
@@ -389,4 +387,86 @@ fn a_hung_slirp4netns_help_is_killed_and_named() {
         .parse()
         .unwrap();
     assert!(!pid_exists(pid), "the hung --help was left running");
+}
+
+#[test]
+fn an_in_process_forwarder_serves_without_a_helper_and_says_so() {
+    let Some(_serial) =
+        prerequisites("an_in_process_forwarder_serves_without_a_helper_and_says_so")
+    else {
+        return;
+    };
+    let made = PersistentNetns::new("inproc").unwrap();
+    let port = slirpnet_tests::free_port_both();
+    let mut opts = SetupOptions::new(NetworkOptions::default());
+    opts.forwarder = ForwarderChoice::InProcess;
+    opts.ports
+        .push(parse_port_spec(&format!("127.0.0.1:{port}:7200/tcp,udp")).unwrap());
+    let net = setup(target(&made), &opts).unwrap();
+    assert_eq!(
+        net.info().forwarder,
+        Some(slirpnet::ForwarderInfo::InProcess)
+    );
+    assert!(
+        our_children("rootlessport").is_empty(),
+        "a helper was started"
+    );
+    echo_tcp_and_udp(&made, 7200, port, "127.0.0.2");
+    net.teardown();
+    assert!(
+        TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok(),
+        "the in-process forwarder still listens after teardown"
+    );
+}
+
+#[test]
+fn the_default_forwarder_is_never_podmans_helper() {
+    // No privilege needed: only planning. A "podman helper" that fails is
+    // put where podman looks first (CONTAINERS_HELPER_BINARY_DIR): the
+    // default choice must not pick it; named, it is used and reported.
+    let dir = tempfile::tempdir().unwrap();
+    let fake_go = dir.path().join("rootlessport");
+    std::fs::write(&fake_go, "#!/bin/sh\nexit 1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake_go, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_d, fake_slirp) = slirpnet_tests::fake_slirp("exit 1").unwrap();
+    let mut opts = SetupOptions::new(NetworkOptions::default());
+    opts.binary = Some(fake_slirp);
+    opts.ports
+        .push(parse_port_spec("127.0.0.1:8080:80").unwrap());
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    std::env::set_var("CONTAINERS_HELPER_BINARY_DIR", dir.path());
+    let planned = slirpnet::plan(&opts);
+    std::env::remove_var("CONTAINERS_HELPER_BINARY_DIR");
+    match planned {
+        Ok(plan) => match plan.info.forwarder {
+            Some(slirpnet::ForwarderInfo::Binary { path, .. }) => {
+                assert_ne!(path, fake_go, "podman's helper directory was searched");
+                assert!(
+                    !path.starts_with("/usr/lib/podman")
+                        && !path.starts_with("/usr/libexec/podman"),
+                    "{}",
+                    path.display()
+                );
+            }
+            other => panic!("{other:?}"),
+        },
+        Err(e) => assert!(
+            matches!(
+                e,
+                SetupError::PortForward(slirpnet::PortForwardError::NotFound)
+            ),
+            "{e}"
+        ),
+    }
+    opts.forwarder = ForwarderChoice::Binary(fake_go.clone());
+    let plan = slirpnet::plan(&opts).unwrap();
+    assert_eq!(
+        plan.info.forwarder,
+        Some(slirpnet::ForwarderInfo::Binary {
+            path: fake_go,
+            pid: None
+        })
+    );
 }
