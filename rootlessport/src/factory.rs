@@ -92,8 +92,12 @@ impl std::fmt::Debug for Request {
 }
 
 impl SocketFactory {
-    /// Starts the thread inside `netns`. Fails at once when the namespace
-    /// cannot be joined (for example, for lack of privilege).
+    /// Starts the thread inside `netns`.
+    ///
+    /// # Errors
+    ///
+    /// Fails at once when the namespace cannot be joined (for example, for
+    /// lack of privilege) or the thread cannot be started.
     pub fn start(netns: &Netns) -> Result<Self, NetnsError> {
         let (tx, rx) = mpsc::channel::<Request>();
         let pools = Arc::new(Pools::default());
@@ -123,6 +127,11 @@ impl SocketFactory {
     }
 
     /// A new non-blocking, close-on-exec socket inside the namespace.
+    ///
+    /// # Errors
+    ///
+    /// `socket(2)` failed inside the namespace (e.g. EMFILE), or the
+    /// namespace thread is gone.
     pub async fn socket(&self, domain: Domain, ty: Type) -> io::Result<OwnedFd> {
         let kind = Kind::new(domain, ty);
         let i = kind.index();

@@ -25,6 +25,7 @@ const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A failure before the forwarder is ready. Nothing is left listening.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The configuration.
     #[error(transparent)]
@@ -117,6 +118,10 @@ impl Forwarder {
     /// Serves until the exit pipe's other end is closed (EOF or HUP on
     /// `exit`), then closes every listener and connection and removes the
     /// reload socket.
+    ///
+    /// # Errors
+    ///
+    /// A listener could not be registered with the event loop.
     pub fn run_until_eof(self, exit: OwnedFd) -> io::Result<()> {
         self.run(async move {
             if let Err(e) = wait_eof(exit).await {
@@ -126,6 +131,10 @@ impl Forwarder {
     }
 
     /// Serves until `stop` completes.
+    ///
+    /// # Errors
+    ///
+    /// A listener could not be registered with the event loop.
     pub fn run(self, stop: impl Future<Output = ()>) -> io::Result<()> {
         let Forwarder {
             listeners,

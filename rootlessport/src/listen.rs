@@ -9,6 +9,7 @@ use socket2::{Domain, Socket, Type};
 
 /// A host port that cannot be listened on.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ListenError {
     /// A port below ip_unprivileged_port_start, without the privilege.
     #[error("cannot expose privileged port {port}, you can add 'net.ipv4.ip_unprivileged_port_start={port}' to /etc/sysctl.conf (currently {start}), or choose a larger port number (>= {start}): {}", describe(.source))]

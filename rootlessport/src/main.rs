@@ -140,3 +140,23 @@ fn take_fd(name: &str, fd: i32, access: Access) -> Result<OwnedFd, String> {
     // (checked by validate), and nothing in this process owns it yet.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{human, MAX_LINE};
+
+    #[test]
+    fn lines_are_short_and_human() {
+        assert_eq!(
+            human("failed to listen on tcp 127.0.0.1:80: Address already in use (os error 98)"),
+            "failed to listen on tcp 127.0.0.1:80: Address already in use"
+        );
+        assert_eq!(human("a (os error x) b\nc"), "a (os error x) b c");
+        let long = human(&"é".repeat(4000));
+        assert!(
+            long.len() <= MAX_LINE + 3 && long.ends_with("..."),
+            "{}",
+            long.len()
+        );
+    }
+}

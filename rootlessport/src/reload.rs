@@ -31,6 +31,7 @@ const MAX_IN_FLIGHT: usize = 256;
 
 /// A failure to set up or use the reload socket.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReloadError {
     /// The directory could not be made.
     #[error("failed to create the reload socket directory {path}: {source}")]
@@ -172,6 +173,10 @@ impl ReloadServer {
 
     /// Serves requests on a thread of its own, retargeting `target`. The
     /// returned guard stops the thread and removes the socket file on drop.
+    ///
+    /// # Errors
+    ///
+    /// The listener cannot be duplicated or the thread started.
     pub fn serve(self, target: Target) -> Result<ReloadGuard, ReloadError> {
         let path = self.file.0.clone();
         let waker = self.listener.try_clone().map_err(|e| ReloadError::Socket {
@@ -289,6 +294,11 @@ fn handle(conn: &OwnedFd, target: &Target) -> Result<(), String> {
 
 /// Sends a new child IP to the forwarder of `container_id`, as podman does
 /// after `podman network connect` or `disconnect`.
+///
+/// # Errors
+///
+/// [`ReloadError::Socket`] when the socket cannot be reached or answers
+/// nothing, [`ReloadError::Refused`] with the forwarder's own error text.
 pub fn reload(tmp_dir: &Path, container_id: &str, child_ip: &str) -> Result<(), ReloadError> {
     let dir = tmp_dir.join("rp");
     let path = dir.join(container_id);

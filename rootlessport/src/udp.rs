@@ -288,3 +288,43 @@ async fn reply_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::gso_run;
+
+    /// Where each GSO run of `lens` ends, from the start.
+    fn runs(lens: &[usize]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < lens.len() {
+            i = gso_run(lens, i, lens.len());
+            out.push(i);
+        }
+        out
+    }
+
+    #[test]
+    fn runs_of_equal_sizes_end_at_a_shorter_one_and_never_hold_an_empty_one() {
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[1200, 1200, 1200], &[3]),
+            (&[1200, 1200, 300, 1200], &[3, 4]),
+            (&[1200, 0, 1200], &[1, 2, 3]),
+            (&[5, 5, 0, 5, 0, 0, 5, 2, 0, 5], &[2, 3, 4, 5, 6, 8, 9, 10]),
+            (&[0, 0], &[1, 2]),
+            (&[300, 1200], &[1, 2]),
+            // 65000 bytes at most per run: 40000 + 40000 does not fit.
+            (&[40000, 40000], &[1, 2]),
+            (&[65507], &[1]),
+        ];
+        for (lens, want) in cases {
+            assert_eq!(runs(lens), *want, "{lens:?}");
+        }
+    }
+
+    #[test]
+    fn a_run_holds_at_most_64_segments() {
+        let lens = vec![100; 130];
+        assert_eq!(runs(&lens), [64, 128, 130]);
+    }
+}

@@ -9,6 +9,7 @@ const ACCEPT_DAD: &str = "/proc/sys/net/ipv6/conf/default/accept_dad";
 
 /// A failure to read or write `accept_dad`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DadError {
     /// The namespace could not be entered.
     #[error(transparent)]
@@ -113,6 +114,10 @@ impl AcceptDadGuard {
     }
 
     /// Writes the original value back now.
+    ///
+    /// # Errors
+    ///
+    /// The namespace cannot be entered or the sysctl written.
     pub fn restore(mut self) -> Result<(), DadError> {
         self.restored = true;
         self.write_back()

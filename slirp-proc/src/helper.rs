@@ -29,6 +29,7 @@ const LINE_LIMIT: u64 = 64 * 1024;
 
 /// Where the helper's stderr goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum HelperStderr {
     /// Ours (podman passes its own).
     #[default]
@@ -39,6 +40,7 @@ pub enum HelperStderr {
 
 /// What to start and how.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HelperCommand {
     /// The binary.
     pub program: PathBuf,
@@ -75,6 +77,12 @@ impl HelperCommand {
     /// Starts it and waits until it is ready, has failed, or the timeout
     /// passes. Only fds 0, 1, 2, 3 and 4 reach it; it gets its own process
     /// group. On any error nothing is left running.
+    ///
+    /// # Errors
+    ///
+    /// The pipes or the process could not be made, it failed before ready
+    /// ([`HelperError::Failed`] with its stdout line), wrote another byte
+    /// than `1`, or was not ready within the timeout.
     pub fn start(&self) -> Result<Helper, HelperError> {
         let program = self.program.clone();
         let spawn_err = |source| HelperError::Spawn {
@@ -179,6 +187,7 @@ impl HelperCommand {
 
 /// A failure to start a helper.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HelperError {
     /// The pipes could not be made or the binary could not be executed.
     #[error("failed to start {}: {source}", program.display())]
@@ -292,6 +301,10 @@ impl Helper {
 
     /// Stops it as podman does, by closing the exit pipe; waits up to
     /// `grace`, then SIGKILL; always reaps. `Ok` when it exited by itself.
+    ///
+    /// # Errors
+    ///
+    /// `Err` with how it ended when it had to be killed.
     pub fn stop(mut self, grace: Duration) -> Result<Exit, Exit> {
         self.stop_inner(grace)
     }

@@ -27,6 +27,7 @@ const DROP_GRACE: Duration = Duration::from_secs(2);
 
 /// What to start.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SlirpCommand {
     /// The slirp4netns binary.
     pub binary: PathBuf,
@@ -74,6 +75,11 @@ impl SlirpCommand {
     }
 
     /// The full argv after the binary.
+    ///
+    /// # Errors
+    ///
+    /// An option needs a feature the binary lacks, or the API socket path is
+    /// too long.
     pub fn args(&self) -> Result<Vec<OsString>, ArgvError> {
         build_args(&self.options, &self.features, &self.invocation)
     }
@@ -90,6 +96,7 @@ fn describe_log(log: &str) -> String {
 /// slirp4netns could not be started or did not become ready. Whatever was
 /// started is stopped and reaped before this is returned.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The argv cannot be built.
     #[error(transparent)]
@@ -173,6 +180,12 @@ pub struct Slirp {
 
 impl Slirp {
     /// Starts slirp4netns and waits until it has written its ready byte.
+    ///
+    /// # Errors
+    ///
+    /// The argv, pipes, log file or accept_dad toggle failed, it could not
+    /// be executed, or it died, was killed or timed out before ready (with
+    /// its output). Whatever was started is stopped and reaped first.
     pub fn start(cmd: &SlirpCommand) -> Result<Slirp, StartError> {
         let args = cmd.args()?;
         let inv = &cmd.invocation;

@@ -14,6 +14,7 @@ pub const HELP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The binary cannot be found or asked for its features.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BinaryError {
     /// Not on PATH.
     #[error("slirp4netns not found in PATH; install it (apt-get install slirp4netns) or name it with --slirp4netns PATH")]
@@ -51,6 +52,11 @@ pub enum BinaryError {
 
 /// The binary to use: `explicit` when given (it must be an executable file),
 /// else `slirp4netns` on PATH.
+///
+/// # Errors
+///
+/// [`BinaryError::NotExecutable`] for a named path that is not an
+/// executable file, [`BinaryError::NotFound`] when PATH has none.
 pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, BinaryError> {
     if let Some(path) = explicit {
         let meta = std::fs::metadata(path).map_err(|e| BinaryError::NotExecutable {

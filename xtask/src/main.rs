@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{bail, ensure, Context, Result};
 
 mod bench;
+mod examples;
 mod packaging;
 mod podman;
 
@@ -20,6 +21,10 @@ commands:
           verified), then every test and the podman runs below
   msrv    check that each publishable crate's rust-version is at least what
           every locked dependency needs (its rust-version, or its edition's)
+  examples
+          run every crate's examples/ against the real slirp4netns in
+          namespaces made for them, then the library crates' own tests as
+          an unprivileged user (needs root)
   package build the publishable crates without default features, then
           cargo package them, verified (publish = false members left out)
   bench   [--rounds N] [--seconds S]: our rootlessport against podman's Go
@@ -31,6 +36,16 @@ commands:
           IPv4 and IPv6 loopback and that the helper and its reload socket go
           with the container (installs podman, runc, uidmap, busybox-static;
           needs root)";
+
+/// The library crates, whose own tests must pass without privilege.
+const LIBRARY_CRATES: &[&str] = &[
+    "slirp-opts",
+    "netns-util",
+    "slirp-api",
+    "slirp-proc",
+    "rootlessport",
+    "slirpnet",
+];
 
 /// Debian packages the project needs, with a program each one provides.
 const PACKAGES: &[(&str, &str)] = &[
@@ -47,6 +62,20 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("msrv") => packaging::msrv(&workspace_root()),
         Some("package") => packaging::package(&workspace_root()),
+        Some("examples") => {
+            setup()?;
+            let mut t = examples::run_examples(&workspace_root())?;
+            t.add(examples::run_unprivileged(
+                &workspace_root(),
+                LIBRARY_CRATES,
+            )?);
+            println!("\nxtask examples: {} passed, {} failed", t.passed, t.failed);
+            ensure!(
+                t.failed == 0 && t.passed > 0,
+                "examples or unprivileged tests failed"
+            );
+            Ok(())
+        }
         Some("bench") => {
             setup()?;
             install_missing(&[
@@ -110,6 +139,20 @@ fn is_root() -> bool {
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// Runs `cmd` with its output captured, failing with its stderr.
+fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -225,6 +268,18 @@ fn test() -> Result<()> {
         "--all-targets",
     ]))?);
     total.add(run_tests(cargo().args(["test", "--workspace", "--doc"]))?);
+    // Privileged or not, CI runs these; elsewhere they need root.
+    if is_root() || std::env::var("CI").is_ok_and(|v| v == "true") {
+        // The examples as a user runs them, against the real slirp4netns.
+        total.add(examples::run_examples(&workspace_root())?);
+        // The library crates' own tests need no privilege: prove it.
+        total.add(examples::run_unprivileged(
+            &workspace_root(),
+            LIBRARY_CRATES,
+        )?);
+    } else {
+        eprintln!("skipped the examples and the unprivileged run: they need root");
+    }
     // Real rootless podman with our helper (and podman's own beside it). It
     // needs root; like the privileged tests it is skipped only off CI.
     if is_root() || std::env::var("CI").is_ok_and(|v| v == "true") {

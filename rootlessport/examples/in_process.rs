@@ -1,0 +1,66 @@
+//! A port forwarder inside this process: host port -> a service in a
+//! network namespace, with no helper binary, then stopped.
+//!
+//! ```sh
+//! ip netns add demo
+//! ip -n demo link set lo up
+//! ip -n demo link add v0 type veth peer name v1
+//! ip -n demo addr add 10.77.0.1/24 dev v0
+//! ip -n demo link set v0 up; ip -n demo link set v1 up
+//! cargo run -p rootlessport --example in_process -- /run/netns/demo 10.77.0.1
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
+
+use rootlessport::{slirp_opts::PortMapping, Config, Forwarder};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let (Some(netns), Some(child_ip)) = (args.next(), args.next()) else {
+        eprintln!("usage: in_process NETNS_PATH CHILD_IP   (CHILD_IP: a non-loopback address inside; needs root)");
+        std::process::exit(2);
+    };
+    let child_ip: IpAddr = child_ip.parse()?;
+    // The service inside the namespace.
+    let ns = netns_util::Netns::open(&netns)?;
+    let service = ns.run(move || TcpListener::bind((child_ip, 8000)))??;
+    let host_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+
+    let mapping = PortMapping {
+        host_ip: "127.0.0.1".into(),
+        container_port: 8000,
+        host_port,
+        range: 1,
+        protocol: "tcp".into(),
+    };
+    let config = Config::new(vec![mapping], netns, child_ip).validate()?;
+    let forwarder = Forwarder::start(config)?;
+    println!("forwarding 127.0.0.1:{host_port} -> {child_ip}:8000 in-process");
+    // Serve until the write end of this pipe is closed.
+    let (stop_read, stop_write) = nix::unistd::pipe()?;
+    let serving = std::thread::spawn(move || forwarder.run_until_eof(stop_read));
+
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut c, peer) = service.accept()?;
+        let mut got = Vec::new();
+        c.read_to_end(&mut got)?;
+        c.write_all(format!("{peer} said: ").as_bytes())?;
+        c.write_all(&got)
+    });
+    let mut client = TcpStream::connect(("127.0.0.1", host_port))?;
+    client.write_all(b"hello")?;
+    client.shutdown(std::net::Shutdown::Write)?;
+    let mut back = String::new();
+    client.read_to_string(&mut back)?;
+    server.join().expect("the service thread")?;
+    println!("{back}");
+
+    drop(stop_write);
+    serving.join().expect("the forwarder thread")?;
+    println!("stopped");
+    if !back.ends_with(" said: hello") {
+        return Err("the reply came back changed".into());
+    }
+    Ok(())
+}
