@@ -7,14 +7,15 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use netns_util::{Netns, NetnsError};
-use slirp_opts::{Forward, Protocol};
+use slirp_opts::Forward;
 use socket2::Socket;
 
 use crate::factory::SocketFactory;
 use crate::listen::{listen, ListenError};
+use crate::ports::{Command, ForwarderHandle, Ports};
 use crate::reload::{ReloadError, ReloadGuard, ReloadServer};
 use crate::target::Target;
-use crate::{tcp, udp};
+use crate::tcp;
 use slirp_opts::rootlessport::{ConfigError, ValidConfig};
 
 /// Pooled pipes and namespace sockets are closed after this long unused...
@@ -52,6 +53,8 @@ pub struct Forwarder {
     factory: SocketFactory,
     reload: Option<ReloadGuard>,
     runtime: tokio::runtime::Runtime,
+    commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
+    handle: ForwarderHandle,
 }
 
 impl Forwarder {
@@ -96,13 +99,22 @@ impl Forwarder {
             .build()
             .map_err(StartError::Runtime)?;
         tracing::info!(ports = listeners.len(), %child_ip, "listening");
+        let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
         Ok(Forwarder {
             listeners,
             target,
             factory,
             reload,
             runtime,
+            commands,
+            handle: ForwarderHandle::new(tx),
         })
+    }
+
+    /// A handle that adds, removes and lists ports while the forwarder
+    /// serves (from another thread).
+    pub fn handle(&self) -> ForwarderHandle {
+        self.handle.clone()
     }
 
     /// The shared target (for retargeting without the reload socket).
@@ -142,28 +154,26 @@ impl Forwarder {
             factory,
             reload,
             runtime,
+            mut commands,
+            handle,
         } = self;
+        // Only handles given out keep the channel open.
+        drop(handle);
         runtime.block_on(async {
             let pipes = tcp::PipePool::default();
-            for (fwd, socket) in listeners {
-                let (target, factory) = (target.clone(), factory.clone());
-                match fwd.proto {
-                    Protocol::Tcp => {
-                        let listener = tokio::net::TcpListener::from_std(socket.into())?;
-                        tokio::spawn(tcp::serve(
-                            listener,
-                            fwd.container_port,
-                            target,
-                            factory,
-                            pipes.clone(),
-                        ));
-                    }
-                    Protocol::Udp => {
-                        let socket = tokio::net::UdpSocket::from_std(socket.into())?;
-                        tokio::spawn(udp::serve(socket, fwd.container_port, target, factory));
-                    }
+            let mut ports = Ports::new(target.clone(), factory.clone(), pipes.clone());
+            ports
+                .serve(listeners)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            // Port changes are answered on the event loop, between I/O.
+            tokio::spawn(async move {
+                while let Some(cmd) = commands.recv().await {
+                    ports.handle(cmd);
                 }
-            }
+                // Every handle is gone: keep serving what there is.
+                std::future::pending::<()>().await;
+                drop(ports);
+            });
             // Pools serve bursts; an idle forwarder gives their fds back.
             tokio::spawn({
                 let (pipes, factory) = (pipes.clone(), factory.clone());

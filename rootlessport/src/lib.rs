@@ -11,19 +11,24 @@
 //! reused pipes, and UDP flows share one receive buffer.
 
 mod childip;
+mod control;
 mod factory;
 mod forwarder;
 mod listen;
 mod mmsg;
+mod ports;
 mod reload;
+mod seqpacket;
 mod target;
 mod tcp;
 mod udp;
 
 pub use childip::{child_ip, NetAddress, NetInterface, StatusBlock};
+pub use control::{ControlError, ControlServer, CONTROL_SOCKET_ENV};
 pub use factory::SocketFactory;
 pub use forwarder::{Forwarder, StartError};
 pub use listen::ListenError;
+pub use ports::{ForwarderHandle, PortChangeError};
 pub use reload::{reload, socket_path, ReloadError, ReloadGuard, ReloadServer};
 pub use slirp_opts;
 pub use slirp_opts::rootlessport::{

@@ -81,6 +81,15 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
+    // Ours only: ports changed while serving (slirpnet sets it; podman never
+    // does, so as podman's helper nothing changes).
+    let _control = match std::env::var_os(rootlessport::CONTROL_SOCKET_ENV) {
+        Some(path) => match rootlessport::ControlServer::start(path.as_ref(), forwarder.handle()) {
+            Ok(server) => Some(server),
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
     // podman closes its ends of stdout and stderr once it sees ready, and a
     // write would then raise SIGPIPE: point them at /dev/null first.
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {

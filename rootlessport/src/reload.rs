@@ -9,25 +9,15 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use nix::fcntl::{open, OFlag};
-use nix::sys::socket::{
-    accept4, bind, connect, listen, recv, send, setsockopt, socket, sockopt, AddressFamily,
-    Backlog, MsgFlags, SockFlag, SockType, UnixAddr,
-};
+use nix::sys::socket::{bind, connect, listen, recv, send, setsockopt, sockopt, Backlog, MsgFlags};
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeVal;
 
+use crate::seqpacket::{self, open_dir, seqpacket, short_addr, SocketFile};
 use crate::target::Target;
 use slirp_opts::rootlessport::parse_child_ip;
-
-/// How long one reload client may take to send its request.
-const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
-/// Reload requests served at once; more are answered with an error at once.
-const MAX_IN_FLIGHT: usize = 256;
 
 /// A failure to set up or use the reload socket.
 #[derive(Debug, thiserror::Error)]
@@ -59,39 +49,6 @@ pub enum ReloadError {
 /// The reload socket's path for a container.
 pub fn socket_path(tmp_dir: &Path, container_id: &str) -> PathBuf {
     tmp_dir.join("rp").join(container_id)
-}
-
-/// `/proc/self/fd/N/<name>` for an O_PATH dirfd: any length of directory fits.
-fn short_addr(dir: &OwnedFd, name: &str) -> nix::Result<UnixAddr> {
-    UnixAddr::new(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()).as_str())
-}
-
-fn open_dir(dir: &Path) -> nix::Result<OwnedFd> {
-    open(
-        dir,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-}
-
-/// A close-on-exec SEQPACKET socket.
-fn seqpacket() -> nix::Result<OwnedFd> {
-    socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-}
-
-/// Removes the socket file when dropped, from the moment it is bound.
-#[derive(Debug)]
-struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// The listening reload socket; the file is removed on drop.
@@ -179,54 +136,18 @@ impl ReloadServer {
     /// The listener cannot be duplicated or the thread started.
     pub fn serve(self, target: Target) -> Result<ReloadGuard, ReloadError> {
         let path = self.file.0.clone();
-        let waker = self.listener.try_clone().map_err(|e| ReloadError::Socket {
-            action: "duplicate",
+        let ReloadServer { listener, file } = self;
+        let waker = seqpacket::serve(
+            listener,
+            "rootlessport-reload",
+            b"rootless port failed to decode ports: too many reload requests at once",
+            move |conn| answer(conn, &target),
+        )
+        .map_err(|e| ReloadError::Socket {
+            action: "serve",
             path: path.clone(),
             source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
         })?;
-        let ReloadServer { listener, file } = self;
-        std::thread::Builder::new()
-            .name("rootlessport-reload".into())
-            .spawn(move || {
-                let in_flight = Arc::new(AtomicUsize::new(0));
-                loop {
-                    let conn = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-                        Ok(fd) => owned(fd),
-                        Err(nix::Error::EINTR | nix::Error::ECONNABORTED) => continue,
-                        // Out of fds or memory for a moment: try again shortly.
-                        Err(nix::Error::EMFILE | nix::Error::ENFILE | nix::Error::ENOMEM | nix::Error::ENOBUFS) => {
-                            std::thread::sleep(Duration::from_millis(20));
-                            continue;
-                        }
-                        // Shut down by the guard (EINVAL), or broken: stop serving.
-                        Err(_) => return,
-                    };
-                    // Each client on a thread of its own with its own
-                    // deadline: one that connects and never sends delays
-                    // nobody else.
-                    if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
-                        in_flight.fetch_sub(1, Ordering::AcqRel);
-                        let _ = send(conn.as_raw_fd(), b"rootless port failed to decode ports: too many reload requests at once", MsgFlags::MSG_NOSIGNAL);
-                        continue;
-                    }
-                    let (target, counter) = (target.clone(), in_flight.clone());
-                    let spawned = std::thread::Builder::new()
-                        .name("rootlessport-reload-client".into())
-                        .stack_size(64 << 10)
-                        .spawn(move || {
-                            answer(&conn, &target);
-                            counter.fetch_sub(1, Ordering::AcqRel);
-                        });
-                    if spawned.is_err() {
-                        in_flight.fetch_sub(1, Ordering::AcqRel);
-                    }
-                }
-            })
-            .map_err(|e| ReloadError::Socket {
-                action: "start a thread for",
-                path: path.clone(),
-                source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
-            })?;
         Ok(ReloadGuard { file, waker })
     }
 }
@@ -247,44 +168,24 @@ impl ReloadGuard {
 
 impl Drop for ReloadGuard {
     fn drop(&mut self) {
-        // Wakes the blocked accept with EINVAL.
-        let _ =
-            nix::sys::socket::shutdown(self.waker.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        seqpacket::stop(&self.waker);
         // `file` removes the socket file as it drops.
     }
 }
 
-#[allow(unsafe_code)]
-fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: accept4 just returned this descriptor and nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-/// Reads one request (within [`CLIENT_DEADLINE`]) and answers it.
+/// Reads one request and answers `OK` or the error.
 fn answer(conn: &OwnedFd, target: &Target) {
-    let _ = setsockopt(
-        conn,
-        sockopt::ReceiveTimeout,
-        &TimeVal::new(CLIENT_DEADLINE.as_secs() as i64, 0),
-    );
-    let _ = setsockopt(
-        conn,
-        sockopt::SendTimeout,
-        &TimeVal::new(CLIENT_DEADLINE.as_secs() as i64, 0),
-    );
     let answer = match handle(conn, target) {
         Ok(()) => "OK".to_owned(),
         Err(text) => text,
     };
-    let _ = send(conn.as_raw_fd(), answer.as_bytes(), MsgFlags::MSG_NOSIGNAL);
+    seqpacket::send_answer(conn, answer.as_bytes());
 }
 
 fn handle(conn: &OwnedFd, target: &Target) -> Result<(), String> {
-    let mut buf = [0u8; 4096];
-    let n = recv(conn.as_raw_fd(), &mut buf, MsgFlags::empty())
+    let request = seqpacket::read_request(conn, 4096)
         .map_err(|e| format!("rootless port failed to decode ports: {e}"))?;
-    let ip: String = serde_json::from_slice(&buf[..n])
+    let ip: String = serde_json::from_slice(&request)
         .map_err(|e| format!("rootless port failed to decode ports: {e}"))?;
     let ip = parse_child_ip(&ip).map_err(|e| format!("rootless port failed to add port: {e}"))?;
     target.set(ip);

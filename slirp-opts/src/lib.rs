@@ -8,6 +8,7 @@ mod addr;
 mod argv;
 mod json;
 mod options;
+pub mod portctl;
 mod ports;
 pub mod rootlessport;
 mod spec;

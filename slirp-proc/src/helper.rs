@@ -284,6 +284,11 @@ fn collect_line(out: std::process::ChildStdout) -> mpsc::Receiver<Vec<u8>> {
 }
 
 impl Helper {
+    /// The binary it runs.
+    pub fn program(&self) -> &std::path::Path {
+        &self.program
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.proc.pid()

@@ -38,12 +38,14 @@
 //! ```
 
 mod binary;
+pub mod control;
 mod portfwd;
 mod setup;
 
 pub use binary::{detect_features, find_binary, BinaryError, HELP_TIMEOUT};
 pub use portfwd::{
-    resolve_forwarder, ForwarderChoice, ForwarderInfo, PortForwardError, PortForwarder,
+    resolve_forwarder, ForwarderChoice, ForwarderInfo, PortChangeError, PortForwardError,
+    PortForwarder,
 };
 pub use setup::{plan, setup, ForwardInfo, Network, Plan, SetupError, SetupInfo, SetupOptions};
 

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
+use slirp_opts::portctl::{PortKey, Reply, Request};
 use slirp_opts::rootlessport::Config;
+use slirp_opts::{Forward, PortMapping};
 use slirp_proc::{Helper, HelperCommand, HelperError};
 
 /// Who forwards the host ports with port_handler=rootlesskit.
@@ -71,6 +73,9 @@ pub enum PortForwardError {
     #[cfg(feature = "in-process")]
     #[error("in-process port forwarder: {0}")]
     InProcess(#[from] rootlessport::StartError),
+    /// The private directory for the forwarder's control socket.
+    #[error("failed to create a directory for the port forwarder's control socket: {0}")]
+    ControlDir(std::io::Error),
     /// The in-process forwarder's thread or pipe could not be made.
     #[cfg(feature = "in-process")]
     #[error("in-process port forwarder: failed to start its thread: {0}")]
@@ -121,6 +126,50 @@ pub fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, Port
     }
 }
 
+/// Why the forwarded ports could not be changed. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PortChangeError {
+    /// A mapping is invalid.
+    #[error(transparent)]
+    Mapping(#[from] slirp_opts::PortError),
+    /// The forward exists already.
+    #[error("{0} is forwarded already")]
+    AlreadyForwarded(PortKey),
+    /// The forward does not exist.
+    #[error("{0} is not forwarded")]
+    NotForwarded(PortKey),
+    /// slirp4netns forwards only IPv4 host addresses.
+    #[error("port_handler=slirp4netns can only listen on IPv4 host addresses, not {0}")]
+    Ipv6HostAddress(PortKey),
+    /// slirp4netns refused a forward.
+    #[error("slirp4netns cannot forward {key}: {source}")]
+    Api {
+        /// The forward.
+        key: PortKey,
+        /// Its API's error.
+        source: slirp_api::ApiError,
+    },
+    /// The forwarder refused, with its own words.
+    #[error("{forwarder}: {message}")]
+    Refused {
+        /// The forwarder (a binary's path, or in-process).
+        forwarder: String,
+        /// Its message.
+        message: String,
+    },
+    /// The forwarder cannot change ports while it runs (podman's Go helper
+    /// has no control socket).
+    #[error("the port forwarder {} cannot change ports while it runs (no control socket); restart with the new ports, or use our rootlessport", .0.display())]
+    Unsupported(PathBuf),
+    /// Talking to the forwarder failed.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    /// Starting a forwarder for the first ports failed.
+    #[error(transparent)]
+    Start(#[from] PortForwardError),
+}
+
 /// A running port forwarder. Dropping it stops it.
 #[derive(Debug)]
 pub struct PortForwarder {
@@ -129,7 +178,7 @@ pub struct PortForwarder {
 
 #[derive(Debug)]
 enum Running {
-    Helper(Helper),
+    Helper(Helper, Control),
     #[cfg(feature = "in-process")]
     InProcess(inprocess::InProcess),
 }
@@ -153,7 +202,9 @@ impl PortForwarder {
     ) -> Result<Self, PortForwardError> {
         let running = match forwarder {
             ForwarderInfo::Binary { path, .. } => {
-                Running::Helper(start_helper(path, &config, userns, timeout)?)
+                let control = Control::new()?;
+                let helper = start_helper(path, &config, userns, timeout, &control.socket)?;
+                Running::Helper(helper, control)
             }
             #[cfg(feature = "in-process")]
             ForwarderInfo::InProcess => Running::InProcess(inprocess::InProcess::start(config)?),
@@ -166,7 +217,7 @@ impl PortForwarder {
     /// The helper's process id; `None` in-process.
     pub fn pid(&self) -> Option<u32> {
         match &self.running {
-            Running::Helper(h) => Some(h.pid()),
+            Running::Helper(h, _) => Some(h.pid()),
             #[cfg(feature = "in-process")]
             Running::InProcess(_) => None,
         }
@@ -176,7 +227,7 @@ impl PortForwarder {
     /// SIGKILL and is reaped; in-process, the forwarder's threads end.
     pub fn stop(self) {
         match self.running {
-            Running::Helper(h) => {
+            Running::Helper(h, _control) => {
                 let _ = h.stop(Duration::from_secs(2));
             }
             #[cfg(feature = "in-process")]
@@ -185,17 +236,110 @@ impl PortForwarder {
     }
 }
 
+/// Our rootlessport's control socket (see `ROOTLESSPORT_CONTROL_SOCKET`), in
+/// a private directory removed with the forwarder.
+#[derive(Debug)]
+struct Control {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Control {
+    fn new() -> Result<Self, PortForwardError> {
+        let dir = tempfile::Builder::new()
+            .prefix("slirpnet-fwd-")
+            .tempdir_in(crate::setup::runtime_dir())
+            .map_err(PortForwardError::ControlDir)?;
+        let socket = dir.path().join("control.sock");
+        Ok(Control { _dir: dir, socket })
+    }
+}
+
+/// How long a forwarder may take to answer a port change.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl PortForwarder {
+    fn name(&self) -> String {
+        match &self.running {
+            Running::Helper(h, _) => h.program().display().to_string(),
+            #[cfg(feature = "in-process")]
+            Running::InProcess(_) => "in-process port forwarder".into(),
+        }
+    }
+
+    fn ask(&self, req: &Request) -> Result<Vec<Forward>, PortChangeError> {
+        match &self.running {
+            Running::Helper(h, control) => {
+                if !control.socket.exists() {
+                    return Err(PortChangeError::Unsupported(h.program().to_owned()));
+                }
+                match crate::control::request(&control.socket, req, CHANGE_TIMEOUT)? {
+                    Reply::Ok { forwards } => Ok(forwards.into_iter().map(Forward::from).collect()),
+                    Reply::Error { message } => Err(PortChangeError::Refused {
+                        forwarder: self.name(),
+                        message,
+                    }),
+                    other => Err(PortChangeError::Refused {
+                        forwarder: self.name(),
+                        message: format!("unexpected reply {other:?}"),
+                    }),
+                }
+            }
+            #[cfg(feature = "in-process")]
+            Running::InProcess(p) => p.ask(req).map_err(|e| PortChangeError::Refused {
+                forwarder: self.name(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Every forward it serves now.
+    ///
+    /// # Errors
+    ///
+    /// It cannot be asked (no control socket, gone).
+    pub fn list(&self) -> Result<Vec<Forward>, PortChangeError> {
+        self.ask(&Request::List)
+    }
+
+    /// Adds `mappings` while it serves: all or none. Returns every forward.
+    ///
+    /// # Errors
+    ///
+    /// It refused (a port in use, already forwarded, ...) or cannot be asked.
+    pub fn add(&self, mappings: &[PortMapping]) -> Result<Vec<Forward>, PortChangeError> {
+        self.ask(&Request::Add {
+            mappings: mappings.to_vec(),
+        })
+    }
+
+    /// Removes `ports` while it serves: all or none. Returns every forward.
+    ///
+    /// # Errors
+    ///
+    /// It refused (not forwarded) or cannot be asked.
+    pub fn remove(&self, ports: &[PortKey]) -> Result<Vec<Forward>, PortChangeError> {
+        self.ask(&Request::Remove {
+            ports: ports.to_vec(),
+        })
+    }
+}
+
 fn start_helper(
     binary: &Path,
     config: &Config,
     userns: Option<&Path>,
     timeout: Duration,
+    control: &Path,
 ) -> Result<Helper, PortForwardError> {
     // Config is plain data; serializing it cannot fail.
     let stdin = serde_json::to_vec(config).unwrap_or_default();
     let mut cmd = HelperCommand::new(binary, "rootlessport", stdin);
     cmd.join_userns = userns.map(Path::to_owned);
     cmd.ready_timeout = timeout;
+    // Our rootlessport serves port changes there; another forwarder ignores it.
+    cmd.env
+        .push(("ROOTLESSPORT_CONTROL_SOCKET".into(), control.into()));
     if std::env::var_os("ROOTLESSPORT_LOG").is_none() {
         cmd.env.push(("ROOTLESSPORT_LOG".into(), "warn".into()));
     }
@@ -216,6 +360,7 @@ mod inprocess {
     use std::os::fd::OwnedFd;
     use std::thread::JoinHandle;
 
+    use slirp_opts::portctl::Request;
     use slirp_opts::rootlessport::Config;
 
     use super::PortForwardError;
@@ -226,11 +371,13 @@ mod inprocess {
     pub(super) struct InProcess {
         exit: Option<OwnedFd>,
         thread: Option<JoinHandle<()>>,
+        handle: rootlessport::ForwarderHandle,
     }
 
     impl InProcess {
         pub(super) fn start(config: Config) -> Result<Self, PortForwardError> {
             let forwarder = rootlessport::Forwarder::start(config.validate()?)?;
+            let handle = forwarder.handle();
             let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| PortForwardError::Thread(e.into()))?;
             let thread = std::thread::Builder::new()
@@ -244,7 +391,19 @@ mod inprocess {
             Ok(InProcess {
                 exit: Some(write),
                 thread: Some(thread),
+                handle,
             })
+        }
+
+        pub(super) fn ask(
+            &self,
+            req: &Request,
+        ) -> Result<Vec<slirp_opts::Forward>, rootlessport::PortChangeError> {
+            match req {
+                Request::Add { mappings } => self.handle.add(mappings),
+                Request::Remove { ports } => self.handle.remove(ports),
+                _ => self.handle.list(),
+            }
         }
 
         pub(super) fn stop(mut self) {

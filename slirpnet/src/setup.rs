@@ -401,7 +401,7 @@ pub fn setup(target: Target, opts: &SetupOptions) -> Result<Network, SetupError>
 
 /// Where the API socket's directory goes: $XDG_RUNTIME_DIR when set and
 /// short enough, else the temporary directory.
-fn runtime_dir() -> PathBuf {
+pub(crate) fn runtime_dir() -> PathBuf {
     std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir() && p.as_os_str().len() < 64)

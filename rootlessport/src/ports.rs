@@ -1,0 +1,242 @@
+//! The set of forwarded ports while serving, and a handle to change it:
+//! ports added start at once (all or none), ports removed stop accepting at
+//! once while their open connections carry on.
+
+use std::io;
+use std::sync::mpsc as std_mpsc;
+
+use slirp_opts::portctl::PortKey;
+use slirp_opts::{expand_all, Forward, PortError, PortMapping, Protocol};
+use socket2::Socket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::factory::SocketFactory;
+use crate::listen::{listen, ListenError};
+use crate::target::Target;
+use crate::{tcp, udp};
+
+/// Why ports could not be changed. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PortChangeError {
+    /// A mapping is invalid.
+    #[error(transparent)]
+    Mapping(#[from] PortError),
+    /// The forward is there already.
+    #[error("{0} is forwarded already")]
+    AlreadyForwarded(PortKey),
+    /// The forward is not there.
+    #[error("{0} is not forwarded")]
+    NotForwarded(PortKey),
+    /// A host port cannot be listened on (in use, privileged, ...).
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// A listener could not join the event loop.
+    #[error("failed to serve {key}: {source}")]
+    Register {
+        /// The forward.
+        key: PortKey,
+        /// The error.
+        source: io::Error,
+    },
+    /// The forwarder is no longer serving.
+    #[error("the forwarder has stopped")]
+    Stopped,
+}
+
+type Reply<T> = std_mpsc::Sender<Result<T, PortChangeError>>;
+
+/// What the handle asks the event loop.
+pub(crate) enum Command {
+    List(Reply<Vec<Forward>>),
+    Add(Vec<Forward>, Reply<Vec<Forward>>),
+    Remove(Vec<PortKey>, Reply<Vec<Forward>>),
+}
+
+/// Changes the ports of a serving [`Forwarder`](crate::Forwarder) from
+/// any other thread. Calls block until the event loop has answered; do not
+/// call them on the forwarder's own thread.
+#[derive(Debug, Clone)]
+pub struct ForwarderHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl ForwarderHandle {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<Command>) -> Self {
+        ForwarderHandle { tx }
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, PortChangeError> {
+        let (tx, rx) = std_mpsc::channel();
+        self.tx
+            .send(make(tx))
+            .map_err(|_| PortChangeError::Stopped)?;
+        rx.recv().map_err(|_| PortChangeError::Stopped)?
+    }
+
+    /// Every forward now, in the order they were added.
+    ///
+    /// # Errors
+    ///
+    /// [`PortChangeError::Stopped`] when the forwarder no longer serves.
+    pub fn list(&self) -> Result<Vec<Forward>, PortChangeError> {
+        self.ask(Command::List)
+    }
+
+    /// Forwards `mappings` too, at once: every host port is bound before
+    /// any is served, so either all are added or none. Returns every
+    /// forward now.
+    ///
+    /// # Errors
+    ///
+    /// A mapping is invalid or claims a forward that exists, or a host port
+    /// cannot be listened on; nothing was added.
+    pub fn add(&self, mappings: &[PortMapping]) -> Result<Vec<Forward>, PortChangeError> {
+        let forwards = expand_all(mappings)?;
+        self.ask(|reply| Command::Add(forwards, reply))
+    }
+
+    /// Stops forwarding `ports`: their listeners close at once, connections
+    /// already open carry on until they end. Either all are removed or
+    /// none. Returns every forward now.
+    ///
+    /// # Errors
+    ///
+    /// A port is not forwarded; nothing was removed.
+    pub fn remove(&self, ports: &[PortKey]) -> Result<Vec<Forward>, PortChangeError> {
+        self.ask(|reply| Command::Remove(ports.to_vec(), reply))
+    }
+}
+
+/// The forwards being served, each with its listener task.
+pub(crate) struct Ports {
+    served: Vec<(Forward, JoinHandle<()>)>,
+    target: Target,
+    factory: SocketFactory,
+    pipes: tcp::PipePool,
+}
+
+impl Drop for Ports {
+    fn drop(&mut self) {
+        for (_, task) in &self.served {
+            task.abort();
+        }
+    }
+}
+
+impl Ports {
+    pub(crate) fn new(target: Target, factory: SocketFactory, pipes: tcp::PipePool) -> Self {
+        Ports {
+            served: Vec::new(),
+            target,
+            factory,
+            pipes,
+        }
+    }
+
+    fn forwards(&self) -> Vec<Forward> {
+        self.served.iter().map(|(f, _)| *f).collect()
+    }
+
+    /// Starts serving listeners bound already. Must run inside the runtime.
+    pub(crate) fn serve(&mut self, bound: Vec<(Forward, Socket)>) -> Result<(), PortChangeError> {
+        // Register every one with the event loop before spawning any, so a
+        // failure leaves nothing half-served.
+        let mut ready = Vec::with_capacity(bound.len());
+        for (fwd, socket) in bound {
+            let key = PortKey::from(&fwd);
+            let register = |source| PortChangeError::Register { key, source };
+            let listener = match fwd.proto {
+                Protocol::Tcp => Listener::Tcp(
+                    tokio::net::TcpListener::from_std(socket.into()).map_err(register)?,
+                ),
+                Protocol::Udp => {
+                    Listener::Udp(tokio::net::UdpSocket::from_std(socket.into()).map_err(register)?)
+                }
+            };
+            ready.push((fwd, listener));
+        }
+        for (fwd, listener) in ready {
+            let (target, factory) = (self.target.clone(), self.factory.clone());
+            let task = match listener {
+                Listener::Tcp(l) => tokio::spawn(tcp::serve(
+                    l,
+                    fwd.container_port,
+                    target,
+                    factory,
+                    self.pipes.clone(),
+                )),
+                Listener::Udp(s) => {
+                    tokio::spawn(udp::serve(s, fwd.container_port, target, factory))
+                }
+            };
+            self.served.push((fwd, task));
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, forwards: Vec<Forward>) -> Result<(), PortChangeError> {
+        for fwd in &forwards {
+            let key = PortKey::from(fwd);
+            if self.served.iter().any(|(f, _)| key.matches(f)) {
+                return Err(PortChangeError::AlreadyForwarded(key));
+            }
+        }
+        // Bind all first: a port in use fails the whole request.
+        let bound = forwards
+            .into_iter()
+            .map(|f| listen(&f).map(|s| (f, s)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.serve(bound)
+    }
+
+    fn remove(&mut self, keys: Vec<PortKey>) -> Result<(), PortChangeError> {
+        if let Some(missing) = keys
+            .iter()
+            .find(|k| !self.served.iter().any(|(f, _)| k.matches(f)))
+        {
+            return Err(PortChangeError::NotForwarded(*missing));
+        }
+        self.served.retain(|(f, task)| {
+            let gone = keys.iter().any(|k| k.matches(f));
+            if gone {
+                // The listener closes; connection tasks are spawned apart
+                // from it and carry on.
+                task.abort();
+            }
+            !gone
+        });
+        Ok(())
+    }
+
+    /// Answers one command.
+    pub(crate) fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::List(reply) => {
+                let _ = reply.send(Ok(self.forwards()));
+            }
+            Command::Add(forwards, reply) => {
+                let n = forwards.len();
+                let r = self.add(forwards).map(|()| self.forwards());
+                if r.is_ok() {
+                    tracing::info!(added = n, "forwarding more ports");
+                }
+                let _ = reply.send(r);
+            }
+            Command::Remove(keys, reply) => {
+                let n = keys.len();
+                let r = self.remove(keys).map(|()| self.forwards());
+                if r.is_ok() {
+                    tracing::info!(removed = n, "stopped forwarding ports");
+                }
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
