@@ -105,7 +105,12 @@ pub enum ArgvError {
 }
 
 /// Which network namespace slirp4netns attaches to.
+///
+/// `#[non_exhaustive]`, as slirp4netns's `--netns-type` may name more kinds:
+/// read it through [`Target::netns_path`] and [`Target::userns_path`] rather
+/// than a `match`, which needs a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Target {
     /// A namespace file (`--netns-type=path`), optionally with the user
     /// namespace to join (`--userns-path`).
