@@ -5,17 +5,50 @@
 //! This is the only crate of the workspace that calls `setns(2)`. It never
 //! switches the caller's thread: work runs on a short-lived thread that enters
 //! the namespace and ends there (or, for a user namespace, in a child between
-//! fork and exec: [`join_userns_before_exec`]). Sockets and children made on that thread keep
-//! the namespace after it ends.
+//! fork and exec: [`join_userns_before_exec`]). Sockets and children made on
+//! that thread keep the namespace after it ends.
 //!
-//! ```no_run
-//! use netns_util::Netns;
+//! ```
+//! use netns_util::{has_cap, Capability, Netns, NetnsError};
 //!
-//! let ns = Netns::open("/run/netns/demo")?;
-//! // A listener inside the namespace, usable from any thread afterwards.
-//! let listener = ns.run(|| std::net::TcpListener::bind("0.0.0.0:80"))??;
+//! // Our own network namespace: opening one needs no privilege.
+//! let ns = Netns::current()?;
+//! assert_eq!(ns.id()?, Netns::open("/proc/self/ns/net")?.id()?);
+//!
+//! // What is not a network namespace is refused when opened.
+//! let err = Netns::open("/proc/self/ns/uts").unwrap_err();
+//! assert!(matches!(err, NetnsError::NotANetworkNamespace { .. }));
+//!
+//! // A listener made inside the namespace, usable from any thread
+//! // afterwards. Joining needs CAP_SYS_ADMIN over the namespace.
+//! match ns.run(|| std::net::TcpListener::bind("127.0.0.1:0")) {
+//!     Ok(listener) => println!("listening on {}", listener?.local_addr()?),
+//!     Err(NetnsError::Privilege(e)) => {
+//!         assert!(!has_cap(Capability::CAP_SYS_ADMIN));
+//!         assert_eq!(e.cap, Capability::CAP_SYS_ADMIN);
+//!         println!("{e}"); // joining network namespace ... needs CAP_SYS_ADMIN ...
+//!     }
+//!     Err(e) => return Err(e.into()),
+//! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Errors
+//!
+//! Each error's message is complete: when a system call fails, the message
+//! ends with the OS error's text, and [`source`](std::error::Error::source)
+//! returns `None`, so that a printer walking the chain (such as anyhow's
+//! `{:#}`) does not repeat it. The OS error stays reachable as the variant's
+//! `error` field (a [`std::io::Error`]). Variants marked
+//! `#[error(transparent)]` ([`NetnsError::Privilege`],
+//! [`IfaceError::Netns`], [`PersistError::Privilege`]) are the inner error
+//! itself.
+//!
+//! # Re-exports
+//!
+//! [`Capability`] is the `caps` crate's, re-exported so that [`has_cap`],
+//! [`require_cap`] and [`PrivilegeError::cap`] can be used without depending
+//! on `caps`.
 
 mod iface;
 mod ns;
@@ -23,8 +56,14 @@ mod persist;
 mod prefork;
 mod privilege;
 
+pub use caps::Capability;
 pub use iface::{interface_info, Counters, IfaceError, InterfaceInfo};
 pub use ns::{Netns, NetnsError};
 pub use persist::{create_persistent, remove_persistent, PersistError};
 pub use prefork::join_userns_before_exec;
 pub use privilege::{has_cap, require_cap, PrivilegeError};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,5 +1,7 @@
 //! Opening a network namespace file and running work inside it.
 
+use std::any::Any;
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -12,14 +14,15 @@ use crate::privilege::{has_cap, PrivilegeError};
 
 /// A failure to open or enter a network namespace.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NetnsError {
     /// The path cannot be opened.
-    #[error("failed to open network namespace {path}: {source}")]
+    #[error("failed to open network namespace {path}: {error}")]
     Open {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: io::Error,
     },
     /// The file is not a namespace file: `found` says what it is instead
     /// ("a FIFO", "a directory", "a regular file", ...).
@@ -42,20 +45,36 @@ pub enum NetnsError {
     #[error(transparent)]
     Privilege(#[from] PrivilegeError),
     /// `setns` failed otherwise.
-    #[error("failed to join network namespace {path}: {source}")]
+    #[error("failed to join network namespace {path}: {error}")]
     Join {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: Errno,
+        error: io::Error,
     },
-    /// The thread running the work could not be started or panicked.
-    #[error("the thread entering network namespace {path} failed: {reason}")]
-    Thread {
+    /// The open namespace file cannot be looked at ([`Netns::id`]).
+    #[error("failed to stat network namespace {path}: {error}")]
+    Stat {
         /// The path.
         path: PathBuf,
-        /// What happened.
-        reason: String,
+        /// The error.
+        error: io::Error,
+    },
+    /// The thread that would enter the namespace could not be started.
+    #[error("failed to start a thread for network namespace {path}: {error}")]
+    Spawn {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        error: io::Error,
+    },
+    /// The thread inside the namespace panicked.
+    #[error("the thread in network namespace {path} panicked: {message}")]
+    Panicked {
+        /// The path.
+        path: PathBuf,
+        /// The panic's message.
+        message: String,
     },
 }
 
@@ -75,6 +94,7 @@ impl Netns {
     /// Never blocks: what is not a regular file (a FIFO, a socket, a
     /// device, a directory) is refused from its `stat` before any open, and
     /// the open itself is non-blocking in case the path changes in between.
+    /// Opening needs no privilege beyond read access to the file.
     ///
     /// # Errors
     ///
@@ -84,9 +104,9 @@ impl Netns {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
         use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
         let path = path.as_ref().to_owned();
-        let open_err = |source| NetnsError::Open {
+        let open_err = |error| NetnsError::Open {
             path: path.clone(),
-            source,
+            error,
         };
         let meta = std::fs::metadata(&path).map_err(open_err)?;
         let ft = meta.file_type();
@@ -135,6 +155,10 @@ impl Netns {
     }
 
     /// The namespace of the calling thread (`/proc/thread-self/ns/net`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Netns::open`]; in practice only when `/proc` is not mounted.
     pub fn current() -> Result<Self, NetnsError> {
         Netns::open("/proc/thread-self/ns/net")
     }
@@ -149,6 +173,14 @@ impl Netns {
     ///
     /// The thread ends when `work` returns; sockets it opened and children it
     /// spawned stay in the namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`NetnsError::Privilege`] without CAP_SYS_ADMIN over the namespace,
+    /// [`NetnsError::Join`] when `setns` fails otherwise,
+    /// [`NetnsError::Spawn`] when no thread can be started, and
+    /// [`NetnsError::Panicked`] when `work` panics. `work` runs only once
+    /// the thread is inside.
     pub fn run<T, F>(&self, work: F) -> Result<T, NetnsError>
     where
         F: FnOnce() -> T + Send,
@@ -161,13 +193,13 @@ impl Netns {
                     self.join_current_thread()?;
                     Ok(work())
                 })
-                .map_err(|e| NetnsError::Thread {
+                .map_err(|error| NetnsError::Spawn {
                     path: self.path.clone(),
-                    reason: e.to_string(),
+                    error,
                 })?;
-            handle.join().map_err(|panic| NetnsError::Thread {
+            handle.join().map_err(|panic| NetnsError::Panicked {
                 path: self.path.clone(),
-                reason: panic_text(&panic),
+                message: panic_message(&panic),
             })?
         })
     }
@@ -176,6 +208,12 @@ impl Netns {
     /// then runs `work`. Returns once the thread is inside (or failed to get
     /// there), so a missing privilege is reported here, not later. The
     /// handle yields `None` only when joining failed (and `work` never ran).
+    ///
+    /// # Errors
+    ///
+    /// [`NetnsError::Open`] when the namespace file cannot be duplicated for
+    /// the thread, and otherwise as [`Netns::run`] (a panic of `work` itself
+    /// comes out of the handle's `join`, not here).
     pub fn spawn<T, F>(
         &self,
         name: &str,
@@ -185,9 +223,9 @@ impl Netns {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let file = self.file.try_clone().map_err(|source| NetnsError::Open {
+        let file = self.file.try_clone().map_err(|error| NetnsError::Open {
             path: self.path.clone(),
-            source,
+            error,
         })?;
         let owned = Netns {
             file,
@@ -205,16 +243,20 @@ impl Netns {
                 // run outside the namespace.
                 ok.then(work)
             })
-            .map_err(|e| NetnsError::Thread {
+            .map_err(|error| NetnsError::Spawn {
                 path: self.path.clone(),
-                reason: e.to_string(),
+                error,
             })?;
         match joined_rx.recv() {
             Ok(Ok(())) => Ok(handle),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(NetnsError::Thread {
+            // The thread ended without a word: it panicked while joining.
+            Err(_) => Err(NetnsError::Panicked {
                 path: self.path.clone(),
-                reason: "the thread ended before joining".into(),
+                message: match handle.join() {
+                    Err(panic) => panic_message(&panic),
+                    Ok(_) => "it ended before joining the namespace".into(),
+                },
             }),
         }
     }
@@ -222,34 +264,40 @@ impl Netns {
     /// Moves the calling thread into this namespace for good. Meant for a
     /// thread that lives only to do work there.
     fn join_current_thread(&self) -> Result<(), NetnsError> {
-        setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|source| match source {
+        let action = || format!("joining network namespace {}", self.path.display());
+        setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|errno| match errno {
             Errno::EPERM if !has_cap(Capability::CAP_SYS_ADMIN) => {
-                NetnsError::Privilege(PrivilegeError {
-                    action: format!("joining network namespace {}", self.path.display()),
-                    cap: Capability::CAP_SYS_ADMIN.to_string(),
-                    scope: "in the namespace's owning user namespace",
-                })
+                NetnsError::Privilege(PrivilegeError::new(
+                    action(),
+                    Capability::CAP_SYS_ADMIN,
+                    "in the namespace's owning user namespace",
+                ))
             }
-            Errno::EPERM => NetnsError::Privilege(PrivilegeError {
-                action: format!("joining network namespace {}", self.path.display()),
-                cap: Capability::CAP_SYS_ADMIN.to_string(),
-                scope: "in the namespace's owning user namespace (this process has it only in its own)",
-            }),
+            Errno::EPERM => NetnsError::Privilege(PrivilegeError::new(
+                action(),
+                Capability::CAP_SYS_ADMIN,
+                "in the namespace's owning user namespace (this process has it only in its own)",
+            )),
             Errno::EINVAL => NetnsError::NotANetworkNamespace {
                 path: self.path.clone(),
             },
-            source => NetnsError::Join {
+            errno => NetnsError::Join {
                 path: self.path.clone(),
-                source,
+                error: errno.into(),
             },
         })
     }
 
-    /// The `(device, inode)` identity of the namespace.
+    /// The `(device, inode)` identity of the namespace: two `Netns` are the
+    /// same namespace exactly when their ids are equal.
+    ///
+    /// # Errors
+    ///
+    /// [`NetnsError::Stat`] when `fstat` fails on the open file.
     pub fn id(&self) -> Result<(u64, u64), NetnsError> {
-        let st = nix::sys::stat::fstat(&self.file).map_err(|e| NetnsError::Open {
+        let st = nix::sys::stat::fstat(&self.file).map_err(|e| NetnsError::Stat {
             path: self.path.clone(),
-            source: e.into(),
+            error: e.into(),
         })?;
         Ok((st.st_dev, st.st_ino))
     }
@@ -268,12 +316,28 @@ fn nstype(fd: BorrowedFd<'_>) -> nix::Result<i32> {
     unsafe { ns_get_nstype(fd.as_raw_fd()) }
 }
 
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+/// The text a panic was raised with.
+pub(crate) fn panic_message(panic: &Box<dyn Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
-        format!("panicked: {s}")
+        (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {
-        format!("panicked: {s}")
+        s.clone()
     } else {
-        "panicked".into()
+        "(a panic without a message)".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages_of_every_payload() {
+        let payload: Box<dyn Any + Send> = Box::new("boom");
+        assert_eq!(panic_message(&payload), "boom");
+        let payload: Box<dyn Any + Send> = Box::new(format!("boom {}", 2));
+        assert_eq!(panic_message(&payload), "boom 2");
+        let payload: Box<dyn Any + Send> = Box::new(7u8);
+        assert_eq!(panic_message(&payload), "(a panic without a message)");
     }
 }

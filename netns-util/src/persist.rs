@@ -1,5 +1,6 @@
 //! Persistent network namespaces bind-mounted at a path, like `ip netns add`.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -8,10 +9,12 @@ use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
+use crate::ns::panic_message;
 use crate::privilege::{require_cap, PrivilegeError};
 
 /// A failure to create or remove a persistent namespace.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PersistError {
     /// Missing privilege.
     #[error(transparent)]
@@ -23,51 +26,74 @@ pub enum PersistError {
         path: PathBuf,
     },
     /// Creating the directory or the mount point failed.
-    #[error("failed to create {path}: {source}")]
+    #[error("failed to create {path}: {error}")]
     CreateFile {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: io::Error,
     },
     /// unshare(CLONE_NEWNET) failed.
-    #[error("failed to create a network namespace: {0}")]
-    Unshare(Errno),
+    #[error("failed to create a network namespace for {path}: {error}")]
+    Unshare {
+        /// The path it was meant for.
+        path: PathBuf,
+        /// The error.
+        error: io::Error,
+    },
     /// The bind mount failed.
-    #[error("failed to bind-mount the new network namespace at {path}: {source}")]
+    #[error("failed to bind-mount the new network namespace at {path}: {error}")]
     Mount {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: Errno,
+        error: io::Error,
     },
     /// Unmounting failed.
-    #[error("failed to unmount network namespace {path}: {source}")]
+    #[error("failed to unmount network namespace {path}: {error}")]
     Unmount {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: Errno,
+        error: io::Error,
     },
     /// Removing the mount point failed.
-    #[error("failed to remove {path}: {source}")]
+    #[error("failed to remove {path}: {error}")]
     Remove {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: io::Error,
     },
-    /// The worker thread failed.
-    #[error("the thread creating network namespace {path} panicked")]
-    Thread {
+    /// The thread that makes the namespace could not be started.
+    #[error("failed to start a thread to create network namespace {path}: {error}")]
+    Spawn {
         /// The path.
         path: PathBuf,
+        /// The error.
+        error: io::Error,
+    },
+    /// The thread that makes the namespace panicked.
+    #[error("the thread creating network namespace {path} panicked: {message}")]
+    Panicked {
+        /// The path.
+        path: PathBuf,
+        /// The panic's message.
+        message: String,
     },
 }
 
 /// Creates a new network namespace and bind-mounts it at `path` (creating
 /// the parent directory), so it outlives this process. On failure nothing is
 /// left at `path`.
+///
+/// # Errors
+///
+/// [`PersistError::Privilege`] without CAP_SYS_ADMIN,
+/// [`PersistError::Exists`] when something is at `path` (it is left alone),
+/// and one variant for each step that fails: [`PersistError::CreateFile`],
+/// [`PersistError::Spawn`], [`PersistError::Unshare`],
+/// [`PersistError::Mount`], [`PersistError::Panicked`].
 pub fn create_persistent(path: &Path) -> Result<(), PersistError> {
     require_cap(
         Capability::CAP_SYS_ADMIN,
@@ -80,45 +106,54 @@ pub fn create_persistent(path: &Path) -> Result<(), PersistError> {
         });
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| PersistError::CreateFile {
+        std::fs::create_dir_all(parent).map_err(|error| PersistError::CreateFile {
             path: parent.to_owned(),
-            source,
+            error,
         })?;
     }
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::AlreadyExists => PersistError::Exists {
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::AlreadyExists => PersistError::Exists {
                 path: path.to_owned(),
             },
             _ => PersistError::CreateFile {
                 path: path.to_owned(),
-                source,
+                error,
             },
         })?;
     // A thread of its own unshares its network namespace (allowed in a
     // multi-threaded process, unlike mount or user namespaces) and binds it.
     let made = std::thread::scope(|s| {
-        s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(PersistError::Unshare)?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|source| PersistError::Mount {
-                path: path.to_owned(),
-                source,
+        let thread = std::thread::Builder::new()
+            .name("netns-create".into())
+            .spawn_scoped(s, || {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(|errno| PersistError::Unshare {
+                    path: path.to_owned(),
+                    error: errno.into(),
+                })?;
+                mount(
+                    Some("/proc/thread-self/ns/net"),
+                    path,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|errno| PersistError::Mount {
+                    path: path.to_owned(),
+                    error: errno.into(),
+                })
             })
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(PersistError::Thread {
+            .map_err(|error| PersistError::Spawn {
                 path: path.to_owned(),
+                error,
+            })?;
+        thread.join().unwrap_or_else(|panic| {
+            Err(PersistError::Panicked {
+                path: path.to_owned(),
+                message: panic_message(&panic),
             })
         })
     });
@@ -130,21 +165,28 @@ pub fn create_persistent(path: &Path) -> Result<(), PersistError> {
 
 /// Unmounts (lazily) and removes a namespace made by [`create_persistent`]
 /// (or `ip netns add`), retrying the removal for up to 2 s while it is busy.
+/// Nothing at `path` is not an error.
+///
+/// # Errors
+///
+/// [`PersistError::Privilege`] when unmounting is refused for lack of
+/// CAP_SYS_ADMIN, [`PersistError::Unmount`] when it fails otherwise, and
+/// [`PersistError::Remove`] when the file stays.
 pub fn remove_persistent(path: &Path) -> Result<(), PersistError> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) => {} // EINVAL: not a mount point (any more)
         Err(Errno::ENOENT) => return Ok(()),
         Err(Errno::EPERM) => {
-            return Err(PersistError::Privilege(PrivilegeError {
-                action: format!("unmounting network namespace {}", path.display()),
-                cap: Capability::CAP_SYS_ADMIN.to_string(),
-                scope: "in the mount namespace's owning user namespace",
-            }))
+            return Err(PersistError::Privilege(PrivilegeError::new(
+                format!("unmounting network namespace {}", path.display()),
+                Capability::CAP_SYS_ADMIN,
+                "in the mount namespace's owning user namespace",
+            )))
         }
-        Err(source) => {
+        Err(errno) => {
             return Err(PersistError::Unmount {
                 path: path.to_owned(),
-                source,
+                error: errno.into(),
             })
         }
     }
@@ -152,16 +194,16 @@ pub fn remove_persistent(path: &Path) -> Result<(), PersistError> {
     loop {
         match std::fs::remove_file(path) {
             Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e)
                 if e.raw_os_error() == Some(Errno::EBUSY as i32) && Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(source) => {
+            Err(error) => {
                 return Err(PersistError::Remove {
                     path: path.to_owned(),
-                    source,
+                    error,
                 })
             }
         }

@@ -5,13 +5,26 @@ use caps::{CapSet, Capability};
 /// A step needs a capability this process lacks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{action} needs {cap} {scope}")]
+#[non_exhaustive]
 pub struct PrivilegeError {
     /// What was being done, such as `joining network namespace /run/netns/x`.
     pub action: String,
-    /// The capability, such as `CAP_SYS_ADMIN`.
-    pub cap: String,
+    /// The capability, such as [`Capability::CAP_SYS_ADMIN`].
+    pub cap: Capability,
     /// Where it is needed, such as `in the namespace's owning user namespace`.
     pub scope: &'static str,
+}
+
+impl PrivilegeError {
+    /// `action` needs `cap` `scope`; for a caller's own checks, like
+    /// [`require_cap`] makes.
+    pub fn new(action: impl Into<String>, cap: Capability, scope: &'static str) -> Self {
+        PrivilegeError {
+            action: action.into(),
+            cap,
+            scope,
+        }
+    }
 }
 
 /// Whether the effective set holds `cap` (in this process's own user namespace).
@@ -20,6 +33,20 @@ pub fn has_cap(cap: Capability) -> bool {
 }
 
 /// `Ok` when the effective set holds `cap`, else an error naming the action.
+///
+/// ```
+/// use netns_util::{has_cap, require_cap, Capability};
+///
+/// let checked = require_cap(Capability::CAP_NET_ADMIN, "adding a route", "in this user namespace");
+/// match checked {
+///     Ok(()) => assert!(has_cap(Capability::CAP_NET_ADMIN)),
+///     Err(e) => assert_eq!(e.to_string(), "adding a route needs CAP_NET_ADMIN in this user namespace"),
+/// }
+/// ```
+///
+/// # Errors
+///
+/// A [`PrivilegeError`] when the effective set lacks `cap`.
 pub fn require_cap(
     cap: Capability,
     action: impl Into<String>,
@@ -28,10 +55,6 @@ pub fn require_cap(
     if has_cap(cap) {
         Ok(())
     } else {
-        Err(PrivilegeError {
-            action: action.into(),
-            cap: cap.to_string(),
-            scope,
-        })
+        Err(PrivilegeError::new(action, cap, scope))
     }
 }

@@ -1,4 +1,4 @@
-//! Requests, their replies, and the connection discipline slirp4netns needs.
+//! The client: requests, and the connection discipline slirp4netns needs.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown};
@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use slirp_opts::Protocol;
 
+use crate::error::{ApiError, ReplyProblem, Stage};
+use crate::hostfwd::{HostFwd, HostFwdEntry};
 use crate::reply;
 
 /// The largest request slirp4netns reads (it does one `read` of 4096 bytes and
@@ -21,137 +21,6 @@ pub const MAX_REQUEST: usize = 4095;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest reply read before giving up on a runaway peer.
 const MAX_REPLY: u64 = 16 << 20;
-
-/// A failed API call. Each variant names the operation (`add_hostfwd`, ...)
-/// and the socket path.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// The request is invalid before anything is sent.
-    #[error("invalid {op} request: {reason}")]
-    InvalidRequest {
-        /// The operation.
-        op: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The request does not fit in slirp4netns's single read.
-    #[error("{op} request is {len} bytes; the slirp4netns API accepts at most {MAX_REQUEST}")]
-    RequestTooLarge {
-        /// The operation.
-        op: String,
-        /// The request's length.
-        len: usize,
-    },
-    /// Connecting to the socket failed.
-    #[error("failed to connect to slirp4netns API socket {path}: {source}")]
-    Connect {
-        /// The socket path.
-        path: PathBuf,
-        /// The error.
-        source: io::Error,
-    },
-    /// The deadline passed.
-    #[error("{op} on slirp4netns API socket {path} timed out after {timeout:?} ({stage})")]
-    Timeout {
-        /// The operation.
-        op: String,
-        /// The socket path.
-        path: PathBuf,
-        /// The deadline.
-        timeout: Duration,
-        /// What was under way: connecting, sending or reading the reply.
-        stage: &'static str,
-    },
-    /// Writing the request failed.
-    #[error("failed to send {op} request to slirp4netns API socket {path}: {source}")]
-    Send {
-        /// The operation.
-        op: String,
-        /// The socket path.
-        path: PathBuf,
-        /// The error.
-        source: io::Error,
-    },
-    /// Reading the reply failed.
-    #[error("failed to read {op} reply from slirp4netns API socket {path}: {source}")]
-    Receive {
-        /// The operation.
-        op: String,
-        /// The socket path.
-        path: PathBuf,
-        /// The error.
-        source: io::Error,
-    },
-    /// slirp4netns answered with an error.
-    #[error("slirp4netns refused {op}: {desc}")]
-    Refused {
-        /// The operation.
-        op: String,
-        /// slirp4netns's own text, such as `bad request: add_hostfwd: slirp_add_hostfwd failed`.
-        desc: String,
-    },
-    /// The reply is not what the protocol promises.
-    #[error("malformed {op} reply from slirp4netns: {reason}: {reply:?}")]
-    MalformedReply {
-        /// The operation.
-        op: String,
-        /// What is wrong with it.
-        reason: String,
-        /// The reply (cut to 256 bytes).
-        reply: String,
-    },
-}
-
-/// A host port forward to add.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostFwd {
-    /// tcp or udp.
-    pub proto: Protocol,
-    /// The host address to listen on; `None` means 0.0.0.0. slirp4netns takes IPv4 only.
-    pub host_addr: Option<Ipv4Addr>,
-    /// The host port (not 0).
-    pub host_port: u16,
-    /// The address in the namespace; `None` means slirp4netns's guest address.
-    pub guest_addr: Option<Ipv4Addr>,
-    /// The port in the namespace (not 0).
-    pub guest_port: u16,
-}
-
-impl HostFwd {
-    /// A forward from all host addresses to the guest address.
-    pub fn new(proto: Protocol, host_port: u16, guest_port: u16) -> Self {
-        HostFwd {
-            proto,
-            host_addr: None,
-            host_port,
-            guest_addr: None,
-            guest_port,
-        }
-    }
-}
-
-/// One forward as `list_hostfwd` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostFwdEntry {
-    /// The id `add_hostfwd` returned.
-    #[serde(rename = "id")]
-    pub id: u32,
-    /// tcp or udp.
-    #[serde(rename = "proto")]
-    pub proto: Protocol,
-    /// The host address.
-    #[serde(rename = "host_addr")]
-    pub host_addr: Ipv4Addr,
-    /// The host port.
-    #[serde(rename = "host_port")]
-    pub host_port: u16,
-    /// The guest address.
-    #[serde(rename = "guest_addr")]
-    pub guest_addr: Ipv4Addr,
-    /// The guest port.
-    #[serde(rename = "guest_port")]
-    pub guest_port: u16,
-}
 
 /// A client for one slirp4netns API socket. Each call opens its own connection.
 #[derive(Debug, Clone)]
@@ -181,15 +50,18 @@ impl Client {
     }
 
     /// Adds a forward and returns its id.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::ZeroPort`] before sending anything, the errors of
+    /// [`Client::execute`], and [`ApiError::MalformedReply`] when the reply
+    /// has no positive id.
     pub fn add_hostfwd(&self, fwd: &HostFwd) -> Result<u32, ApiError> {
         const OP: &str = "add_hostfwd";
         if fwd.host_port == 0 || fwd.guest_port == 0 {
-            return Err(ApiError::InvalidRequest {
-                op: OP.into(),
-                reason: format!(
-                    "ports must not be 0 (host port {}, guest port {})",
-                    fwd.host_port, fwd.guest_port
-                ),
+            return Err(ApiError::ZeroPort {
+                host_port: fwd.host_port,
+                guest_port: fwd.guest_port,
             });
         }
         let mut args = json!({
@@ -208,6 +80,11 @@ impl Client {
 
     /// Lists the forwards. Accepts both the bare `{"entries":[...]}` that
     /// slirp4netns sends and the `{"return":{"entries":[...]}}` its man page shows.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`Client::execute`], and [`ApiError::MalformedReply`]
+    /// when the entries are missing or not forwards.
     pub fn list_hostfwd(&self) -> Result<Vec<HostFwdEntry>, ApiError> {
         const OP: &str = "list_hostfwd";
         let reply = self.execute(&json!({"execute": OP}))?;
@@ -215,6 +92,12 @@ impl Client {
     }
 
     /// Removes the forward with this id.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`Client::execute`] ([`ApiError::Refused`] for an id
+    /// slirp4netns does not know), and [`ApiError::MalformedReply`] when the
+    /// reply has no `return` object.
     pub fn remove_hostfwd(&self, id: u32) -> Result<(), ApiError> {
         const OP: &str = "remove_hostfwd";
         let reply = self.execute(&json!({"execute": OP, "arguments": {"id": id}}))?;
@@ -223,6 +106,23 @@ impl Client {
 
     /// Sends any request and returns the reply object once it is known not to
     /// be an error. The operation's name is taken from `execute`.
+    ///
+    /// ```no_run
+    /// use slirp_api::serde_json::json;
+    ///
+    /// let client = slirp_api::Client::new("/run/user/1000/slirp.sock");
+    /// let reply = client.execute(&json!({"execute": "list_hostfwd"}))?;
+    /// println!("{reply}");
+    /// # Ok::<(), slirp_api::ApiError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::RequestTooLarge`] before sending anything,
+    /// [`ApiError::Connect`], [`ApiError::Send`] and [`ApiError::Receive`]
+    /// for the socket's errors, [`ApiError::Timeout`] when the deadline
+    /// passes, [`ApiError::Refused`] for slirp4netns's error reply, and
+    /// [`ApiError::MalformedReply`] for a reply that is not a JSON object.
     pub fn execute(&self, request: &Value) -> Result<Value, ApiError> {
         let op = request
             .get("execute")
@@ -240,6 +140,7 @@ impl Client {
             return Err(ApiError::RequestTooLarge {
                 op: op.into(),
                 len: body.len(),
+                limit: MAX_REQUEST,
             });
         }
         let deadline = Instant::now() + self.timeout;
@@ -250,20 +151,22 @@ impl Client {
             stage,
         };
         let mut stream = self.connect(deadline).map_err(|e| match e.kind() {
-            ErrorKind::TimedOut => timeout("connecting"),
+            ErrorKind::TimedOut => timeout(Stage::Connecting),
             _ => ApiError::Connect {
                 path: self.path.clone(),
-                source: e,
+                error: e,
             },
         })?;
 
-        let send_err = |source| ApiError::Send {
+        let send_err = |error| ApiError::Send {
             op: op.into(),
             path: self.path.clone(),
-            source,
+            error,
         };
         stream
-            .set_write_timeout(Some(remaining(deadline).ok_or_else(|| timeout("sending"))?))
+            .set_write_timeout(Some(
+                remaining(deadline).ok_or_else(|| timeout(Stage::Sending))?,
+            ))
             .map_err(send_err)?;
         match stream.write(body) {
             Ok(n) if n == body.len() => {}
@@ -273,7 +176,7 @@ impl Client {
                     format!("only {n} of {} bytes went out in one write", body.len()),
                 )))
             }
-            Err(e) if is_timeout(&e) => return Err(timeout("sending")),
+            Err(e) if is_timeout(&e) => return Err(timeout(Stage::Sending)),
             Err(e) => return Err(send_err(e)),
         }
         stream.shutdown(Shutdown::Write).map_err(send_err)?;
@@ -281,13 +184,13 @@ impl Client {
         let mut reply = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
-            let left = remaining(deadline).ok_or_else(|| timeout("reading the reply"))?;
+            let left = remaining(deadline).ok_or_else(|| timeout(Stage::ReadingReply))?;
             stream
                 .set_read_timeout(Some(left))
-                .map_err(|source| ApiError::Receive {
+                .map_err(|error| ApiError::Receive {
                     op: op.into(),
                     path: self.path.clone(),
-                    source,
+                    error,
                 })?;
             match stream.read(&mut chunk) {
                 Ok(0) => return Ok(reply),
@@ -296,18 +199,18 @@ impl Client {
                     if reply.len() as u64 > MAX_REPLY {
                         return Err(ApiError::MalformedReply {
                             op: op.into(),
-                            reason: format!("reply is larger than {MAX_REPLY} bytes"),
+                            problem: ReplyProblem::TooLarge { limit: MAX_REPLY },
                             reply: reply::excerpt(&reply),
                         });
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if is_timeout(&e) => return Err(timeout("reading the reply")),
-                Err(source) => {
+                Err(e) if is_timeout(&e) => return Err(timeout(Stage::ReadingReply)),
+                Err(error) => {
                     return Err(ApiError::Receive {
                         op: op.into(),
                         path: self.path.clone(),
-                        source,
+                        error,
                     })
                 }
             }

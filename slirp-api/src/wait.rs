@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 /// How often the socket path is looked at.
 const POLL: Duration = Duration::from_millis(5);
 
-/// The socket did not appear.
+/// The socket did not appear. The message of each variant is complete;
+/// [`source`](std::error::Error::source) returns `None`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WaitError {
     /// The process that should create the socket is gone.
     #[error("slirp4netns exited before creating its API socket {path}: {reason}")]
@@ -34,12 +36,12 @@ pub enum WaitError {
         path: PathBuf,
     },
     /// The path cannot be looked at.
-    #[error("failed to look at slirp4netns API socket {path}: {source}")]
+    #[error("failed to look at slirp4netns API socket {path}: {error}")]
     Stat {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -49,6 +51,27 @@ pub enum WaitError {
 /// (with a pidfd, a `poll` on it) and returns `Some(description)` as soon as
 /// the process has ended, which ends the wait at once with
 /// [`WaitError::ProcessExited`].
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let dir = std::env::temp_dir().join(format!("slirp-api-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let path = dir.join("api.sock");
+/// let _listener = std::os::unix::net::UnixListener::bind(&path)?;
+/// // A real watcher waits on the slirp4netns process for up to `_wait` and
+/// // returns how it ended, such as Some("exit status 1".into()).
+/// slirp_api::wait_for_socket(&path, Duration::from_secs(1), |_wait| None)?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// [`WaitError::ProcessExited`] as soon as `exited` reports an end,
+/// [`WaitError::Timeout`] when `timeout` passes, [`WaitError::NotASocket`]
+/// when something else is at `path`, and [`WaitError::Stat`] when `path`
+/// cannot be looked at.
 pub fn wait_for_socket(
     path: &Path,
     timeout: Duration,
@@ -64,10 +87,10 @@ pub fn wait_for_socket(
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
+            Err(error) => {
                 return Err(WaitError::Stat {
                     path: path.to_owned(),
-                    source,
+                    error,
                 })
             }
         }

@@ -9,8 +9,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use slirp_api::{wait_for_socket, ApiError, Client, HostFwd, WaitError};
-use slirp_opts::Protocol;
+use slirp_api::{
+    wait_for_socket, ApiError, Client, HostFwd, Protocol, ReplyProblem, Stage, WaitError,
+};
 
 struct Fake {
     _dir: tempfile::TempDir,
@@ -52,10 +53,7 @@ fn request_json(f: &Fake) -> serde_json::Value {
 #[test]
 fn add_sends_proto_and_defaults_host_addr() {
     let f = fake(br#"{"return":{"id":7}}"#, Duration::ZERO);
-    let fwd = HostFwd {
-        guest_addr: Some("10.0.2.50".parse().unwrap()),
-        ..HostFwd::new(Protocol::Udp, 5353, 53)
-    };
+    let fwd = HostFwd::new(Protocol::Udp, 5353, 53).with_guest_addr("10.0.2.50".parse().unwrap());
     assert_eq!(client(&f).add_hostfwd(&fwd).unwrap(), 7);
     assert_eq!(
         request_json(&f),
@@ -127,10 +125,13 @@ fn malformed_replies_are_errors_not_panics() {
         let f = fake(reply, Duration::ZERO);
         match client(&f).add_hostfwd(&HostFwd::new(Protocol::Tcp, 1, 1)) {
             Err(ApiError::MalformedReply {
-                op, reason: got, ..
+                op, problem: got, ..
             }) => {
                 assert_eq!(op, "add_hostfwd");
-                assert!(got.starts_with(reason), "reply {reply:?}: {got}");
+                assert!(
+                    got.to_string().starts_with(reason),
+                    "reply {reply:?}: {got}"
+                );
             }
             other => panic!("reply {reply:?}: {other:?}"),
         }
@@ -145,7 +146,13 @@ fn malformed_replies_are_errors_not_panics() {
         let f = fake(reply, Duration::ZERO);
         let err = client(&f).list_hostfwd().unwrap_err();
         assert!(
-            matches!(err, ApiError::MalformedReply { .. }),
+            matches!(
+                err,
+                ApiError::MalformedReply {
+                    problem: ReplyProblem::BadEntries(_) | ReplyProblem::NoEntries,
+                    ..
+                }
+            ),
             "{reply:?}: {err}"
         );
     }
@@ -178,7 +185,7 @@ fn error_replies_carry_the_desc_text() {
 
 /// `err` is a timeout at `stage`, and the call gave up in time (the
 /// deadlines in these tests are well under a second).
-fn assert_timed_out(err: &ApiError, stage: &str, started: Instant) {
+fn assert_timed_out(err: &ApiError, stage: Stage, started: Instant) {
     assert!(
         matches!(err, ApiError::Timeout { stage: s, .. } if *s == stage),
         "{err}"
@@ -198,7 +205,7 @@ fn a_slow_peer_hits_the_deadline() {
         .with_timeout(Duration::from_millis(300))
         .remove_hostfwd(1)
         .unwrap_err();
-    assert_timed_out(&err, "reading the reply", started);
+    assert_timed_out(&err, Stage::ReadingReply, started);
 }
 
 #[test]
@@ -232,7 +239,7 @@ fn a_peer_that_never_accepts_hits_the_deadline() {
         .with_timeout(Duration::from_millis(200))
         .list_hostfwd()
         .unwrap_err();
-    assert_timed_out(&err, "connecting", started);
+    assert_timed_out(&err, Stage::Connecting, started);
     assert!(
         err.to_string()
             .contains("timed out after 200ms (connecting)"),
@@ -247,12 +254,19 @@ fn oversized_and_invalid_requests_are_refused_before_sending() {
     let big = serde_json::json!({"execute":"list_hostfwd","pad":"x".repeat(4096)});
     let err = client.execute(&big).unwrap_err();
     assert!(
-        matches!(err, ApiError::RequestTooLarge { len, .. } if len > 4095),
+        matches!(err, ApiError::RequestTooLarge { len, limit: 4095, .. } if len > 4095),
         "{err}"
     );
     let err = client
         .add_hostfwd(&HostFwd::new(Protocol::Tcp, 0, 80))
         .unwrap_err();
+    assert!(matches!(
+        err,
+        ApiError::ZeroPort {
+            host_port: 0,
+            guest_port: 80
+        }
+    ));
     assert_eq!(
         err.to_string(),
         "invalid add_hostfwd request: ports must not be 0 (host port 0, guest port 80)"
@@ -309,4 +323,66 @@ fn wait_for_socket_outcomes() {
         err.to_string(),
         format!("{} exists but is not a socket", path.display())
     );
+}
+
+/// The message has no trailing period and says its cause once: no error
+/// here returns a source that its message already contains.
+#[test]
+fn each_cause_is_in_the_message_once_and_never_a_source() {
+    use std::error::Error;
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = Client::new(dir.path().join("nothing-listens-here"));
+    let not_json = fake(b"{oops", Duration::ZERO);
+    let bad_entries = fake(br#"{"entries":[{"id":"x"}]}"#, Duration::ZERO);
+    let errors: Vec<Box<dyn Error>> = vec![
+        Box::new(nowhere.list_hostfwd().unwrap_err()),
+        Box::new(client(&not_json).list_hostfwd().unwrap_err()),
+        Box::new(client(&bad_entries).list_hostfwd().unwrap_err()),
+        Box::new(
+            nowhere
+                .add_hostfwd(&HostFwd::new(Protocol::Tcp, 1, 0))
+                .unwrap_err(),
+        ),
+        Box::new(wait_for_socket(&dir.path().join("s"), Duration::ZERO, |_| None).unwrap_err()),
+    ];
+    for err in errors {
+        let text = err.to_string();
+        assert!(!text.ends_with('.'), "{text}");
+        assert!(text.starts_with(|c: char| c.is_ascii_lowercase()), "{text}");
+        assert!(err.source().is_none(), "{text}");
+    }
+    // The I/O error is the variant's field, its text at the end of the message.
+    let err = nowhere.list_hostfwd().unwrap_err();
+    let ApiError::Connect { error, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
+    assert!(err.to_string().ends_with(&error.to_string()), "{err}");
+    // So is the JSON error of a reply that is not JSON.
+    let err = client(&fake(b"{oops", Duration::ZERO))
+        .list_hostfwd()
+        .unwrap_err();
+    let ApiError::MalformedReply {
+        problem: ReplyProblem::NotJson(json),
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    let json: &slirp_api::serde_json::Error = json;
+    assert!(json.is_syntax());
+    assert!(err.to_string().contains(&json.to_string()), "{err}");
+}
+
+#[test]
+fn reexports_are_the_types_of_the_crates_behind_them() {
+    // The same Protocol as slirp-opts's, so values pass between the crates.
+    let p: slirp_opts::Protocol = Protocol::Udp;
+    assert_eq!(HostFwd::new(p, 1, 2).proto, slirp_opts::Protocol::Udp);
+    // json! through the re-exported serde_json.
+    let f = fake(br#"{"return":{}}"#, Duration::ZERO);
+    let req = slirp_api::serde_json::json!({"execute": "remove_hostfwd", "arguments": {"id": 3}});
+    let reply = client(&f).execute(&req).unwrap();
+    assert_eq!(reply, slirp_api::serde_json::json!({"return": {}}));
+    assert_eq!(request_json(&f), req);
 }

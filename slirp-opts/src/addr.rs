@@ -36,12 +36,13 @@ pub const IPV6_GUEST: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
 
 /// An address that cannot be derived from the subnet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AddrError {
     /// network + offset does not fit in 32 bits.
     #[error("address at offset +{offset} of {subnet} overflows IPv4")]
     Overflow {
         /// The subnet.
-        subnet: Ipv4Net,
+        subnet: Subnet,
         /// The offset asked for.
         offset: u32,
     },
@@ -51,7 +52,7 @@ pub enum AddrError {
     )]
     OutsideSubnet {
         /// The subnet.
-        subnet: Ipv4Net,
+        subnet: Subnet,
         /// The offset asked for.
         offset: u32,
         /// The address that came out.
@@ -105,10 +106,16 @@ impl Subnet {
 
     /// network + `offset`, which must be a host address of the subnet (not the
     /// network or broadcast address).
+    ///
+    /// # Errors
+    ///
+    /// [`AddrError::Overflow`] past 255.255.255.255, and
+    /// [`AddrError::OutsideSubnet`] for offset 0, the broadcast address, or
+    /// an address beyond the subnet.
     pub fn nth(&self, offset: u32) -> Result<Ipv4Addr, AddrError> {
         let base = u32::from(self.0.network());
         let addr = base.checked_add(offset).ok_or(AddrError::Overflow {
-            subnet: self.0,
+            subnet: *self,
             offset,
         })?;
         let addr = Ipv4Addr::from(addr);
@@ -117,7 +124,7 @@ impl Subnet {
                 || (addr != self.0.network() && addr != self.0.broadcast()));
         if offset == 0 || !is_host {
             return Err(AddrError::OutsideSubnet {
-                subnet: self.0,
+                subnet: *self,
                 offset,
                 addr,
             });
@@ -126,21 +133,37 @@ impl Subnet {
     }
 
     /// The guest address (+100) that `-c` configures.
+    ///
+    /// # Errors
+    ///
+    /// When the subnet cannot hold it (see [`Subnet::nth`]).
     pub fn guest(&self) -> Result<Ipv4Addr, AddrError> {
         self.nth(GUEST_OFFSET)
     }
 
     /// The gateway (+2), which is also the host as seen from the namespace.
+    ///
+    /// # Errors
+    ///
+    /// When the subnet cannot hold it (see [`Subnet::nth`]).
     pub fn gateway(&self) -> Result<Ipv4Addr, AddrError> {
         self.nth(GATEWAY_OFFSET)
     }
 
     /// The DNS forwarder (+3).
+    ///
+    /// # Errors
+    ///
+    /// When the subnet cannot hold it (see [`Subnet::nth`]).
     pub fn dns(&self) -> Result<Ipv4Addr, AddrError> {
         self.nth(DNS_OFFSET)
     }
 
     /// The DHCP lease range (+15 ..= +30).
+    ///
+    /// # Errors
+    ///
+    /// When the subnet cannot hold it (see [`Subnet::nth`]).
     pub fn dhcp_range(&self) -> Result<(Ipv4Addr, Ipv4Addr), AddrError> {
         Ok((self.nth(DHCP_START_OFFSET)?, self.nth(DHCP_END_OFFSET)?))
     }

@@ -10,7 +10,18 @@ use crate::options::NetworkOptions;
 pub const MAX_SOCKET_PATH: usize = 107;
 
 /// The flags a slirp4netns binary supports, as far as the options care.
+///
+/// New slirp4netns flags add fields, so it cannot be built with a struct
+/// literal outside this crate: start from [`Features::from_help`],
+/// [`Features::all`] or [`Features::default`] (none) and set fields.
+///
+/// ```
+/// let mut f = slirp_opts::Features::all();
+/// f.cidr = false; // as if the binary were older than 0.3.0
+/// assert!(f.mtu && !f.cidr);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Features {
     /// `--disable-host-loopback` (0.3.0).
     pub disable_host_loopback: bool,
@@ -63,6 +74,7 @@ impl Features {
 
 /// An option the binary cannot honour, or a plan slirp4netns would refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ArgvError {
     /// `cidr` was given but the binary has no `--cidr`.
     #[error("cidr not supported")]
@@ -93,7 +105,12 @@ pub enum ArgvError {
 }
 
 /// Which network namespace slirp4netns attaches to.
+///
+/// `#[non_exhaustive]`, as slirp4netns's `--netns-type` may name more kinds:
+/// read it through [`Target::netns_path`] and [`Target::userns_path`] rather
+/// than a `match`, which needs a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Target {
     /// A namespace file (`--netns-type=path`), optionally with the user
     /// namespace to join (`--userns-path`).
@@ -146,7 +163,20 @@ fn proc_ns(pid: u32, kind: &str) -> PathBuf {
 }
 
 /// Everything about one slirp4netns invocation that is not a network option.
+///
+/// It may gain fields for new slirp4netns flags, so it cannot be built with a
+/// struct literal outside this crate: start from [`Invocation::new`] and set
+/// fields.
+///
+/// ```
+/// use slirp_opts::{Invocation, Target};
+///
+/// let mut inv = Invocation::new(Target::Path { netns: "/run/netns/a".into(), userns: None });
+/// inv.api_socket = Some("/run/user/1000/slirp.sock".into());
+/// inv.exit_fd = None;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Invocation {
     /// Where to attach.
     pub target: Target,
@@ -190,6 +220,14 @@ impl Invocation {
 ///     "--enable-ipv6", "-c", "-r", "3", "-e", "4", "42", "tap0",
 /// ]);
 /// ```
+///
+/// # Errors
+///
+/// An [`ArgvError`] when the options need a flag the binary lacks
+/// (`cidr`, IPv6, `outbound_addr`, `outbound_addr6`), when `outbound_addr6`
+/// is given with IPv6 off, or when slirp4netns would refuse the invocation
+/// (an API socket path over [`MAX_SOCKET_PATH`] bytes, a tap name that is
+/// empty or over 15 bytes).
 pub fn build_args(
     opts: &NetworkOptions,
     features: &Features,

@@ -1,7 +1,9 @@
 //! The slirp4netns network options as podman and containers-common accept them.
 //!
-//! Options come as `key=value` strings: first the engine's `network_cmd_options`,
-//! then the per-namespace extra options, later ones overriding earlier ones.
+//! Options come as `key=value` strings: first the engine's `network_cmd_options`
+//! (containers.conf, one option per list item), then the per-container ones
+//! (podman's `--network slirp4netns:OPT,OPT,...`, split at each comma), later
+//! ones overriding earlier ones.
 
 use std::net::IpAddr;
 
@@ -16,6 +18,7 @@ pub const MAX_MTU: u32 = 65521;
 
 /// A bad network option. The texts are the ones podman prints.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OptionError {
     /// `cidr=` is not an IPv4 CIDR.
     #[error("invalid cidr {0:?}")]
@@ -44,7 +47,11 @@ pub enum OptionError {
 }
 
 /// Who forwards host ports into the namespace.
+///
+/// `#[non_exhaustive]`: podman may name another handler, so a match on it
+/// needs a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum PortHandler {
     /// The rootlessport forwarder (podman's default).
     #[default]
@@ -71,6 +78,24 @@ impl std::fmt::Display for PortHandler {
 
 /// The parsed slirp4netns network options, with podman's defaults.
 ///
+/// The per-container option string in one call ([`NetworkOptions::parse_list`]):
+///
+/// ```
+/// use slirp_opts::{NetworkOptions, PortHandler};
+///
+/// // podman run --network slirp4netns:port_handler=slirp4netns,enable_ipv6=false,mtu=1500
+/// let opts = NetworkOptions::parse_list(
+///     "port_handler=slirp4netns,enable_ipv6=false,mtu=1500",
+///     |_iface| false, // asked only for outbound_addr/outbound_addr6 names
+/// )
+/// .unwrap();
+/// assert_eq!(opts.port_handler, PortHandler::Slirp4netns);
+/// assert!(!opts.enable_ipv6);
+/// assert_eq!(opts.mtu, 1500);
+/// ```
+///
+/// The engine's options and the container's, as podman combines them:
+///
 /// ```
 /// use slirp_opts::{NetworkOptions, PortHandler};
 ///
@@ -89,6 +114,9 @@ impl std::fmt::Display for PortHandler {
 /// let err = NetworkOptions::parse(&[] as &[&str], false, &["mtu=12"], |_| false).unwrap_err();
 /// assert_eq!(err.to_string(), r#"invalid mtu "12""#);
 /// ```
+///
+/// The fields are podman's options; the struct can also be built with a
+/// literal over [`NetworkOptions::default`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkOptions {
     /// The IPv4 network (`--cidr`), host bits cleared; `None` means slirp4netns's 10.0.2.0/24.
@@ -130,6 +158,11 @@ impl NetworkOptions {
     /// `iface_exists` answers whether a network interface of that name exists;
     /// it is asked only for `outbound_addr`/`outbound_addr6` values that are not
     /// address literals, so this crate stays free of I/O.
+    ///
+    /// # Errors
+    ///
+    /// The [`OptionError`] of the first option that is refused, engine
+    /// options first, with podman's text.
     pub fn parse<E, X>(
         engine_options: &[E],
         no_pivot_root: bool,
@@ -154,7 +187,63 @@ impl NetworkOptions {
         Ok(opts)
     }
 
+    /// Parses podman's per-container option string, the part after
+    /// `slirp4netns:` in `--network slirp4netns:OPT,OPT,...`, over the
+    /// defaults (no engine options, `no_pivot_root` false).
+    ///
+    /// The string is split at every comma, as podman splits it; an empty
+    /// string is no option at all.
+    ///
+    /// # Errors
+    ///
+    /// The [`OptionError`] of the first option that is refused, such as
+    /// [`OptionError::UnknownOption`] for an empty item (`mtu=1500,,`).
+    pub fn parse_list(
+        list: &str,
+        iface_exists: impl Fn(&str) -> bool,
+    ) -> Result<Self, OptionError> {
+        let mut opts = NetworkOptions::default();
+        opts.apply_list(list, iface_exists)?;
+        Ok(opts)
+    }
+
+    /// Applies a comma-separated option string (as [`NetworkOptions::parse_list`]
+    /// reads it) over these options: for the per-container options on top of
+    /// those [`NetworkOptions::parse`] made from the engine's.
+    ///
+    /// ```
+    /// use slirp_opts::NetworkOptions;
+    ///
+    /// let engine = ["mtu=1500", "allow_host_loopback=true"]; // containers.conf network_cmd_options
+    /// let mut opts = NetworkOptions::parse(&engine, false, &[] as &[&str], |_| false).unwrap();
+    /// opts.apply_list("mtu=9000,cidr=10.5.0.0/24", |_| false).unwrap();
+    /// assert_eq!((opts.mtu, opts.allow_host_loopback), (9000, true));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The [`OptionError`] of the first option that is refused; the options
+    /// before it stay applied.
+    pub fn apply_list(
+        &mut self,
+        list: &str,
+        iface_exists: impl Fn(&str) -> bool,
+    ) -> Result<(), OptionError> {
+        if list.is_empty() {
+            return Ok(());
+        }
+        for option in list.split(',') {
+            self.apply(option, &iface_exists)?;
+        }
+        Ok(())
+    }
+
     /// Applies one `key=value` option (split at the first `=`).
+    ///
+    /// # Errors
+    ///
+    /// [`OptionError::UnknownOption`] without `=` or for an unknown key, and
+    /// the key's own error for a value it refuses.
     pub fn apply(
         &mut self,
         option: &str,

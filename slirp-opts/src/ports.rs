@@ -6,6 +6,9 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 /// A transport protocol a forwarder here can carry.
+///
+/// Exhaustive: a match on it needs no wildcard arm, and a new protocol (SCTP,
+/// should a forwarder ever carry it) would come in a breaking release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -31,8 +34,34 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// Which side of a port mapping a port belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PortSide {
+    /// The host's port.
+    Host,
+    /// The port inside the namespace (the container's).
+    Container,
+}
+
+impl PortSide {
+    /// `"host"` or `"container"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortSide::Host => "host",
+            PortSide::Container => "container",
+        }
+    }
+}
+
+impl fmt::Display for PortSide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// Why a port mapping cannot be forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PortProblem {
     /// `container_port` is 0.
     #[error("container port is 0")]
@@ -43,8 +72,8 @@ pub enum PortProblem {
     /// start + range - 1 is past 65535.
     #[error("{side} ports {start}-{end} run past 65535")]
     RangePastEnd {
-        /// `"host"` or `"container"`.
-        side: &'static str,
+        /// The host or the container side.
+        side: PortSide,
         /// The first port.
         start: u16,
         /// The last port asked for.
@@ -54,8 +83,8 @@ pub enum PortProblem {
     #[error("unknown protocol {0:?} (expected tcp or udp)")]
     UnknownProtocol(String),
     /// A protocol named twice.
-    #[error("protocol {0:?} is named twice")]
-    RepeatedProtocol(String),
+    #[error("protocol \"{0}\" is named twice")]
+    RepeatedProtocol(Protocol),
     /// SCTP, which no rootless forwarder can carry.
     #[error("sctp is not supported: neither slirp4netns nor rootlessport can forward it")]
     SctpUnsupported,
@@ -66,18 +95,22 @@ pub enum PortProblem {
     #[error("{forward} is also forwarded by {other}")]
     HostPortTaken {
         /// The forward claimed twice.
-        forward: String,
-        /// The earlier mapping that claims it.
-        other: String,
+        forward: Forward,
+        /// The earlier mapping that claims it (boxed to keep the error small).
+        other: Box<PortMapping>,
     },
 }
 
 /// A port mapping that cannot be forwarded, with the mapping it came from.
+///
+/// Its message includes the problem's text; `problem` is not also its
+/// [`source`](std::error::Error::source).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("port mapping {mapping}: {problem}")]
+#[non_exhaustive]
 pub struct PortError {
-    /// The mapping, in `-p` syntax.
-    pub mapping: String,
+    /// The mapping (its `Display` is podman's `-p` syntax).
+    pub mapping: PortMapping,
     /// What is wrong with it.
     pub problem: PortProblem,
 }
@@ -174,18 +207,29 @@ impl fmt::Display for PortMapping {
 impl PortMapping {
     fn error(&self, problem: PortProblem) -> PortError {
         PortError {
-            mapping: self.to_string(),
+            mapping: self.clone(),
             problem,
         }
     }
 
     /// The protocols, in the order given; empty means tcp.
+    ///
+    /// # Errors
+    ///
+    /// [`PortProblem::UnknownProtocol`], [`PortProblem::RepeatedProtocol`]
+    /// or [`PortProblem::SctpUnsupported`], in a [`PortError`] naming this
+    /// mapping.
     pub fn protocols(&self) -> Result<Vec<Protocol>, PortError> {
         parse_protocols(&self.protocol).map_err(|p| self.error(p))
     }
 
     /// The host address, `None` for all addresses (empty, `0.0.0.0` or `::`
     /// stay distinct: only empty is `None`).
+    ///
+    /// # Errors
+    ///
+    /// [`PortProblem::InvalidHostIp`] when `host_ip` is neither empty nor
+    /// an address literal.
     pub fn host_addr(&self) -> Result<Option<IpAddr>, PortError> {
         if self.host_ip.is_empty() {
             return Ok(None);
@@ -197,12 +241,22 @@ impl PortMapping {
     }
 
     /// Checks that the mapping can be forwarded as it stands.
+    ///
+    /// # Errors
+    ///
+    /// The first problem [`PortMapping::expand`] finds.
     pub fn validate(&self) -> Result<(), PortError> {
         self.expand().map(drop)
     }
 
     /// One forward per protocol per port, ports in order, protocols in the
     /// order given for each port. A range of 0 yields nothing.
+    ///
+    /// # Errors
+    ///
+    /// A [`PortError`] naming this mapping: a bad protocol list or host
+    /// address (checked even when the range is 0), a container or host port
+    /// of 0, or a range running past 65535.
     pub fn expand(&self) -> Result<Vec<Forward>, PortError> {
         let protos = self.protocols()?;
         let host_ip = self.host_addr()?;
@@ -215,7 +269,10 @@ impl PortMapping {
         if self.host_port == 0 {
             return Err(self.error(PortProblem::HostPortZero));
         }
-        for (side, start) in [("host", self.host_port), ("container", self.container_port)] {
+        for (side, start) in [
+            (PortSide::Host, self.host_port),
+            (PortSide::Container, self.container_port),
+        ] {
             let end = u32::from(start) + u32::from(self.range) - 1;
             if end > u32::from(u16::MAX) {
                 return Err(self.error(PortProblem::RangePastEnd { side, start, end }));
@@ -250,7 +307,7 @@ pub(crate) fn parse_protocols(list: &str) -> Result<Vec<Protocol>, PortProblem> 
             _ => return Err(PortProblem::UnknownProtocol(name.to_owned())),
         };
         if out.contains(&proto) {
-            return Err(PortProblem::RepeatedProtocol(name.to_owned()));
+            return Err(PortProblem::RepeatedProtocol(proto));
         }
         out.push(proto);
     }
@@ -259,6 +316,12 @@ pub(crate) fn parse_protocols(list: &str) -> Result<Vec<Protocol>, PortProblem> 
 
 /// Expands every mapping, and checks that no two forwards claim the same
 /// protocol, host address and host port.
+///
+/// # Errors
+///
+/// The first mapping's [`PortError`] from [`PortMapping::expand`], or
+/// [`PortProblem::HostPortTaken`] for a mapping whose forward an earlier one
+/// already makes.
 pub fn expand_all(mappings: &[PortMapping]) -> Result<Vec<Forward>, PortError> {
     let mut seen = std::collections::HashMap::new();
     let mut out = Vec::new();
@@ -266,8 +329,8 @@ pub fn expand_all(mappings: &[PortMapping]) -> Result<Vec<Forward>, PortError> {
         for fwd in m.expand()? {
             if let Some(first) = seen.insert((fwd.proto, fwd.host_ip, fwd.host_port), m) {
                 return Err(m.error(PortProblem::HostPortTaken {
-                    forward: fwd.to_string(),
-                    other: first.to_string(),
+                    forward: fwd,
+                    other: Box::new(first.clone()),
                 }));
             }
             out.push(fwd);

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{expand_all, from_go_json, Forward, PortError, PortMapping};
+use crate::json::from_go_json;
+use crate::ports::{expand_all, Forward, PortError, PortMapping};
 
 /// rootlessport's configuration, as podman sends it. Keys are Go field names;
 /// like Go, decoding matches them case-insensitively and ignores unknown ones

@@ -3,16 +3,87 @@
 
 use std::net::IpAddr;
 
-use crate::ports::{parse_protocols, PortMapping, PortProblem};
+use crate::ports::{parse_protocols, PortMapping, PortProblem, PortSide};
 
 /// A `-p` value that cannot be parsed.
+///
+/// Its message includes the problem's text; `problem` is not also its
+/// [`source`](std::error::Error::source).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid port spec {spec:?}: {reason}")]
+#[error("invalid port spec {spec:?}: {problem}")]
+#[non_exhaustive]
 pub struct SpecError {
     /// The value given.
     pub spec: String,
     /// What is wrong with it.
-    pub reason: String,
+    pub problem: SpecProblem,
+}
+
+/// What is wrong with a `-p` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecProblem {
+    /// Nothing follows the `/`.
+    #[error("empty protocol after '/'")]
+    EmptyProtocol,
+    /// The protocol list or the host address is refused, as it would be in a
+    /// [`PortMapping`].
+    #[error("{0}")]
+    Mapping(PortProblem),
+    /// A `[` without its `]`.
+    #[error("missing ']' after the IPv6 host address")]
+    MissingBracket,
+    /// Something other than `:` follows the `]`.
+    #[error("expected ':' after the bracketed host address")]
+    MissingColonAfterBracket,
+    /// More than three `:`-separated parts: most likely an IPv6 host address
+    /// without brackets.
+    #[error("too many ':' (put an IPv6 host address in brackets: [::1]:8080:80)")]
+    UnbracketedIpv6,
+    /// A `:` in the container ports, after a bracketed host address.
+    #[error("too many ':'")]
+    TooManyColons,
+    /// A host address with nothing but a container port after it.
+    #[error("expected HOST_PORT:CONTAINER_PORT after the host address")]
+    MissingHostPort,
+    /// An empty port, such as in `80-`.
+    #[error("missing {side} port")]
+    MissingPort {
+        /// The host or the container side.
+        side: PortSide,
+    },
+    /// Port 0.
+    #[error("{side} port must not be 0")]
+    PortZero {
+        /// The host or the container side.
+        side: PortSide,
+    },
+    /// A port that is not a number from 1 to 65535.
+    #[error("{side} port {text:?} is not a number from 1 to 65535")]
+    InvalidPort {
+        /// The host or the container side.
+        side: PortSide,
+        /// The text given.
+        text: String,
+    },
+    /// A range whose end is before its start.
+    #[error("{side} port range {start}-{end} ends before it starts")]
+    BackwardRange {
+        /// The host or the container side.
+        side: PortSide,
+        /// The first port given.
+        start: u16,
+        /// The last port given.
+        end: u16,
+    },
+    /// Host and container ranges of different lengths.
+    #[error("host range has {host} ports but container range has {container}")]
+    RangeMismatch {
+        /// How many host ports.
+        host: u16,
+        /// How many container ports.
+        container: u16,
+    },
 }
 
 /// Parses one `-p` value into a [`PortMapping`].
@@ -21,7 +92,7 @@ pub struct SpecError {
 /// caller, as podman picks a free one). IPv6 host addresses go in brackets.
 ///
 /// ```
-/// use slirp_opts::parse_port_spec;
+/// use slirp_opts::{parse_port_spec, PortSide, SpecProblem};
 ///
 /// let m = parse_port_spec("127.0.0.1:8080-8081:80-81/tcp,udp").unwrap();
 /// assert_eq!((m.host_ip.as_str(), m.host_port, m.container_port, m.range), ("127.0.0.1", 8080, 80, 2));
@@ -30,54 +101,53 @@ pub struct SpecError {
 /// let m = parse_port_spec("[::1]:8080:80").unwrap();
 /// assert_eq!((m.host_ip.as_str(), m.protocol.as_str()), ("::1", "tcp"));
 ///
-/// assert!(parse_port_spec("8080:0").is_err());
+/// let err = parse_port_spec("8080:0").unwrap_err();
+/// assert_eq!(err.problem, SpecProblem::PortZero { side: PortSide::Container });
+/// assert_eq!(err.to_string(), r#"invalid port spec "8080:0": container port must not be 0"#);
 /// ```
+///
+/// # Errors
+///
+/// A [`SpecError`] carrying the value and the [`SpecProblem`] found.
 pub fn parse_port_spec(spec: &str) -> Result<PortMapping, SpecError> {
-    let fail = |reason: String| SpecError {
+    parse(spec).map_err(|problem| SpecError {
         spec: spec.to_owned(),
-        reason,
-    };
+        problem,
+    })
+}
+
+fn parse(spec: &str) -> Result<PortMapping, SpecProblem> {
     let (rest, protocol) = match spec.rsplit_once('/') {
         Some((rest, proto)) => (rest, proto),
         None => (spec, "tcp"),
     };
     if protocol.is_empty() {
-        return Err(fail("empty protocol after '/'".into()));
+        return Err(SpecProblem::EmptyProtocol);
     }
-    parse_protocols(protocol).map_err(|p| fail(p.to_string()))?;
+    parse_protocols(protocol).map_err(SpecProblem::Mapping)?;
 
     // Split off an IP in brackets first; it may contain ':'.
     let (host_ip, ports): (Option<&str>, &str) = if let Some(inner) = rest.strip_prefix('[') {
-        let (ip, after) = inner
-            .split_once(']')
-            .ok_or_else(|| fail("missing ']' after the IPv6 host address".into()))?;
+        let (ip, after) = inner.split_once(']').ok_or(SpecProblem::MissingBracket)?;
         let after = after
             .strip_prefix(':')
-            .ok_or_else(|| fail("expected ':' after the bracketed host address".into()))?;
+            .ok_or(SpecProblem::MissingColonAfterBracket)?;
         (Some(ip), after)
     } else {
         let parts: Vec<&str> = rest.split(':').collect();
         match parts.len() {
             1 | 2 => (None, rest),
             3 => (Some(parts[0]), &rest[parts[0].len() + 1..]),
-            _ => {
-                return Err(fail(
-                    "too many ':' (put an IPv6 host address in brackets: [::1]:8080:80)".into(),
-                ))
-            }
+            _ => return Err(SpecProblem::UnbracketedIpv6),
         }
     };
     let (host_ports, container_ports) = match ports.split_once(':') {
         Some((h, c)) => (Some(h), c),
-        None if host_ip.is_some() => {
-            return Err(fail(
-                "expected HOST_PORT:CONTAINER_PORT after the host address".into(),
-            ))
-        }
+        None if host_ip.is_some() => return Err(SpecProblem::MissingHostPort),
         None => (None, ports),
     };
     if container_ports.contains(':') {
-        return Err(fail("too many ':'".into()));
+        return Err(SpecProblem::TooManyColons);
     }
 
     let host_ip = match host_ip {
@@ -85,19 +155,20 @@ pub fn parse_port_spec(spec: &str) -> Result<PortMapping, SpecError> {
         Some(ip) => {
             let addr: IpAddr = ip
                 .parse()
-                .map_err(|_| fail(PortProblem::InvalidHostIp(ip.to_owned()).to_string()))?;
+                .map_err(|_| SpecProblem::Mapping(PortProblem::InvalidHostIp(ip.to_owned())))?;
             addr.to_string()
         }
     };
-    let (container_port, container_len) = parse_span(container_ports, "container").map_err(fail)?;
+    let (container_port, container_len) = parse_span(container_ports, PortSide::Container)?;
     let (host_port, range) = match host_ports {
         None | Some("") => (0, container_len),
         Some(h) => {
-            let (start, len) = parse_span(h, "host").map_err(fail)?;
+            let (start, len) = parse_span(h, PortSide::Host)?;
             if len != container_len {
-                return Err(fail(format!(
-                    "host range has {len} ports but container range has {container_len}"
-                )));
+                return Err(SpecProblem::RangeMismatch {
+                    host: len,
+                    container: container_len,
+                });
             }
             (start, len)
         }
@@ -112,13 +183,16 @@ pub fn parse_port_spec(spec: &str) -> Result<PortMapping, SpecError> {
 }
 
 /// Parses `PORT` or `START-END` into (start, count).
-fn parse_span(text: &str, side: &str) -> Result<(u16, u16), String> {
-    let port = |s: &str| -> Result<u16, String> {
+fn parse_span(text: &str, side: PortSide) -> Result<(u16, u16), SpecProblem> {
+    let port = |s: &str| -> Result<u16, SpecProblem> {
         match s.parse::<u16>() {
-            Ok(0) => Err(format!("{side} port must not be 0")),
+            Ok(0) => Err(SpecProblem::PortZero { side }),
             Ok(p) => Ok(p),
-            Err(_) if s.is_empty() => Err(format!("missing {side} port")),
-            Err(_) => Err(format!("{side} port {s:?} is not a number from 1 to 65535")),
+            Err(_) if s.is_empty() => Err(SpecProblem::MissingPort { side }),
+            Err(_) => Err(SpecProblem::InvalidPort {
+                side,
+                text: s.to_owned(),
+            }),
         }
     };
     match text.split_once('-') {
@@ -126,9 +200,7 @@ fn parse_span(text: &str, side: &str) -> Result<(u16, u16), String> {
         Some((a, b)) => {
             let (start, end) = (port(a)?, port(b)?);
             if end < start {
-                return Err(format!(
-                    "{side} port range {start}-{end} ends before it starts"
-                ));
+                return Err(SpecProblem::BackwardRange { side, start, end });
             }
             Ok((start, end - start + 1))
         }

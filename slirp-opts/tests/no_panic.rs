@@ -40,6 +40,13 @@ proptest! {
     }
 
     #[test]
+    fn option_lists_never_panic(list in "\\PC{0,60}") {
+        if let Ok(mut o) = NetworkOptions::parse_list(&list, |n| n.len() % 2 == 0) {
+            let _ = o.apply_list(&list, |_| true);
+        }
+    }
+
+    #[test]
     fn known_keys_with_any_value_never_panic(
         key in "(cidr|port_handler|allow_host_loopback|enable_ipv6|outbound_addr|outbound_addr6|mtu)",
         value in "\\PC{0,24}",

@@ -201,13 +201,11 @@ fn argv_for_a_path_target_with_everything() {
         "mtu=1500",
     ])
     .unwrap();
-    let inv = Invocation {
-        api_socket: Some("/run/x/api.sock".into()),
-        ..Invocation::new(Target::Path {
-            netns: "/run/netns/a".into(),
-            userns: Some("/proc/9/ns/user".into()),
-        })
-    };
+    let mut inv = Invocation::new(Target::Path {
+        netns: "/run/netns/a".into(),
+        userns: Some("/proc/9/ns/user".into()),
+    });
+    inv.api_socket = Some("/run/x/api.sock".into());
     assert_eq!(
         args(&opts, &Features::all(), &inv).unwrap(),
         [
@@ -240,10 +238,8 @@ fn argv_leaves_out_optional_flags_the_binary_lacks() {
         enable_ipv6: false,
         ..Default::default()
     };
-    let inv = Invocation {
-        exit_fd: None,
-        ..Invocation::new(Target::Pid(7))
-    };
+    let mut inv = Invocation::new(Target::Pid(7));
+    inv.exit_fd = None;
     assert_eq!(
         args(&opts, &Features::default(), &inv).unwrap(),
         ["-c", "-r", "3", "7", "tap0"]
@@ -261,24 +257,23 @@ fn argv_errors_for_unsupported_features() {
         enable_ipv6: false,
         ..Default::default()
     };
+    let without = |change: fn(&mut Features)| {
+        let mut f = Features::all();
+        change(&mut f);
+        f
+    };
     let cases: Vec<(NetworkOptions, Features, &str)> = vec![
         (
             NetworkOptions {
                 cidr: Some("10.1.0.0/24".parse().unwrap()),
                 ..no_v6.clone()
             },
-            Features {
-                cidr: false,
-                ..Features::all()
-            },
+            without(|f| f.cidr = false),
             "cidr not supported",
         ),
         (
             NetworkOptions::default(),
-            Features {
-                ipv6: false,
-                ..Features::all()
-            },
+            without(|f| f.ipv6 = false),
             "enable_ipv6 not supported",
         ),
         (
@@ -286,10 +281,7 @@ fn argv_errors_for_unsupported_features() {
                 outbound_addr: Some("eth0".into()),
                 ..no_v6.clone()
             },
-            Features {
-                outbound_addr: false,
-                ..Features::all()
-            },
+            without(|f| f.outbound_addr = false),
             "outbound_addr not supported",
         ),
         (
@@ -297,10 +289,7 @@ fn argv_errors_for_unsupported_features() {
                 outbound_addr6: Some("eth0".into()),
                 ..Default::default()
             },
-            Features {
-                outbound_addr: false,
-                ..Features::all()
-            },
+            without(|f| f.outbound_addr = false),
             "outbound_addr6 not supported",
         ),
         (
@@ -320,10 +309,8 @@ fn argv_errors_for_unsupported_features() {
 #[test]
 fn argv_refuses_what_slirp4netns_would() {
     let long = format!("/tmp/{}", "a".repeat(103));
-    let inv = Invocation {
-        api_socket: Some(long.clone().into()),
-        ..Invocation::new(Target::Pid(1))
-    };
+    let mut inv = Invocation::new(Target::Pid(1));
+    inv.api_socket = Some(long.clone().into());
     let err = args(&NetworkOptions::default(), &Features::all(), &inv).unwrap_err();
     assert_eq!(
         err,
@@ -335,18 +322,84 @@ fn argv_refuses_what_slirp4netns_would() {
     assert!(err.to_string().contains("at most 107"), "{err}");
     // 107 bytes is fine.
     let ok = format!("/tmp/{}", "a".repeat(102));
-    let inv = Invocation {
-        api_socket: Some(ok.into()),
-        ..Invocation::new(Target::Pid(1))
-    };
+    let mut inv = Invocation::new(Target::Pid(1));
+    inv.api_socket = Some(ok.into());
     assert!(args(&NetworkOptions::default(), &Features::all(), &inv).is_ok());
 
     for tap in ["", "a-very-long-tapname"] {
-        let inv = Invocation {
-            tap: tap.into(),
-            ..Invocation::new(Target::Pid(1))
-        };
+        let mut inv = Invocation::new(Target::Pid(1));
+        inv.tap = tap.into();
         let err = args(&NetworkOptions::default(), &Features::all(), &inv).unwrap_err();
         assert_eq!(err, ArgvError::InvalidTapName(tap.into()));
     }
+}
+
+#[test]
+fn podmans_comma_separated_option_string_in_one_call() {
+    let o = NetworkOptions::parse_list(
+        "port_handler=slirp4netns,enable_ipv6=false,mtu=1500",
+        |_| false,
+    )
+    .unwrap();
+    assert_eq!(o.port_handler, PortHandler::Slirp4netns);
+    assert!(!o.enable_ipv6);
+    assert_eq!(o.mtu, 1500);
+    assert!(!o.no_pivot_root);
+    // Nothing after "slirp4netns:" is no option at all.
+    assert_eq!(
+        NetworkOptions::parse_list("", |_| false).unwrap(),
+        NetworkOptions::default()
+    );
+    // Later items override earlier ones.
+    assert_eq!(
+        NetworkOptions::parse_list("mtu=1500,mtu=9000", |_| false)
+            .unwrap()
+            .mtu,
+        9000
+    );
+    // Interface names are still asked about.
+    let o = NetworkOptions::parse_list("outbound_addr=eth0", |n| n == "eth0").unwrap();
+    assert_eq!(o.outbound_addr.as_deref(), Some("eth0"));
+    // Every comma splits, as in podman: an empty item and the text after a
+    // comma inside a value are options of their own.
+    for (list, want) in [
+        ("mtu=1500,", r#"unknown option for slirp4netns: """#),
+        (",mtu=1500", r#"unknown option for slirp4netns: """#),
+        (
+            "mtu=1500,,mtu=9000",
+            r#"unknown option for slirp4netns: """#,
+        ),
+        (
+            "outbound_addr=eth0,x",
+            r#"unknown option for slirp4netns: "x""#,
+        ),
+        (
+            "mtu=1500,foo=bar,mtu=0",
+            r#"unknown option for slirp4netns: "foo=bar""#,
+        ),
+        ("cidr=10.0.2.0/24,mtu=1", r#"invalid mtu "1""#),
+    ] {
+        let err = NetworkOptions::parse_list(list, |n| n == "eth0").unwrap_err();
+        assert_eq!(err.to_string(), want, "{list:?}");
+    }
+}
+
+#[test]
+fn per_container_list_goes_over_the_engine_options() {
+    let engine = ["mtu=1500", "enable_ipv6=false", "allow_host_loopback=true"];
+    let mut o = NetworkOptions::parse(&engine, true, &[] as &[&str], |_| false).unwrap();
+    o.apply_list("mtu=9000,cidr=10.5.0.0/24", |_| false)
+        .unwrap();
+    let same =
+        NetworkOptions::parse(&engine, true, &["mtu=9000", "cidr=10.5.0.0/24"], |_| false).unwrap();
+    assert_eq!(o, same);
+    assert_eq!(
+        (o.mtu, o.enable_ipv6, o.allow_host_loopback),
+        (9000, false, true)
+    );
+    assert!(o.no_pivot_root);
+    // Options before a refused one stay applied.
+    let err = o.apply_list("mtu=1280,mtu=9", |_| false).unwrap_err();
+    assert_eq!(err, slirp_opts::OptionError::InvalidMtu("9".into()));
+    assert_eq!(o.mtu, 1280);
 }

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use slirp_opts::{
     expand_all, from_go_json, parse_port_spec, AddrError, Forward, PortMapping, PortProblem,
-    Protocol, Subnet, IPV6_DNS, IPV6_GATEWAY, IPV6_GUEST, IPV6_SUBNET,
+    PortSide, Protocol, SpecProblem, Subnet, IPV6_DNS, IPV6_GATEWAY, IPV6_GUEST, IPV6_SUBNET,
 };
 
 fn mapping(
@@ -92,12 +92,12 @@ fn every_mapping_error() {
         (mapping("", 0, 80, 1, "tcp"), PortProblem::HostPortZero, "port mapping 80/tcp: host port is 0 (no host port assigned)"),
         (
             mapping("", 65530, 80, 10, "tcp"),
-            PortProblem::RangePastEnd { side: "host", start: 65530, end: 65539 },
+            PortProblem::RangePastEnd { side: PortSide::Host, start: 65530, end: 65539 },
             "port mapping 65530-65539:80-89/tcp: host ports 65530-65539 run past 65535",
         ),
         (
             mapping("", 80, 65535, 2, "tcp"),
-            PortProblem::RangePastEnd { side: "container", start: 65535, end: 65536 },
+            PortProblem::RangePastEnd { side: PortSide::Container, start: 65535, end: 65536 },
             "port mapping 80-81:65535-65536/tcp: container ports 65535-65536 run past 65535",
         ),
         (
@@ -117,7 +117,7 @@ fn every_mapping_error() {
         ),
         (
             mapping("", 80, 80, 1, "tcp,udp,tcp"),
-            PortProblem::RepeatedProtocol("tcp".into()),
+            PortProblem::RepeatedProtocol(Protocol::Tcp),
             r#"port mapping 80:80/tcp,udp,tcp: protocol "tcp" is named twice"#,
         ),
         (
@@ -134,6 +134,9 @@ fn every_mapping_error() {
     for (m, problem, text) in cases {
         let err = m.expand().unwrap_err();
         assert_eq!(err.problem, problem, "{m:?}");
+        assert_eq!(err.mapping, m);
+        // The message carries the problem; it is not also the source.
+        assert!(std::error::Error::source(&err).is_none());
         assert_eq!(err.to_string(), text);
         assert!(m.validate().is_err());
     }
@@ -149,6 +152,19 @@ fn duplicate_forwards_across_mappings_are_refused() {
     assert_eq!(
         err.to_string(),
         "port mapping 8082:90/udp,tcp: *:8082 -> 90/tcp is also forwarded by 8080-8082:80-82/tcp"
+    );
+    assert_eq!(err.mapping, ms[1]);
+    assert_eq!(
+        err.problem,
+        PortProblem::HostPortTaken {
+            forward: Forward {
+                proto: Protocol::Tcp,
+                host_ip: None,
+                host_port: 8082,
+                container_port: 90
+            },
+            other: Box::new(ms[0].clone()),
+        }
     );
     // Same port on different protocols or addresses is fine.
     let ms = [
@@ -192,56 +208,128 @@ fn port_specs() {
 
 #[test]
 fn port_spec_errors() {
+    use PortSide::{Container, Host};
     let cases = [
-        ("", "missing container port"),
-        ("0", "container port must not be 0"),
-        ("8080:0", "container port must not be 0"),
-        ("0:80", "host port must not be 0"),
+        (
+            "",
+            SpecProblem::MissingPort { side: Container },
+            "missing container port",
+        ),
+        (
+            "0",
+            SpecProblem::PortZero { side: Container },
+            "container port must not be 0",
+        ),
+        (
+            "8080:0",
+            SpecProblem::PortZero { side: Container },
+            "container port must not be 0",
+        ),
+        (
+            "0:80",
+            SpecProblem::PortZero { side: Host },
+            "host port must not be 0",
+        ),
         (
             "65536:80",
+            SpecProblem::InvalidPort {
+                side: Host,
+                text: "65536".into(),
+            },
             r#"host port "65536" is not a number from 1 to 65535"#,
         ),
         (
             "http",
+            SpecProblem::InvalidPort {
+                side: Container,
+                text: "http".into(),
+            },
             r#"container port "http" is not a number from 1 to 65535"#,
         ),
-        ("80/", "empty protocol after '/'"),
+        (
+            "80/",
+            SpecProblem::EmptyProtocol,
+            "empty protocol after '/'",
+        ),
         (
             "80/sctp",
+            SpecProblem::Mapping(PortProblem::SctpUnsupported),
             "sctp is not supported: neither slirp4netns nor rootlessport can forward it",
         ),
-        ("80/tcp,tcp", r#"protocol "tcp" is named twice"#),
-        ("80/foo", r#"unknown protocol "foo" (expected tcp or udp)"#),
+        (
+            "80/tcp,tcp",
+            SpecProblem::Mapping(PortProblem::RepeatedProtocol(Protocol::Tcp)),
+            r#"protocol "tcp" is named twice"#,
+        ),
+        (
+            "80/foo",
+            SpecProblem::Mapping(PortProblem::UnknownProtocol("foo".into())),
+            r#"unknown protocol "foo" (expected tcp or udp)"#,
+        ),
         (
             "8080-8081:80",
+            SpecProblem::RangeMismatch {
+                host: 2,
+                container: 1,
+            },
             "host range has 2 ports but container range has 1",
         ),
-        ("90-80", "container port range 90-80 ends before it starts"),
+        (
+            "90-80",
+            SpecProblem::BackwardRange {
+                side: Container,
+                start: 90,
+                end: 80,
+            },
+            "container port range 90-80 ends before it starts",
+        ),
         (
             "::1:8080:80",
+            SpecProblem::UnbracketedIpv6,
             "too many ':' (put an IPv6 host address in brackets: [::1]:8080:80)",
         ),
-        ("[::1:8080:80", "missing ']' after the IPv6 host address"),
+        (
+            "[::1:8080:80",
+            SpecProblem::MissingBracket,
+            "missing ']' after the IPv6 host address",
+        ),
         (
             "[::1]8080:80",
+            SpecProblem::MissingColonAfterBracket,
             "expected ':' after the bracketed host address",
         ),
         (
             "[::1]:80",
+            SpecProblem::MissingHostPort,
             "expected HOST_PORT:CONTAINER_PORT after the host address",
         ),
-        ("[::1]:1:2:3", "too many ':'"),
-        ("host:8080:80", r#"invalid host IP "host""#),
-        ("1.2.3:8080:80", r#"invalid host IP "1.2.3""#),
-        ("80-", "missing container port"),
+        ("[::1]:1:2:3", SpecProblem::TooManyColons, "too many ':'"),
+        (
+            "host:8080:80",
+            SpecProblem::Mapping(PortProblem::InvalidHostIp("host".into())),
+            r#"invalid host IP "host""#,
+        ),
+        (
+            "1.2.3:8080:80",
+            SpecProblem::Mapping(PortProblem::InvalidHostIp("1.2.3".into())),
+            r#"invalid host IP "1.2.3""#,
+        ),
+        (
+            "80-",
+            SpecProblem::MissingPort { side: Container },
+            "missing container port",
+        ),
     ];
-    for (spec, reason) in cases {
+    for (spec, problem, text) in cases {
         let err = parse_port_spec(spec).expect_err(spec);
-        assert_eq!(err.reason, reason, "{spec}");
+        assert_eq!(err.spec, spec);
+        assert_eq!(err.problem, problem, "{spec}");
+        assert_eq!(err.problem.to_string(), text, "{spec}");
         assert_eq!(
             err.to_string(),
-            format!("invalid port spec {spec:?}: {reason}")
+            format!("invalid port spec {spec:?}: {text}")
         );
+        assert!(std::error::Error::source(&err).is_none());
     }
 }
 
@@ -284,7 +372,7 @@ fn subnet_address_errors() {
     assert_eq!(
         s28.guest().unwrap_err(),
         AddrError::OutsideSubnet {
-            subnet: s28.net(),
+            subnet: s28,
             offset: 100,
             addr: Ipv4Addr::new(10, 9, 0, 100)
         }
