@@ -40,6 +40,7 @@
 mod binary;
 pub mod control;
 mod portfwd;
+pub mod session;
 mod setup;
 
 pub use binary::{detect_features, find_binary, BinaryError, HELP_TIMEOUT};

@@ -18,8 +18,11 @@ use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
+use slirp_opts::portctl::{ForwardEntry, PortKey, Reply, Request as PortRequest};
 use slirp_opts::{parse_port_spec, NetworkOptions, PortMapping, Protocol, Target};
+use slirpnet::session::{SessionServer, SharedNetwork};
 use slirpnet::{plan, ForwarderChoice, Network, Plan, SetupOptions};
+use std::sync::{Arc, Mutex};
 
 use crate::child::NsChild;
 
@@ -48,6 +51,11 @@ enum Cmd {
     Attach(AttachArgs),
     /// Show a namespace's interface: addresses, MAC and counters.
     Stats(StatsArgs),
+    /// List this user's running sessions (run and attach).
+    Ps(PsArgs),
+    /// List, add or remove the forwarded ports of a running session.
+    #[command(subcommand)]
+    Port(PortCmd),
     /// Internal: the child `run` starts inside the new namespaces.
     #[command(name = "__child", hide = true)]
     Child(child::ChildArgs),
@@ -103,6 +111,53 @@ struct AttachArgs {
 }
 
 #[derive(Debug, Args)]
+struct PsArgs {
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum PortCmd {
+    /// What a session forwards now
+    Ls {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forward more ports (all of them, or none)
+    Add {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// A port, podman syntax, as for run
+        #[arg(short = 'p', long = "publish", value_name = "SPEC", required = true)]
+        publish: Vec<String>,
+    },
+    /// Stop forwarding ports (all of them, or none): the spec they were
+    /// added with, or a host port alone ([HOST_IP:]HOST_PORT[-END][/PROTO])
+    Rm {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// A port, as added, or a host port alone
+        #[arg(short = 'p', long = "publish", value_name = "SPEC", required = true)]
+        publish: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct SessionArgs {
+    /// The session: the pid of a `slirpnet run` or `slirpnet attach`
+    #[arg(long)]
+    pid: Option<u32>,
+    /// The session: the network namespace it serves
+    #[arg(long, value_name = "PATH")]
+    netns: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct StatsArgs {
     /// The network namespace file
     #[arg(long, value_name = "PATH")]
@@ -142,6 +197,8 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run(args),
         Cmd::Attach(args) => attach(args),
         Cmd::Stats(args) => stats(args).map(|()| ExitCode::SUCCESS),
+        Cmd::Ps(args) => ps(args).map(|()| ExitCode::SUCCESS),
+        Cmd::Port(cmd) => port(cmd).map(|()| ExitCode::SUCCESS),
         Cmd::Child(_) => unreachable!("handled above"),
     };
     result.unwrap_or_else(|e| {
@@ -269,21 +326,193 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
     }
     netns_util::Netns::open(&args.netns)?;
     let signals = block_signals()?;
-    let mut net = checked.start(target)?;
+    let net = checked.start(target)?;
     print_setup(&args.net, net.info(), &mut std::io::stdout().lock())?;
+    let session = Session::serve(net);
     loop {
         let sig = next_signal(&signals)?;
         if sig == Signal::SIGCHLD {
-            if let Some(exit) = net.slirp().exited_within(std::time::Duration::ZERO) {
-                let log = net.slirp().log_text();
-                bail!("slirp4netns exited ({exit}): {log}");
+            let died = session.with(|net| {
+                let exit = net.slirp().exited_within(std::time::Duration::ZERO)?;
+                Some(format!("{exit}): {}", net.slirp().log_text()))
+            });
+            if let Some(what) = died {
+                session.end();
+                bail!("slirp4netns exited ({what}");
             }
             continue;
         }
         tracing::info!(%sig, "tearing down");
-        net.teardown();
+        session.end();
         return Ok(ExitCode::SUCCESS);
     }
+}
+
+/// A running session: its network, shared with the control socket that
+/// `slirpnet ps` and `slirpnet port` talk to.
+struct Session {
+    shared: SharedNetwork,
+    server: Option<SessionServer>,
+}
+
+impl Session {
+    /// Serves the session's control socket; without it the session still
+    /// runs (its ports just cannot be changed), with a warning.
+    fn serve(net: Network) -> Self {
+        let shared: SharedNetwork = Arc::new(Mutex::new(Some(net)));
+        let server = match SessionServer::start(shared.clone(), std::process::id()) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                tracing::warn!("ports cannot be changed while this session runs: {e}");
+                None
+            }
+        };
+        Session { shared, server }
+    }
+
+    /// Runs `f` on the network (while the session runs).
+    fn with<T: Default>(&self, f: impl FnOnce(&mut Network) -> T) -> T {
+        let mut guard = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_mut().map(f).unwrap_or_default()
+    }
+
+    /// Stops serving the control socket (removing it), then tears the
+    /// network down: forwarder first, then slirp4netns.
+    fn end(mut self) -> Option<slirp_proc::Exit> {
+        drop(self.server.take());
+        let net = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take();
+        net.map(Network::teardown)
+    }
+}
+
+fn ps(args: PsArgs) -> Result<()> {
+    let sessions = slirpnet::session::sessions();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &sessions)?;
+        writeln!(out)?;
+    } else {
+        output::sessions(&sessions, &mut out)?;
+    }
+    Ok(())
+}
+
+/// The control socket of the session `args` names.
+fn session_path(args: &SessionArgs) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(pid) = args.pid {
+        let path = slirpnet::session::session_socket(pid);
+        if !path.exists() {
+            bail!(
+                "no slirpnet session of this user with pid {pid} (no socket {})",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    let netns = args.netns.as_ref().context("--pid or --netns")?;
+    // The same namespace, however it is named: its nsfs inode.
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let wanted = id(netns).with_context(|| format!("cannot read {}", netns.display()))?;
+    slirpnet::session::sessions()
+        .into_iter()
+        .find(|s| id(Path::new(&s.netns)).is_ok_and(|i| i == wanted))
+        .map(|s| slirpnet::session::session_socket(s.pid))
+        .with_context(|| {
+            format!(
+                "no slirpnet session of this user serves {}",
+                netns.display()
+            )
+        })
+}
+
+/// Sends one port request to a session; the forwards after it.
+fn ask_session(path: &Path, req: &PortRequest) -> Result<Vec<ForwardEntry>> {
+    match slirpnet::session::request(path, req)? {
+        Reply::Ok { forwards } => Ok(forwards),
+        Reply::Error { message } => bail!("{message}"),
+        other => bail!("unexpected reply from {}: {other:?}", path.display()),
+    }
+}
+
+fn port(cmd: PortCmd) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        PortCmd::Ls { session, json } => {
+            let forwards = ask_session(&session_path(&session)?, &PortRequest::List)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &forwards)?;
+                writeln!(out)?;
+            } else {
+                output::forwards(&forwards, &mut out)?;
+            }
+        }
+        PortCmd::Add { session, publish } => {
+            let path = session_path(&session)?;
+            let mut mappings = Vec::new();
+            for spec in &publish {
+                let mut m = parse_port_spec(spec)?;
+                if m.host_port == 0 {
+                    m.host_port = free_host_port(&m).with_context(|| format!("-p {spec}"))?;
+                }
+                mappings.push(m);
+            }
+            let forwards = ask_session(&path, &PortRequest::Add { mappings })?;
+            output::forwards(&forwards, &mut out)?;
+        }
+        PortCmd::Rm { session, publish } => {
+            let path = session_path(&session)?;
+            let now = ask_session(&path, &PortRequest::List)?;
+            let mut keys: Vec<PortKey> = Vec::new();
+            for spec in &publish {
+                for key in removal_keys(spec, &now)? {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+            let forwards = ask_session(&path, &PortRequest::Remove { ports: keys })?;
+            output::forwards(&forwards, &mut out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The forwards `spec` names among `now`: the spec they were added with
+/// (its host side), or a host port alone (`[HOST_IP:]HOST_PORT[-END][/PROTO]`,
+/// every protocol when none is named).
+fn removal_keys(spec: &str, now: &[ForwardEntry]) -> Result<Vec<PortKey>> {
+    let m = parse_port_spec(spec)?;
+    let protos_named = spec.contains('/');
+    let host_ip = m.host_addr()?;
+    // Without a host port the number is the host port (as podman reads a
+    // lone number as the container port, "a host port alone" means it here).
+    let (first, range) = if m.host_port != 0 {
+        (m.host_port, m.range.max(1))
+    } else {
+        (m.container_port, m.range.max(1))
+    };
+    let protos = m.protocols()?;
+    let wanted = |e: &ForwardEntry| {
+        let port_ok =
+            e.host_port >= first && u32::from(e.host_port) < u32::from(first) + u32::from(range);
+        let proto_ok = !protos_named || protos.contains(&e.proto);
+        let ip_ok = m.host_ip.is_empty() || e.host_ip == host_ip;
+        port_ok && proto_ok && ip_ok
+    };
+    let keys: Vec<PortKey> = now
+        .iter()
+        .filter(|e| wanted(e))
+        .map(|e| PortKey {
+            proto: e.proto,
+            host_ip: e.host_ip,
+            host_port: e.host_port,
+        })
+        .collect();
+    if keys.is_empty() {
+        bail!("-p {spec}: no such port is forwarded");
+    }
+    Ok(keys)
 }
 
 fn stats(args: StatsArgs) -> Result<()> {
@@ -396,26 +625,30 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     if args.net.json || std::env::var_os("SLIRPNET_QUIET").is_none() {
         print_setup(&args.net, net.info(), &mut std::io::stderr().lock())?;
     }
+    let session = Session::serve(net);
     child.go()?;
-    let code = supervise(&signals, &mut child, net)?;
+    let code = supervise(&signals, &mut child, session)?;
     drop(resolv);
     Ok(code)
 }
 
 /// Waits for the command, passing on signals sent to us, then tears down.
-fn supervise(signals: &SignalFd, child: &mut NsChild, mut net: Network) -> Result<ExitCode> {
+fn supervise(signals: &SignalFd, child: &mut NsChild, session: Session) -> Result<ExitCode> {
     let mut warned = false;
     loop {
         let (sig, from_process) = next_signal_info(signals)?;
         if sig == Signal::SIGCHLD {
             if let Some(status) = child.try_wait()? {
                 // What the command sent last may still be on its way out.
-                let waited = net
-                    .slirp()
-                    .drain(Duration::from_millis(100), Duration::from_secs(2));
+                let waited = session.with(|net| {
+                    Some(
+                        net.slirp()
+                            .drain(Duration::from_millis(100), Duration::from_secs(2)),
+                    )
+                });
                 tracing::debug!(?waited, "drained slirp4netns");
-                let exit = net.teardown();
-                tracing::debug!(%exit, "slirp4netns stopped");
+                let exit = session.end();
+                tracing::debug!(?exit, "slirp4netns stopped");
                 let code = status
                     .code()
                     .or_else(|| status.signal().map(|s| 128 + s))
@@ -423,12 +656,16 @@ fn supervise(signals: &SignalFd, child: &mut NsChild, mut net: Network) -> Resul
                 return Ok(ExitCode::from(code.clamp(0, 255) as u8));
             }
             if !warned {
-                if let Some(exit) = net.slirp().exited_within(std::time::Duration::ZERO) {
+                let died = session.with(|net| {
+                    let exit = net.slirp().exited_within(std::time::Duration::ZERO)?;
+                    Some(format!(
+                        "{exit}); the namespace has no network now: {}",
+                        net.slirp().log_text()
+                    ))
+                });
+                if let Some(what) = died {
                     warned = true;
-                    let log = net.slirp().log_text();
-                    tracing::error!(
-                        "slirp4netns exited ({exit}); the namespace has no network now: {log}"
-                    );
+                    tracing::error!("slirp4netns exited ({what}");
                 }
             }
             continue;

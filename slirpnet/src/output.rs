@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use netns_util::InterfaceInfo;
+use slirp_opts::portctl::{ForwardEntry, SessionStatus};
 use slirpnet::SetupInfo;
 
 /// The setup as a short table.
@@ -55,11 +56,13 @@ pub fn table(info: &SetupInfo, out: &mut dyn Write) -> io::Result<()> {
     }
     writeln!(out, "  {:<5} {:<24} CONTAINER", "PROTO", "HOST")?;
     for f in &info.forwards {
-        let host = match f.host_ip {
-            std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", f.host_port),
-            ip => format!("{ip}:{}", f.host_port),
-        };
-        writeln!(out, "  {:<5} {:<24} {}", f.proto, host, f.container_port)?;
+        writeln!(
+            out,
+            "  {:<5} {:<24} {}",
+            f.proto,
+            host(f.host_ip, f.host_port),
+            f.container_port
+        )?;
     }
     Ok(())
 }
@@ -112,4 +115,60 @@ pub fn shell_words(binary: &Path, args: &[OsString]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Forwards as a short table.
+pub fn forwards(forwards: &[ForwardEntry], out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out, "{:<5} {:<24} CONTAINER", "PROTO", "HOST")?;
+    for f in forwards {
+        writeln!(
+            out,
+            "{:<5} {:<24} {}",
+            f.proto,
+            host(f.host_ip, f.host_port),
+            f.container_port
+        )?;
+    }
+    Ok(())
+}
+
+/// Running sessions as a table.
+pub fn sessions(sessions: &[SessionStatus], out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:<8} {:<10} {:<30} {:<12} PORTS",
+        "PID", "SLIRP", "NETNS", "HANDLER"
+    )?;
+    for s in sessions {
+        let ports: Vec<String> = s
+            .forwards
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}->{}/{}",
+                    host(f.host_ip, f.host_port),
+                    f.container_port,
+                    f.proto
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "{:<8} {:<10} {:<30} {:<12} {}",
+            s.pid,
+            s.slirp4netns_pid,
+            s.netns,
+            s.port_handler,
+            ports.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+fn host(ip: Option<std::net::IpAddr>, port: u16) -> String {
+    match ip {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        Some(ip) => format!("{ip}:{port}"),
+        None => format!("*:{port}"),
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use slirp_api::{Client, HostFwd};
+use slirp_opts::portctl::PortKey;
 use slirp_opts::{
     expand_all, AddrError, ArgvError, Features, Forward, Invocation, NetworkOptions, PortError,
     PortHandler, PortMapping, Protocol, Subnet, Target, IPV6_DNS, IPV6_GATEWAY, IPV6_GUEST,
@@ -16,7 +17,8 @@ use slirp_proc::{Exit, Slirp, SlirpCommand, StartError};
 
 use crate::binary::{detect_features, find_binary, BinaryError};
 use crate::portfwd::{
-    resolve_forwarder, ForwarderChoice, ForwarderInfo, PortForwardError, PortForwarder,
+    resolve_forwarder, ForwarderChoice, ForwarderInfo, PortChangeError, PortForwardError,
+    PortForwarder,
 };
 
 /// How to set up: everything but the namespace, which [`Plan::start`]
@@ -126,14 +128,42 @@ pub enum SetupError {
 pub struct ForwardInfo {
     /// tcp or udp.
     pub proto: Protocol,
-    /// The host address listened on.
-    pub host_ip: IpAddr,
+    /// The host address listened on; `None`: all addresses (0.0.0.0 through
+    /// slirp4netns; every IPv4 and IPv6 address through rootlessport).
+    pub host_ip: Option<IpAddr>,
     /// The host port.
     pub host_port: u16,
     /// The port inside the namespace.
     pub container_port: u16,
     /// The slirp4netns forward id, with port_handler=slirp4netns.
     pub id: Option<u32>,
+}
+
+impl ForwardInfo {
+    fn of(f: &Forward, id: Option<u32>) -> Self {
+        ForwardInfo {
+            proto: f.proto,
+            host_ip: f.host_ip,
+            host_port: f.host_port,
+            container_port: f.container_port,
+            id,
+        }
+    }
+
+    /// The forward, as a forwarder names it.
+    pub fn forward(&self) -> Forward {
+        Forward {
+            proto: self.proto,
+            host_ip: self.host_ip,
+            host_port: self.host_port,
+            container_port: self.container_port,
+        }
+    }
+
+    /// What `remove_ports` matches.
+    pub fn key(&self) -> PortKey {
+        PortKey::from(&self.forward())
+    }
 }
 
 /// What the setup made (or, from [`plan`], will make).
@@ -251,16 +281,7 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
         port_handler: handler.to_string(),
         forwarder,
         api_socket: opts.api_socket.clone(),
-        forwards: forwards
-            .iter()
-            .map(|f| ForwardInfo {
-                proto: f.proto,
-                host_ip: f.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                host_port: f.host_port,
-                container_port: f.container_port,
-                id: None,
-            })
-            .collect(),
+        forwards: forwards.iter().map(|f| ForwardInfo::of(f, None)).collect(),
         warnings,
     };
     Ok(Plan {
@@ -343,6 +364,9 @@ impl Plan {
             ports: None,
             slirp,
             _api_dir: api_dir,
+            target: target.clone(),
+            ready_timeout: self.opts.ready_timeout,
+            choice: self.opts.forwarder.clone(),
         };
         match (&self.opts.network.port_handler, net.info.api_socket.clone()) {
             (PortHandler::Slirp4netns, Some(sock)) if !self.forwards.is_empty() => {
@@ -350,27 +374,8 @@ impl Plan {
             }
             _ => {}
         }
-        if let Some(forwarder) = net.info.forwarder.clone() {
-            let mut config = slirp_opts::rootlessport::Config::new(
-                self.opts.ports.clone(),
-                target.netns_path().to_string_lossy(),
-                IpAddr::V4(net.info.guest),
-            );
-            // Where HelperCommand puts the pipes.
-            config.exit_fd = slirp_proc::HELPER_EXIT_FD;
-            config.ready_fd = slirp_proc::HELPER_READY_FD;
-            config.tmp_dir = std::env::temp_dir().to_string_lossy().into_owned();
-            config.container_id = format!("slirpnet-{}", net.info.pid);
-            let started = PortForwarder::start(
-                &forwarder,
-                config,
-                target.userns_path(),
-                self.opts.ready_timeout,
-            )?;
-            if let Some(ForwarderInfo::Binary { pid, .. }) = &mut net.info.forwarder {
-                *pid = started.pid();
-            }
-            net.ports = Some(started);
+        if net.info.forwarder.is_some() {
+            net.start_forwarder(&self.opts.ports)?;
         }
         Ok(net)
     }
@@ -387,6 +392,10 @@ pub struct Network {
     ports: Option<PortForwarder>,
     slirp: Slirp,
     _api_dir: Option<tempfile::TempDir>,
+    /// For a forwarder started by the first `add_ports`.
+    target: Target,
+    ready_timeout: Duration,
+    choice: ForwarderChoice,
 }
 
 /// Plans with `opts`, then starts for `target`: [`plan`] and
@@ -397,6 +406,46 @@ pub struct Network {
 /// Whatever [`plan`] or [`Plan::start`] reports.
 pub fn setup(target: Target, opts: &SetupOptions) -> Result<Network, SetupError> {
     plan(opts)?.start(target)
+}
+
+/// Adds `forwards` through slirp4netns's API: all, or none (what this call
+/// added is removed again when one fails, which is returned with why). An
+/// IPv6 host address is refused, never widened to 0.0.0.0.
+fn add_via_api(
+    api: &Client,
+    forwards: &[Forward],
+) -> Result<Vec<ForwardInfo>, Box<(Forward, PortChangeError)>> {
+    let mut added: Vec<ForwardInfo> = Vec::new();
+    for f in forwards {
+        let key = PortKey::from(f);
+        let mut request = HostFwd::new(f.proto, f.host_port, f.container_port);
+        let result = match f.host_ip {
+            Some(IpAddr::V6(_)) => Err(PortChangeError::Ipv6HostAddress(key)),
+            Some(IpAddr::V4(a)) => {
+                request = request.with_host_addr(a);
+                api.add_hostfwd(&request)
+                    .map_err(|source| PortChangeError::Api { key, source })
+            }
+            None => api
+                .add_hostfwd(&request)
+                .map_err(|source| PortChangeError::Api { key, source }),
+        };
+        match result {
+            Ok(id) => {
+                tracing::debug!(%f, id, "forwarded");
+                added.push(ForwardInfo::of(f, Some(id)));
+            }
+            Err(e) => {
+                for done in &added {
+                    if let Some(id) = done.id {
+                        let _ = api.remove_hostfwd(id);
+                    }
+                }
+                return Err(Box::new((*f, e)));
+            }
+        }
+    }
+    Ok(added)
 }
 
 /// Where the API socket's directory goes: $XDG_RUNTIME_DIR when set and
@@ -419,35 +468,171 @@ impl Network {
                 .map(|e| format!("{e}: {}", slirp.log_text()))
         })?;
         let client = Client::new(sock);
-        for (fwd, info) in forwards.iter().zip(self.info.forwards.iter_mut()) {
-            // plan() refused IPv6 host addresses for this handler: an
-            // address is never widened to 0.0.0.0.
-            let host_addr = match fwd.host_ip {
-                Some(IpAddr::V4(a)) => Some(a),
-                Some(addr @ IpAddr::V6(_)) => {
-                    return Err(SetupError::Ipv6HostAddress {
-                        addr,
-                        mapping: fwd.to_string(),
-                    })
-                }
-                None => None,
-            };
-            let id = client
-                .add_hostfwd(&HostFwd {
-                    proto: fwd.proto,
-                    host_addr,
-                    host_port: fwd.host_port,
-                    guest_addr: None,
-                    guest_port: fwd.container_port,
-                })
-                .map_err(|source| SetupError::Forward {
-                    forward: *fwd,
-                    source,
-                })?;
-            info.id = Some(id);
-            tracing::debug!(%fwd, id, "forwarded");
+        match add_via_api(&client, forwards).map_err(|e| *e) {
+            Ok(added) => {
+                self.info.forwards = added;
+                Ok(())
+            }
+            Err((forward, PortChangeError::Api { source, .. })) => {
+                Err(SetupError::Forward { forward, source })
+            }
+            Err((forward, _)) => Err(SetupError::Ipv6HostAddress {
+                addr: forward.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                mapping: forward.to_string(),
+            }),
         }
+    }
+
+    /// Starts the forwarder named in `info.forwarder` with `mappings`.
+    fn start_forwarder(&mut self, mappings: &[PortMapping]) -> Result<(), PortForwardError> {
+        let Some(forwarder) = self.info.forwarder.clone() else {
+            return Ok(());
+        };
+        let mut config = slirp_opts::rootlessport::Config::new(
+            mappings.to_vec(),
+            self.target.netns_path().to_string_lossy(),
+            IpAddr::V4(self.info.guest),
+        );
+        // Where HelperCommand puts the pipes.
+        config.exit_fd = slirp_proc::HELPER_EXIT_FD;
+        config.ready_fd = slirp_proc::HELPER_READY_FD;
+        config.tmp_dir = std::env::temp_dir().to_string_lossy().into_owned();
+        config.container_id = format!("slirpnet-{}", self.info.pid);
+        let started = PortForwarder::start(
+            &forwarder,
+            config,
+            self.target.userns_path(),
+            self.ready_timeout,
+        )?;
+        if let Some(ForwarderInfo::Binary { pid, .. }) = &mut self.info.forwarder {
+            *pid = started.pid();
+        }
+        self.ports = Some(started);
         Ok(())
+    }
+
+    fn api(&self) -> Option<Client> {
+        (self.info.port_handler == PortHandler::Slirp4netns.to_string())
+            .then(|| self.info.api_socket.as_deref().map(Client::new))
+            .flatten()
+    }
+
+    /// Every forward now, as the handler reports it (slirp4netns's
+    /// `list_hostfwd`, or the forwarder's own list), also kept in
+    /// [`info`](Network::info).
+    ///
+    /// # Errors
+    ///
+    /// The handler cannot be asked.
+    pub fn forwards(&mut self) -> Result<&[ForwardInfo], PortChangeError> {
+        if let Some(api) = self.api() {
+            let entries = api.list_hostfwd().map_err(|source| PortChangeError::Api {
+                key: PortKey {
+                    proto: Protocol::Tcp,
+                    host_ip: None,
+                    host_port: 0,
+                },
+                source,
+            })?;
+            // The ids say which of ours each entry is; an address slirp4netns
+            // reports as 0.0.0.0 is "all addresses".
+            self.info.forwards = entries
+                .iter()
+                .map(|e| ForwardInfo {
+                    proto: e.proto,
+                    host_ip: (!e.host_addr.is_unspecified()).then_some(IpAddr::V4(e.host_addr)),
+                    host_port: e.host_port,
+                    container_port: e.guest_port,
+                    id: Some(e.id),
+                })
+                .collect();
+        } else if let Some(fwd) = &self.ports {
+            let now = fwd.list()?;
+            self.info.forwards = now.iter().map(|f| ForwardInfo::of(f, None)).collect();
+        }
+        Ok(&self.info.forwards)
+    }
+
+    /// Forwards `mappings` too, at once and through the session's handler:
+    /// all of them, or none when one cannot be (a port in use, forwarded
+    /// already, ...). With the rootlesskit handler and no forwarder yet, one
+    /// is started. Returns every forward now.
+    ///
+    /// # Errors
+    ///
+    /// A mapping is invalid or taken, or the handler refused; nothing was
+    /// added.
+    pub fn add_ports(
+        &mut self,
+        mappings: &[PortMapping],
+    ) -> Result<&[ForwardInfo], PortChangeError> {
+        let forwards = expand_all(mappings)?;
+        for f in &forwards {
+            let key = PortKey::from(f);
+            if self.info.forwards.iter().any(|i| i.key() == key) {
+                return Err(PortChangeError::AlreadyForwarded(key));
+            }
+        }
+        if let Some(api) = self.api() {
+            let added = add_via_api(&api, &forwards).map_err(|e| e.1)?;
+            self.info.forwards.extend(added);
+            return Ok(&self.info.forwards);
+        }
+        match &self.ports {
+            Some(fwd) => {
+                let now = fwd.add(mappings)?;
+                self.info.forwards = now.iter().map(|f| ForwardInfo::of(f, None)).collect();
+            }
+            None => {
+                // The first ports of a session without any: start a forwarder.
+                self.info.forwarder = Some(resolve_forwarder(&self.choice)?);
+                if let Err(e) = self.start_forwarder(mappings) {
+                    self.info.forwarder = None;
+                    return Err(e.into());
+                }
+                self.info.forwards = forwards.iter().map(|f| ForwardInfo::of(f, None)).collect();
+            }
+        }
+        Ok(&self.info.forwards)
+    }
+
+    /// Stops forwarding `ports` (by protocol, host address and host port):
+    /// all of them, or none when one is not forwarded. Their listeners close
+    /// at once; connections already open carry on. Returns every forward
+    /// now.
+    ///
+    /// # Errors
+    ///
+    /// A port is not forwarded, or the handler refused; nothing was removed.
+    pub fn remove_ports(&mut self, ports: &[PortKey]) -> Result<&[ForwardInfo], PortChangeError> {
+        for key in ports {
+            if !self.info.forwards.iter().any(|i| i.key() == *key) {
+                return Err(PortChangeError::NotForwarded(*key));
+            }
+        }
+        if let Some(api) = self.api() {
+            for key in ports {
+                let Some(pos) = self.info.forwards.iter().position(|i| i.key() == *key) else {
+                    continue;
+                };
+                if let Some(id) = self.info.forwards[pos].id {
+                    api.remove_hostfwd(id)
+                        .map_err(|source| PortChangeError::Api { key: *key, source })?;
+                }
+                self.info.forwards.remove(pos);
+            }
+            return Ok(&self.info.forwards);
+        }
+        if let Some(fwd) = &self.ports {
+            let now = fwd.remove(ports)?;
+            self.info.forwards = now.iter().map(|f| ForwardInfo::of(f, None)).collect();
+        }
+        Ok(&self.info.forwards)
+    }
+
+    /// The namespace it serves.
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     /// What was set up.

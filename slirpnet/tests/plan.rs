@@ -85,7 +85,7 @@ fn a_plan_has_the_addresses_the_forwards_and_the_forwarder() {
     );
     assert_eq!(info.mtu, 1500);
     assert_eq!(info.forwards.len(), 5);
-    assert_eq!(info.forwards[4].host_ip.to_string(), "::1");
+    assert_eq!(info.forwards[4].host_ip, Some("::1".parse().unwrap()));
     assert_eq!(
         info.forwarder,
         Some(ForwarderInfo::Binary {

@@ -282,7 +282,7 @@ fn an_api_socket_beside_rootlessport_forwards_each_port_once_and_never_wider() {
         .info()
         .forwards
         .iter()
-        .map(|f| f.host_ip.to_string())
+        .map(|f| f.host_ip.unwrap().to_string())
         .collect();
     assert_eq!(hosts, ["::1", "127.0.0.1"]);
     // [::1]:PORT is open on ::1 only, not on any IPv4 address.
