@@ -16,9 +16,10 @@ commands:
           when missing, and make /dev/net/tun usable by unprivileged users
   test    setup, then cargo fmt --check, clippy -D warnings, every test and
           the podman runs below
-  bench   [--rounds N] [--seconds S]: our rootlessport against podman's Go
-          helper and direct loopback (installs podman and iperf3 when missing,
-          needs root); prints the table and writes BENCHMARKS.md
+  bench   [--rounds N] [--seconds S]: our rootlessport against pasta,
+          podman's Go helper and direct loopback (installs podman, passt and
+          iperf3 when missing, needs root); prints the table, writes
+          BENCHMARKS.md and the table in README.md
   podman  real rootless podman (a throw-away user, a busybox --rootfs
           container, -p through port_handler=rootlesskit) with podman's Go
           helper and then with our rootlessport; checks the page is served on
@@ -43,6 +44,7 @@ fn main() -> Result<()> {
             setup()?;
             install_missing(&[
                 ("podman", "/usr/lib/podman/rootlessport"),
+                ("passt", bench::PASTA),
                 ("iperf3", "iperf3"),
             ])?;
             let mut opts = bench::BenchOptions {
