@@ -987,9 +987,10 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
          (release build) against pasta (passt {}, {PASTA}), podman {}'s Go helper ({GO_HELPER}) and \
          direct loopback. Each rootlessport is started exactly as podman starts it; pasta attaches \
          to the same namespace and forwards the same host ports:\n\n```\npasta {}\n```\n\n\
-         The servers listen on all addresses inside the namespace: the helpers reach them on a \
-         veth address, pasta on the namespace's loopback (its splice path, which is what a \
-         127.0.0.1 client gets). {} rounds, interleaved; each cell is the median. Throughput \
+         The servers listen on all addresses inside the namespace: the helpers connect to the \
+         veth address {NS_ADDR}, pasta to 127.0.0.1 (its splice path, which is what a 127.0.0.1 \
+         client gets); both are local addresses there, so both routes go over the namespace's \
+         loopback. {} rounds, interleaved; each cell is the median. Throughput \
          and rates over {} s each; CPU and memory cover the forwarder's whole process tree (the \
          Go helper re-executes itself as `rootlessport-child`).\n\n{table}\n{NOTES}{budget}{PROFILE}",
         today(),
@@ -1037,9 +1038,9 @@ const NOTES: &str = "
 
 - **Direct loopback** is the physical limit: the same client and server with
   no forwarder and no namespace. Every forwarder adds a second hop (a second
-  TCP connection or UDP send inside the namespace: to the server's veth
-  address for the helpers, to the namespace's loopback for pasta), whose
-  kernel cost every forwarder pays; on this 2-core machine the clients and
+  TCP connection or UDP send inside the namespace: to the veth address for
+  the helpers, to 127.0.0.1 for pasta, both local there and routed over the
+  namespace's loopback), whose kernel cost every forwarder pays; on this 2-core machine the clients and
   servers compete with the forwarder for the same cores.
 - **pasta** is run in the foreground (`-f`), as root kept root (`--runas 0`),
   attached to the bench's namespace only (`--netns-only --netns`), with the
@@ -1061,12 +1062,18 @@ const NOTES: &str = "
   iperf3 run has a hard limit of its duration + 10 s; when pasta's UDP run
   hits it, the namespace's counters are checked (datagrams arrived and the
   server sent answers) and the cells say \"n/a: replies lost\".
-- **TCP and CPU per GB.** Both forwarders move TCP payload with splice(2), so
-  most of the CPU per byte is the kernel's TCP and veth work, charged to the
-  forwarder that calls splice. Ours saves the user-space part (no goroutines,
+- **TCP and CPU per GB.** All three forwarders move TCP payload with
+  splice(2), so most of the CPU per byte is the kernel's TCP work on the
+  second connection, charged to the forwarder that calls splice (see \"Where
+  the time goes\" below for ours against pasta). Ours saves the user-space part (no goroutines,
   no per-connection IPC, pipes reused at 256 KiB); larger pipes (1 MiB) did
-  not measurably help. That is why the ratios land near 1.2x and 0.7x rather
-  than 1.25x and 0.5x.
+  not measurably help. That is why the ratios against the Go helper landed
+  near 1.2x and 0.7x rather than 1.25x and 0.5x on a quiet machine.
+- **Request/response** sends 1 byte and waits for the 1-byte answer, over
+  and over on one connection kept open (after 100 unmeasured exchanges), so
+  it measures the forwarder's wake-up-to-forward path without connection
+  set-up; \"CPU per request/response\" is the forwarder's CPU over the run
+  divided by the exchanges.
 - **Connection rate.** Per connection we do accept, take a pre-made socket
   from the namespace thread's pool, connect, splice one byte each way and
   close: no process hop and no IPC, which halves the Go helper's p50 latency
@@ -1089,11 +1096,140 @@ const NOTES: &str = "
 
 /// Where the CPU goes, ours against pasta: measured by hand (strace, perf),
 /// kept here so every run writes it into BENCHMARKS.md.
-const PROFILE: &str = "
+const PROFILE: &str = r#"
 ## Where the time goes: ours vs pasta
 
-TODO
-";
+Measured by hand, not by the bench (2026-11-23, this 2-core machine while
+others were compiling on it, kernel 6.18, passt 0.0~git20230309). Our
+release `rootlessport` and pasta (the bench's command line) forwarded
+127.0.0.1 ports into one namespace holding the bench's servers (`iperf3 -s`,
+`xtask bench-serve 0.0.0.0:7000`); each was attached to by PID while a
+client ran:
+
+- system calls: `perf stat -e raw_syscalls:sys_enter,syscalls:sys_enter_splice,syscalls:sys_enter_epoll_wait,...
+  -p PID` (tracepoints: counts without slowing the forwarder), checked
+  against `strace -c -f -p PID` (same per-connection and per-exchange counts;
+  for bulk transfers strace slows the forwarder so much that pasta's splices
+  grow to ~500 KB, so its per-MB counts are not used);
+- wakeups and CPU: `perf stat -e context-switches,cpu-migrations,task-clock -p PID`,
+  3 to 7 runs alternating ours and pasta, median; user/system split from
+  /proc/PID/stat; kernel profile from `perf record -p PID`;
+- design facts from `strace -f` of pasta's start and of single connections.
+
+Workloads: 20000 connections from 4 threads (connect, 1 byte each way,
+close); 20000 1-byte exchanges on one connection; `iperf3 -n 4096M`, 1 and 4
+streams.
+
+| per connection (connect, 1-byte req/reply, close) | ours | pasta |
+|---|---:|---:|
+| system calls | 23.6 | 46.8 |
+| splice (returning EAGAIN) | 7.0 (1) | 8.0 (2) |
+| epoll_wait | 1.7 | 1.6 |
+| epoll_ctl | 4.0 | 17.9 |
+| accept4 (returning EAGAIN) | 1.7 (0.7) | 1.0 (0) |
+| socket, connect, shutdown, close | 1, 1, 2, 2 | 1, 1, 2, 6 |
+| setsockopt, getsockopt | 2, 1 | 4, 0 |
+| pipe2 + fcntl | 0 | 2 + 2 |
+| hand-off to the namespace | 0.16 futex (a refill per 16) | 0.03 clone+setns (a refill per 32) |
+| context switches | 0.91 | 1.33 |
+| forwarder CPU, µs (perf, median of 3; the bench's row) | 129 (105) | 158 (150) |
+
+| per 1-byte request/response on one connection | ours | pasta |
+|---|---:|---:|
+| system calls | 8.0 | 6.0 |
+| splice | 6 (2 return EAGAIN) | 4 |
+| epoll_wait | 2 | 2 |
+| context switches | 2.0 | 2.0 |
+| forwarder CPU, µs (median of 7) | 31 | 28 |
+
+| per MB, TCP | ours, 1 stream | pasta, 1 stream | ours, 4 streams | pasta, 4 streams |
+|---|---:|---:|---:|---:|
+| system calls | 11.9 | 21.2 | 8.7 | 166 |
+| splice | 10.0 | 14.8 | 8.4 | 146 |
+| epoll_wait | 1.9 | 5.5 | 0.3 | 19.4 |
+| epoll_ctl | 0 | 1.0 | 0 | 0.9 |
+| context switches | 1.7 | 1.4 | 0.6 | 0.44 |
+| forwarder CPU, µs (median of 7, 1 stream) | 304 (255-322) | 471 (325-722) | | |
+
+How the two are built (from strace): pasta is one thread on a
+level-triggered epoll (8 events per wait); ours is tokio's current-thread
+runtime, edge-triggered (1024 events per wait), plus one thread in the
+namespace that only makes sockets. pasta's pipes are 1 MiB (it asks for 8,
+4, 2 MiB first; `fs.pipe-max-size` is 1 MiB), 32 pairs made ahead, but each
+connection's pair is closed with it and made anew (pipe2 + F_SETPIPE_SZ);
+ours are 256 KiB and reused. pasta sets SO_RCVBUF and SO_SNDBUF to the
+maximum (8 MiB here, which also turns autotuning off) on its listeners and
+its namespace sockets, and TCP_QUICKACK on both sockets of a connection;
+ours keeps the kernel's autotuning and sets TCP_NODELAY on both. pasta keeps
+32 IPv4 and 32 IPv6 sockets ready in the namespace, refilled through a
+clone() that joins it; ours keeps 32 per kind, refilled by its namespace
+thread. pasta rewrites its epoll interest on every state change (18
+epoll_ctl per connection); ours registers each socket once (ADD, DEL).
+
+Where the difference goes:
+
+- **Connections.** Ours makes half of pasta's system calls and 30% fewer
+  context switches per connection (pipes reused, epoll interest set once),
+  which is why it is ahead on rate, latency and CPU per connection. What
+  ours still spends that pasta does not: an accept4 that returns EAGAIN
+  (0.7 per connection) and a splice that returns EAGAIN after a read (1 per
+  connection here, 2 per request/response), both because tokio's
+  edge-triggered readiness is only cleared by EAGAIN; getsockopt(SO_ERROR) after each connect; TCP_NODELAY set on the
+  event loop for both sockets.
+- **Request/response.** Both wake twice per exchange (once per direction),
+  and sleeping and waking is about half of either forwarder's CPU there
+  (perf record: finish_task_switch and the irq-restore after a wakeup on
+  top for both). The only difference in the path is ours' 2 extra
+  EAGAIN splices per exchange (8 calls against 6), within the noise of the
+  p50 here.
+- **Bulk TCP.** 93-99% of either forwarder's CPU is system time, and
+  perf record shows the same kernel functions in the same proportions
+  (softirq receive of the second loopback connection, skb_splice_from_iter,
+  tcp_sendmsg_locked, ...). Ours makes fewer system calls per MB (12 against
+  21, 9 against 166 with 4 streams), but they are 1-2% of the CPU; on this
+  shared machine the throughput and CPU per GB of ours and pasta swap places
+  from run to run. The one structural difference in the data path: when the
+  destination is full, pasta keeps splicing the source into its 1 MiB pipe,
+  while ours stops reading the source until the up to 256 KiB in its pipe
+  has gone out (1.7 against 1.4 context switches per MB).
+
+What to change in rootlessport to beat pasta (to be measured on an idle
+machine):
+
+1. `rootlessport/src/tcp.rs`, `pump`: do not splice again just to get
+   EAGAIN when a short read proves the socket is drained. A non-blocking TCP
+   splice into an empty pipe stops only when the receive queue is empty or
+   the pipe is out of slots, and every slot holds at least one byte, so
+   fewer bytes than the pipe has slots (64 for 256 KiB) means drained. Then
+   clear the read readiness (an `AsyncFd` guard's `clear_ready`, which tokio
+   skips if a new event came in meanwhile), except when the readiness says
+   the peer closed (read-closed: the FIN must still be read). This saves 2
+   of the 8 calls per request/response (and 1 per connection in the
+   connection test). The request/response target (p50 at most 0.9x pasta)
+   needs the path per wakeup to be shorter than pasta's, and this is the
+   part of ours that is longer.
+2. `rootlessport/src/tcp.rs`, `pump` and `PIPE_SIZE`: let the pipe buffer
+   while the destination is full, as pasta does: with 1 MiB pipes, keep
+   splicing the source into the pipe while waiting for the destination to
+   become writable, instead of waiting for the destination alone. Larger
+   pipes alone did not help before because `pump` never lets a pipe hold
+   more than one read. This targets the TCP throughput (1.1x pasta) and CPU
+   per GB (0.8x pasta) rows.
+3. `rootlessport/src/listen.rs`, `bind`, and `factory.rs`, `Kind::make`: set
+   TCP_NODELAY on the listener (Linux copies it to accepted sockets; check)
+   and on the namespace thread's fresh TCP sockets, so `relay` and `dial` no
+   longer make 2 setsockopt calls per connection on the event loop.
+4. The remaining extra calls of ours, the accept4 that returns EAGAIN (0.7
+   per connection under load) and the getsockopt(SO_ERROR) after connect
+   (which `dial_retrying` needs to see "connection refused"), come from
+   edge-triggered readiness and from the retry; only a level-triggered
+   event loop of our own for the data path (what pasta has) would drop the
+   first, and it is a bigger change than 1 to 3 for less.
+5. `rootlessport/src/listen.rs`, `bind`, and `factory.rs`, `Kind::make`:
+   try pasta's fixed large SO_RCVBUF/SO_SNDBUF against autotuning (here
+   tcp_rmem's maximum, 32 MiB, is above the 8 MiB pasta gets); keep it only
+   if the idle-machine bench shows a gain.
+"#;
 
 /// A row of the table.
 struct Row {
