@@ -364,11 +364,9 @@ impl Pasta {
             .join("\n")
     }
 
-    /// SIGTERM, then up to 5 s for it to exit; SIGKILL after that.
+    /// SIGTERM, then up to 5 s for it to exit; on any failure, dropping it
+    /// kills and reaps it.
     fn stop(mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -376,14 +374,20 @@ impl Pasta {
         .context("failed to send SIGTERM to pasta")?;
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if child.try_wait()?.is_some() {
+            let Some(child) = self.child.as_mut() else {
+                return Ok(());
+            };
+            if child
+                .try_wait()
+                .context("failed to wait for pasta")?
+                .is_some()
+            {
+                self.child = None;
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("pasta ignored SIGTERM for 5 s; killed it")
+        bail!("pasta ignored SIGTERM for 5 s; killing it")
     }
 }
 
@@ -596,8 +600,14 @@ fn iperf(port: u16, seconds: u64, udp: bool, streams: usize) -> Result<Option<(f
             .context("failed to run iperf3")?;
         let deadline = Instant::now() + Duration::from_secs(seconds) + IPERF_GRACE;
         let finished = loop {
-            if child.try_wait()?.is_some() {
-                break true;
+            match child.try_wait() {
+                Ok(Some(_)) => break true,
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e).context("failed to wait for iperf3");
+                }
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
