@@ -1050,8 +1050,9 @@ const NOTES: &str = "
   no forwarder and no namespace. Every forwarder adds a second hop (a second
   TCP connection or UDP send inside the namespace: to the veth address for
   the helpers, to 127.0.0.1 for pasta, both local there and routed over the
-  namespace's loopback), whose kernel cost every forwarder pays; on this 2-core machine the clients and
-  servers compete with the forwarder for the same cores.
+  namespace's loopback), whose kernel cost every forwarder pays; on this
+  2-core machine the clients and servers compete with the forwarder for the
+  same cores.
 - **pasta** is run in the foreground (`-f`), as root kept root (`--runas 0`),
   attached to the bench's namespace only (`--netns-only --netns`), with the
   same host ports as the helpers (one `-t`/`-u` per mapping and protocol) and
@@ -1075,10 +1076,11 @@ const NOTES: &str = "
 - **TCP and CPU per GB.** All three forwarders move TCP payload with
   splice(2), so most of the CPU per byte is the kernel's TCP work on the
   second connection, charged to the forwarder that calls splice (see \"Where
-  the time goes\" below for ours against pasta). Ours saves the user-space part (no goroutines,
-  no per-connection IPC, pipes reused at 256 KiB); larger pipes (1 MiB) did
-  not measurably help. That is why the ratios against the Go helper landed
-  near 1.2x and 0.7x rather than 1.25x and 0.5x on a quiet machine.
+  the time goes\" below for ours against pasta). Ours saves the user-space
+  part (no goroutines, no per-connection IPC, pipes reused at 256 KiB);
+  larger pipes (1 MiB) did not measurably help. That is why the ratios
+  against the Go helper landed near 1.2x and 0.7x rather than 1.25x and 0.5x
+  on a quiet machine.
 - **Request/response** sends 1 byte and waits for the 1-byte answer, over
   and over on one connection kept open (after 100 unmeasured exchanges), so
   it measures the forwarder's wake-up-to-forward path without connection
@@ -1142,7 +1144,7 @@ streams.
 | pipe2 + fcntl | 0 | 2 + 2 |
 | hand-off to the namespace | 0.16 futex (a refill per 16) | 0.03 clone+setns (a refill per 32) |
 | context switches | 0.91 | 1.33 |
-| forwarder CPU, µs (perf, median of 3; the bench's row) | 129 (105) | 158 (150) |
+| forwarder CPU, µs (perf, median of 3; the bench's first run) | 129 (105) | 158 (150) |
 
 | per 1-byte request/response on one connection | ours | pasta |
 |---|---:|---:|
