@@ -18,7 +18,8 @@ commands:
           when missing, and make /dev/net/tun usable by unprivileged users
   test    setup, msrv, cargo fmt --check, clippy -D warnings, the publishable
           crates built without default features and packaged (cargo package,
-          verified), then every test and the podman runs below
+          verified), then every test, the examples, the library tests as an
+          unprivileged user, and the podman runs below
   msrv    check that each publishable crate's rust-version is at least what
           every locked dependency needs (its rust-version, or its edition's)
   examples
@@ -27,9 +28,10 @@ commands:
           an unprivileged user (needs root)
   package build the publishable crates without default features, then
           cargo package them, verified (publish = false members left out)
-  bench   [--rounds N] [--seconds S]: our rootlessport against podman's Go
-          helper and direct loopback (installs podman and iperf3 when missing,
-          needs root); prints the table and writes BENCHMARKS.md
+  bench   [--rounds N] [--seconds S]: our rootlessport against pasta,
+          podman's Go helper and direct loopback (installs podman, passt and
+          iperf3 when missing, needs root); prints the table, writes
+          BENCHMARKS.md and the table in README.md
   podman  real rootless podman (a throw-away user, a busybox --rootfs
           container, -p through port_handler=rootlesskit) with podman's Go
           helper and then with our rootlessport; checks the page is served on
@@ -80,6 +82,7 @@ fn main() -> Result<()> {
             setup()?;
             install_missing(&[
                 ("podman", "/usr/lib/podman/rootlessport"),
+                ("passt", bench::PASTA),
                 ("iperf3", "iperf3"),
             ])?;
             let mut opts = bench::BenchOptions {
