@@ -81,6 +81,8 @@ fn bind(proto: Protocol, addr: SocketAddr, dual_stack: bool) -> Result<Socket, L
     if proto == Protocol::Tcp {
         // As any server: a restarted forwarder must not wait out TIME_WAIT.
         socket.set_reuse_address(true).map_err(fail)?;
+        // Accepted sockets inherit it: no setsockopt per connection.
+        socket.set_tcp_nodelay(true).map_err(fail)?;
     }
     socket.bind(&addr.into()).map_err(fail)?;
     if proto == Protocol::Tcp {

@@ -1,6 +1,7 @@
 //! TCP: accept on the host, connect inside the namespace, move the bytes
 //! with splice(2) through a reused pipe, propagate half-close both ways.
 
+use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::OwnedFd;
@@ -9,17 +10,20 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use socket2::{Domain, SockRef, Type};
-use tokio::io::Interest;
+use tokio::io::{Interest, Ready};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::factory::SocketFactory;
 use crate::target::Target;
 
-/// The pipe size asked for, and at most what moves per splice call. Fewer,
-/// larger splices cost less CPU per byte. Past an unprivileged user's
-/// pipe-page quota the kernel refuses the size, and the default 64 KiB stays.
-const PIPE_SIZE: usize = 256 << 10;
-const CHUNK: usize = PIPE_SIZE;
+/// The pipe size asked for (the kernel's default pipe-max-size). Larger
+/// pipes let the source keep draining into the pipe while the destination
+/// is full, and mean fewer splices per byte. Past an unprivileged user's
+/// pipe-page quota the kernel refuses the size and the default 64 KiB stays;
+/// each pipe knows the size it got.
+const PIPE_SIZE: usize = 1 << 20;
+/// Bytes a pipe slot holds at most (a page).
+const SLOT: usize = 4096;
 /// Pipes kept for reuse.
 const POOL_MAX: usize = 128;
 
@@ -28,6 +32,8 @@ const POOL_MAX: usize = 128;
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// Its capacity in bytes (what F_SETPIPE_SZ granted).
+    size: usize,
 }
 
 /// Reused pipes. When no pipe can be had (EMFILE, or an unprivileged user's
@@ -66,8 +72,12 @@ impl PipePool {
             }
         }
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).ok()?;
-        let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
-        Some(Pipe { read, write })
+        let size = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32))
+            .or_else(|_| nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_GETPIPE_SZ))
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(16 * SLOT);
+        Some(Pipe { read, write, size })
     }
 
     fn give(&self, pipe: Pipe) {
@@ -157,16 +167,15 @@ async fn dial(factory: &SocketFactory, dest: SocketAddr) -> io::Result<TcpStream
         .socket(Domain::for_address(dest), Type::STREAM)
         .await?;
     let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
-    let stream = socket.connect(dest).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+    // TCP_NODELAY was set by the namespace thread when it made the socket.
+    socket.connect(dest).await
 }
 
 /// Copies both ways until both directions have ended. A direction ends at
 /// EOF (then the other side's write half is shut) or on error (then both
 /// sockets are dropped at once, which resets them).
 pub async fn relay(a: TcpStream, b: TcpStream, pipes: &PipePool) {
-    let _ = a.set_nodelay(true);
+    // Accepted sockets inherit TCP_NODELAY from the listener (listen.rs).
     match (pipes.take(), pipes.take()) {
         (Some(p1), Some(p2)) => {
             let (r1, r2) = {
@@ -200,51 +209,80 @@ pub async fn relay(a: TcpStream, b: TcpStream, pipes: &PipePool) {
     }
 }
 
-/// One direction: src -> pipe -> dst, until EOF on src.
+/// One direction: src -> pipe -> dst, until EOF on src and the pipe is
+/// empty. The source keeps draining into the pipe while the destination is
+/// full (up to the pipe's size), so both sockets' buffers keep moving.
 async fn pump(src: &TcpStream, dst: &TcpStream, pipe: &Pipe) -> io::Result<()> {
+    let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+    let (mut in_pipe, mut eof) = (0usize, false);
     loop {
-        let n = loop {
-            src.readable().await?;
-            match src.try_io(Interest::READABLE, || {
-                splice(
-                    src,
-                    None,
-                    &pipe.write,
-                    None,
-                    CHUNK,
-                    SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
-                )
-                .map_err(io::Error::from)
+        let mut moved = false;
+        if !eof && in_pipe < pipe.size {
+            let room = pipe.size - in_pipe;
+            let ready = ready_now(src);
+            if let Some(ready) = ready {
+                let closed = ready?.is_read_closed();
+                let mut got = 0;
+                let r = src.try_io(Interest::READABLE, || {
+                    got = splice(src, None, &pipe.write, None, room, flags)
+                        .map_err(io::Error::from)?;
+                    // Fewer bytes than the pipe had free slots (each holds
+                    // at least one) means the socket's queue is empty: say
+                    // so now, sparing the splice that would only return
+                    // EAGAIN. Not when the peer has closed: its FIN must
+                    // still be read. (An event that arrives meanwhile is
+                    // kept: tokio clears only the readiness it saw.)
+                    if got > 0 && got < room / SLOT && !closed {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(())
+                });
+                match r {
+                    Ok(()) if got == 0 => eof = true,
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                in_pipe += got;
+                moved |= got > 0 || eof;
+            }
+        }
+        if in_pipe > 0 {
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(&pipe.read, None, dst, None, in_pipe, flags).map_err(io::Error::from)
             }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    in_pipe -= n;
+                    moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
-        };
-        if n == 0 {
+        }
+        if eof && in_pipe == 0 {
             // Half-close: the peer sent FIN; pass it on and keep the other way open.
             let _ = SockRef::from(dst).shutdown(Shutdown::Write);
             return Ok(());
         }
-        let mut left = n;
-        while left > 0 {
-            dst.writable().await?;
-            match dst.try_io(Interest::WRITABLE, || {
-                splice(
-                    &pipe.read,
-                    None,
-                    dst,
-                    None,
-                    left,
-                    SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
-                )
-                .map_err(io::Error::from)
-            }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
+        if moved {
+            continue;
         }
+        let want_read = !eof && in_pipe < pipe.size;
+        tokio::select! {
+            r = src.ready(Interest::READABLE), if want_read => { r?; }
+            r = dst.writable(), if in_pipe > 0 => { r?; }
+        }
+    }
+}
+
+/// The readiness tokio knows for `stream` now, without waiting: `None` when
+/// it is not readable yet.
+fn ready_now(stream: &TcpStream) -> Option<io::Result<Ready>> {
+    let mut ready = std::pin::pin!(stream.ready(Interest::READABLE));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match ready.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(r) => Some(r),
+        std::task::Poll::Pending => None,
     }
 }

@@ -634,3 +634,71 @@ fn udp_bursts_keep_every_datagram_boundary() {
         &missing[..missing.len().min(40)]
     );
 }
+
+#[test]
+fn a_slow_reader_and_a_thousand_tiny_exchanges_lose_nothing() {
+    if !prerequisites("a_slow_reader_and_a_thousand_tiny_exchanges_lose_nothing") {
+        return;
+    }
+    let ns = veth_netns("rp-slow");
+    let listener = ns
+        .open()
+        .run(|| TcpListener::bind("10.77.0.1:7500"))
+        .unwrap()
+        .unwrap();
+    let server = std::thread::spawn(move || {
+        // First connection: read 16 MiB slowly (the forwarder's pipe and the
+        // socket buffers fill and wait), answer with length and checksum.
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1024];
+        let (mut len, mut sum) = (0u64, 0u64);
+        loop {
+            let n = c.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            len += n as u64;
+            sum = buf[..n]
+                .iter()
+                .fold(sum, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)));
+            if len % (512 << 10) < 1024 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        c.write_all(format!("{len} {sum}").as_bytes()).unwrap();
+        drop(c);
+        // Second: a thousand one-byte request/response exchanges.
+        let (mut c, _) = listener.accept().unwrap();
+        let mut b = [0u8; 1];
+        while c.read(&mut b).unwrap() == 1 {
+            c.write_all(&[b[0].wrapping_add(1)]).unwrap();
+        }
+    });
+    let port = free_tcp_port();
+    let _rp = started(
+        &ns,
+        &config(&ns, tcp_map("127.0.0.1", port, 7500, 1), "10.77.0.1"),
+    );
+    let data = payload(16 << 20, 21);
+    let want_sum = data
+        .iter()
+        .fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let back = exchange(([127, 0, 0, 1], port).into(), &data);
+    assert_eq!(
+        String::from_utf8_lossy(&back),
+        format!("{} {want_sum}", data.len())
+    );
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for i in 0..1000u32 {
+        let byte = (i % 251) as u8;
+        c.write_all(&[byte]).unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)
+            .unwrap_or_else(|e| panic!("exchange {i} got no answer: {e}"));
+        assert_eq!(b[0], byte.wrapping_add(1), "exchange {i}");
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    server.join().unwrap();
+}

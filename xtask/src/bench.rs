@@ -142,7 +142,6 @@ impl Drop for BenchNetns {
     }
 }
 
-
 /// How a subject's forwarder is started.
 enum Tool {
     /// A rootlessport binary, started as podman starts it.
