@@ -9,6 +9,27 @@
 //! by a thread that joined the namespace, connections are served by one
 //! single-threaded event loop, TCP payload moves with splice(2) through
 //! reused pipes, and UDP flows share one receive buffer.
+//!
+//! As a library: check podman's document once into a [`ValidConfig`], then
+//! [`Forwarder::start`] it (which binds every host port) and serve it on a
+//! thread of your own; its [`ForwarderHandle`] adds and removes ports while
+//! it serves. Without the `bin` feature no logging stack is linked.
+//!
+//! ```
+//! use rootlessport::{Config, ConfigError};
+//!
+//! let config = Config::from_json(r#"{"Mappings":[{"host_ip":"127.0.0.1",
+//!     "container_port":80,"host_port":8080,"range":3,"protocol":"tcp,udp"}],
+//!     "NetNSPath":"/run/netns/demo","ExitFD":3,"ReadyFD":4,"ChildIP":"10.0.2.100"}"#)?;
+//! let valid = config.validate()?;
+//! assert_eq!(valid.forwards.len(), 6);
+//! // A loopback ChildIP would expose services bound to localhost inside.
+//! let loopback = Config::from_json(r#"{"NetNSPath":"/x","ExitFD":3,"ReadyFD":4,"ChildIP":"127.0.0.1"}"#)?;
+//! assert!(matches!(loopback.validate(), Err(ConfigError::LoopbackChildIp(_))));
+//! # Ok::<(), ConfigError>(())
+//! ```
+//!
+//! `examples/in_process.rs` forwards a port into a namespace in-process.
 
 mod childip;
 mod control;
@@ -25,7 +46,6 @@ mod udp;
 
 pub use childip::{child_ip, NetAddress, NetInterface, StatusBlock};
 pub use control::{ControlError, ControlServer, CONTROL_SOCKET_ENV};
-pub use factory::SocketFactory;
 pub use forwarder::{Forwarder, StartError};
 pub use listen::ListenError;
 pub use ports::{ForwarderHandle, PortChangeError};

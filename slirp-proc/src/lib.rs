@@ -10,6 +10,25 @@
 //! [`HelperCommand::start`] starts a helper the way podman starts
 //! `rootlessport` (configuration on stdin, exit pipe at fd 3, ready pipe at
 //! fd 4, one error line on stdout), with the same immediate death detection.
+//! [`output_within`] runs a short command under a deadline.
+//!
+//! ```
+//! use std::process::Command;
+//! use std::time::Duration;
+//!
+//! let mut cmd = Command::new("sh");
+//! cmd.args(["-c", "echo ready"]);
+//! let out = slirp_proc::output_within(cmd, Duration::from_secs(10))?;
+//! assert_eq!(out.stdout, b"ready\n");
+//! // A command that hangs is killed, with its process group.
+//! let mut hung = Command::new("sleep");
+//! hung.arg("60");
+//! assert!(matches!(
+//!     slirp_proc::output_within(hung, Duration::from_millis(100)),
+//!     Err(slirp_proc::RunError::TimedOut { .. })
+//! ));
+//! # Ok::<(), slirp_proc::RunError>(())
+//! ```
 
 mod child;
 mod dad;

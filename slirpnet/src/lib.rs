@@ -39,6 +39,7 @@
 
 mod binary;
 pub mod control;
+mod dirs;
 mod portfwd;
 pub mod session;
 mod setup;

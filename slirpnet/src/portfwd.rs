@@ -248,7 +248,7 @@ impl Control {
     fn new() -> Result<Self, PortForwardError> {
         let dir = tempfile::Builder::new()
             .prefix("slirpnet-fwd-")
-            .tempdir_in(crate::setup::runtime_dir())
+            .tempdir_in(crate::dirs::runtime_dir())
             .map_err(PortForwardError::ControlDir)?;
         let socket = dir.path().join("control.sock");
         Ok(Control { _dir: dir, socket })

@@ -6,7 +6,7 @@
 //! directory: `$XDG_RUNTIME_DIR/slirpnet`, `/run/slirpnet` for root), removed
 //! when the session ends; a socket left by a crash is removed by the next
 //! [`sessions`] that finds nobody answering. One JSON
-//! [`Request`](slirp_opts::portctl::Request) per connection, read to EOF (at
+//! `Request` (of `slirp_opts::portctl`) per connection, read to EOF (at
 //! most [`MAX_MESSAGE`] bytes, within [`CLIENT_DEADLINE`]), one JSON
 //! [`Reply`]; only the session's own user is served.
 

@@ -16,6 +16,7 @@ use slirp_opts::{
 use slirp_proc::{Exit, Slirp, SlirpCommand, StartError};
 
 use crate::binary::{detect_features, find_binary, BinaryError};
+use crate::dirs::runtime_dir;
 use crate::portfwd::{
     resolve_forwarder, ForwarderChoice, ForwarderInfo, PortChangeError, PortForwardError,
     PortForwarder,
@@ -446,15 +447,6 @@ fn add_via_api(
         }
     }
     Ok(added)
-}
-
-/// Where the API socket's directory goes: $XDG_RUNTIME_DIR when set and
-/// short enough, else the temporary directory.
-pub(crate) fn runtime_dir() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir() && p.as_os_str().len() < 64)
-        .unwrap_or_else(std::env::temp_dir)
 }
 
 impl Network {

@@ -16,7 +16,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   setup   install what the project needs (slirp4netns, iproute2, util-linux)
           when missing, and make /dev/net/tun usable by unprivileged users
-  test    setup, msrv, cargo fmt --check, clippy -D warnings, the publishable
+  test    setup, msrv, cargo fmt --check, clippy -D warnings (and
+          missing_errors_doc on the libraries), cargo doc -D warnings, the publishable
           crates built without default features and packaged (cargo package,
           verified), then every test, the examples, the library tests as an
           unprivileged user, and the podman runs below
@@ -263,6 +264,23 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The public API's promises: every fallible function says how it fails,
+    // and the docs build without a warning.
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--lib",
+        "--no-deps",
+        "--all-features",
+        "--",
+        "-W",
+        "clippy::missing_errors_doc",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps", "--all-features"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     packaging::package(&workspace_root())?;
     let mut total = Totals::default();
     total.add(run_tests(cargo().args([
