@@ -16,6 +16,7 @@ use slirp_opts::Protocol;
 /// assert_eq!(fwd.host_addr, Some("127.0.0.1".parse().unwrap()));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HostFwd {
     /// tcp or udp.
     pub proto: Protocol,

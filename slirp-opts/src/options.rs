@@ -115,9 +115,10 @@ impl std::fmt::Display for PortHandler {
 /// assert_eq!(err.to_string(), r#"invalid mtu "12""#);
 /// ```
 ///
-/// The fields are podman's options; the struct can also be built with a
-/// literal over [`NetworkOptions::default`].
+/// The fields are podman's options; start from [`NetworkOptions::default`]
+/// (podman's defaults) or a parse, then set fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NetworkOptions {
     /// The IPv4 network (`--cidr`), host bits cleared; `None` means slirp4netns's 10.0.2.0/24.
     pub cidr: Option<Ipv4Net>,

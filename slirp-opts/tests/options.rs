@@ -233,11 +233,10 @@ fn argv_for_a_path_target_with_everything() {
 
 #[test]
 fn argv_leaves_out_optional_flags_the_binary_lacks() {
-    let opts = NetworkOptions {
-        no_pivot_root: true,
-        enable_ipv6: false,
-        ..Default::default()
-    };
+    let opts = with(NetworkOptions::default(), |o| {
+        o.no_pivot_root = true;
+        o.enable_ipv6 = false;
+    });
     let mut inv = Invocation::new(Target::Pid(7));
     inv.exit_fd = None;
     assert_eq!(
@@ -253,10 +252,7 @@ fn argv_leaves_out_optional_flags_the_binary_lacks() {
 #[test]
 fn argv_errors_for_unsupported_features() {
     let inv = Invocation::new(Target::Pid(1));
-    let no_v6 = NetworkOptions {
-        enable_ipv6: false,
-        ..Default::default()
-    };
+    let no_v6 = with(NetworkOptions::default(), |o| o.enable_ipv6 = false);
     let without = |change: fn(&mut Features)| {
         let mut f = Features::all();
         change(&mut f);
@@ -264,10 +260,9 @@ fn argv_errors_for_unsupported_features() {
     };
     let cases: Vec<(NetworkOptions, Features, &str)> = vec![
         (
-            NetworkOptions {
-                cidr: Some("10.1.0.0/24".parse().unwrap()),
-                ..no_v6.clone()
-            },
+            with(no_v6.clone(), |o| {
+                o.cidr = Some("10.1.0.0/24".parse().unwrap())
+            }),
             without(|f| f.cidr = false),
             "cidr not supported",
         ),
@@ -277,26 +272,19 @@ fn argv_errors_for_unsupported_features() {
             "enable_ipv6 not supported",
         ),
         (
-            NetworkOptions {
-                outbound_addr: Some("eth0".into()),
-                ..no_v6.clone()
-            },
+            with(no_v6.clone(), |o| o.outbound_addr = Some("eth0".into())),
             without(|f| f.outbound_addr = false),
             "outbound_addr not supported",
         ),
         (
-            NetworkOptions {
-                outbound_addr6: Some("eth0".into()),
-                ..Default::default()
-            },
+            with(NetworkOptions::default(), |o| {
+                o.outbound_addr6 = Some("eth0".into())
+            }),
             without(|f| f.outbound_addr = false),
             "outbound_addr6 not supported",
         ),
         (
-            NetworkOptions {
-                outbound_addr6: Some("eth0".into()),
-                ..no_v6.clone()
-            },
+            with(no_v6.clone(), |o| o.outbound_addr6 = Some("eth0".into())),
             Features::all(),
             "enable_ipv6=true is required for outbound_addr6",
         ),
@@ -402,4 +390,10 @@ fn per_container_list_goes_over_the_engine_options() {
     let err = o.apply_list("mtu=1280,mtu=9", |_| false).unwrap_err();
     assert_eq!(err, slirp_opts::OptionError::InvalidMtu("9".into()));
     assert_eq!(o.mtu, 1280);
+}
+
+/// `opts` changed by `change` (the struct is non-exhaustive).
+fn with(mut opts: NetworkOptions, change: impl FnOnce(&mut NetworkOptions)) -> NetworkOptions {
+    change(&mut opts);
+    opts
 }

@@ -46,17 +46,13 @@ fn add_list_remove() {
     let (p1, p2) = (free_tcp_port(), free_tcp_port());
     let loopback = Some(Ipv4Addr::LOCALHOST);
     let id1 = client
-        .add_hostfwd(&HostFwd {
-            host_addr: loopback,
-            ..HostFwd::new(Protocol::Tcp, p1, 80)
-        })
+        .add_hostfwd(&with_host(HostFwd::new(Protocol::Tcp, p1, 80), loopback))
         .unwrap();
     let id2 = client
-        .add_hostfwd(&HostFwd {
-            host_addr: loopback,
-            guest_addr: Some(Ipv4Addr::new(10, 0, 2, 7)),
-            ..HostFwd::new(Protocol::Udp, p2, 53)
-        })
+        .add_hostfwd(
+            &with_host(HostFwd::new(Protocol::Udp, p2, 53), loopback)
+                .with_guest_addr(Ipv4Addr::new(10, 0, 2, 7)),
+        )
         .unwrap();
     assert!(id1 >= 1 && id2 > id1, "ids {id1} {id2}");
 
@@ -107,10 +103,7 @@ fn host_port_in_use_is_refused() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let err = Client::new(&slirp.socket)
-        .add_hostfwd(&HostFwd {
-            host_addr: Some(Ipv4Addr::LOCALHOST),
-            ..HostFwd::new(Protocol::Tcp, port, 80)
-        })
+        .add_hostfwd(&HostFwd::new(Protocol::Tcp, port, 80).with_host_addr(Ipv4Addr::LOCALHOST))
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -204,4 +197,12 @@ fn every_server_error_text() {
     // After all that, slirp4netns still serves.
     assert_eq!(client.list_hostfwd().unwrap(), []);
     assert!(slirp.alive());
+}
+
+/// `fwd` listening on `addr` when one is given.
+fn with_host(fwd: HostFwd, addr: Option<Ipv4Addr>) -> HostFwd {
+    match addr {
+        Some(a) => fwd.with_host_addr(a),
+        None => fwd,
+    }
 }

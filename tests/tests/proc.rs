@@ -9,10 +9,8 @@ use slirp_proc::{Exit, Slirp, SlirpCommand, StartError};
 use slirpnet_tests::{fake_slirp, pid_exists, real_slirp, require, Netns, PersistentNetns};
 
 fn command(bin: &std::path::Path, target: Target) -> SlirpCommand {
-    let opts = NetworkOptions {
-        enable_ipv6: false,
-        ..Default::default()
-    };
+    let mut opts = NetworkOptions::default();
+    opts.enable_ipv6 = false;
     SlirpCommand::new(bin, opts, Features::all(), Invocation::new(target))
 }
 

@@ -53,10 +53,8 @@ fn target(ns: &PersistentNetns) -> Target {
 }
 
 fn options() -> SetupOptions {
-    let network = NetworkOptions {
-        port_handler: PortHandler::Slirp4netns,
-        ..Default::default()
-    };
+    let mut network = NetworkOptions::default();
+    network.port_handler = PortHandler::Slirp4netns;
     SetupOptions::new(network)
 }
 
