@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -234,9 +234,13 @@ pub fn msrv(root: &Path) -> Result<()> {
 pub fn package(root: &Path) -> Result<()> {
     let meta = metadata(root, &["--no-deps"])?;
     let mut excludes = Vec::new();
+    let mut ours = Vec::new();
     for package in meta["packages"].as_array().into_iter().flatten() {
-        if !publishable(package) {
-            let name = package["name"].as_str().context("package without name")?;
+        let name = package["name"].as_str().context("package without name")?;
+        if publishable(package) {
+            let version = package["version"].as_str().context("package without version")?;
+            ours.push(format!("{name}-{version}"));
+        } else {
             excludes.extend(["--exclude", name]);
         }
     }
@@ -245,11 +249,40 @@ pub fn package(root: &Path) -> Result<()> {
             .args(["check", "--workspace", "--no-default-features"])
             .args(&excludes),
     )?;
-    crate::run(
+    // cargo unpacks the packages it verifies against each other into
+    // $CARGO_HOME/registry/src/<registry hash>/NAME-VERSION and reuses such
+    // a directory on the next run from the same path: a later run would
+    // verify against an earlier run's sources. Ours are not on crates.io,
+    // so any such directory is stale.
+    remove_unpacked(&ours)?;
+    let packaged = crate::run(
         cargo(root)
             .args(["package", "--workspace", "--allow-dirty"])
             .args(&excludes),
-    )
+    );
+    remove_unpacked(&ours)?;
+    packaged
+}
+
+/// Removes `$CARGO_HOME/registry/src/*/NAME-VERSION` for each of `ours`.
+fn remove_unpacked(ours: &[String]) -> Result<()> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let Ok(registries) = std::fs::read_dir(home.join("registry/src")) else {
+        return Ok(());
+    };
+    for registry in registries.flatten() {
+        for name in ours {
+            let dir = registry.path().join(name);
+            if dir.is_dir() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("failed to remove {}", dir.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `cargo` (the one running xtask) in the workspace root.
