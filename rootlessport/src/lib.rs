@@ -9,13 +9,20 @@
 //! by a thread that joined the namespace, connections are served by one
 //! single-threaded event loop, TCP payload moves with splice(2) through
 //! reused pipes, and UDP flows share one receive buffer.
+//!
+//! With [`ForwardOptions::keep_source_ip`] (the program:
+//! `ROOTLESSPORT_KEEP_SOURCE_IP=1`) the service sees each client's own
+//! address and port instead of the namespace's address.
 
 mod childip;
 mod factory;
 mod forwarder;
 mod listen;
 mod mmsg;
+mod options;
 mod reload;
+mod rtnl;
+pub mod source_ip;
 mod target;
 mod tcp;
 mod udp;
@@ -24,6 +31,7 @@ pub use childip::{child_ip, NetAddress, NetInterface, StatusBlock};
 pub use factory::SocketFactory;
 pub use forwarder::{Forwarder, StartError};
 pub use listen::ListenError;
+pub use options::{ForwardOptions, OptionsEnvError, KEEP_SOURCE_IP_ENV};
 pub use reload::{reload, socket_path, ReloadError, ReloadGuard, ReloadServer};
 pub use slirp_opts;
 pub use slirp_opts::rootlessport::{

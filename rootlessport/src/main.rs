@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
-use rootlessport::{Config, Forwarder};
+use rootlessport::{Config, ForwardOptions, Forwarder};
 
 /// Fails before ready: ONE line on stdout (podman shows `rootlessport <line>`).
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -77,7 +77,11 @@ fn main() -> ExitCode {
         Ok(fd) => fd,
         Err(e) => return fail(e),
     };
-    let forwarder = match Forwarder::start(config) {
+    let options = ForwardOptions::from_env().unwrap_or_else(|e| {
+        tracing::warn!("{e}");
+        ForwardOptions::default()
+    });
+    let forwarder = match Forwarder::start_with(config, options) {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
