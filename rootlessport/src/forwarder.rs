@@ -164,9 +164,20 @@ impl Forwarder {
     /// `exit`), then closes every listener and connection, removes the
     /// reload socket and what keeping client addresses added.
     pub fn run_until_eof(self, exit: OwnedFd) -> io::Result<()> {
+        self.run_until_eof_or(exit, std::future::pending())
+    }
+
+    /// As [`run_until_eof`](Self::run_until_eof), or until `stop`
+    /// completes (a signal, say), whichever comes first.
+    pub fn run_until_eof_or(self, exit: OwnedFd, stop: impl Future<Output = ()>) -> io::Result<()> {
         self.run(async move {
-            if let Err(e) = wait_eof(exit).await {
-                tracing::warn!(error = %e, "watching the exit fd failed; stopping");
+            tokio::select! {
+                watched = wait_eof(exit) => {
+                    if let Err(e) = watched {
+                        tracing::warn!(error = %e, "watching the exit fd failed; stopping");
+                    }
+                }
+                () = stop => {}
             }
         })
     }
