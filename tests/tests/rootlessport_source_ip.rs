@@ -1084,3 +1084,64 @@ fn rootless_a_forwarder_in_the_owning_user_namespace_keeps_addresses() {
     fwd.stop();
     assert_eq!(forwarder_state(&c), Vec::<String>::new());
 }
+
+#[test]
+fn containers_behind_veths_as_on_rootless_cni_networks_keep_addresses_across_a_reload() {
+    if !prerequisites(
+        "containers_behind_veths_as_on_rootless_cni_networks_keep_addresses_across_a_reload",
+    ) {
+        return;
+    }
+    // As with podman's rootless netavark/CNI networks, the forwarder works in
+    // a namespace of its own (the rootless-netns) and the child IP belongs
+    // to a container in another namespace, reached through a veth: the
+    // container's replies arrive forwarded, with their source set. A
+    // reload moves the forward to a second container.
+    let w = World::new("sip-cni");
+    let x = PersistentNetns::new("sip-cni-x").unwrap();
+    let y = PersistentNetns::new("sip-cni-y").unwrap();
+    for (peer, dev, net) in [(&x, "r0", "10.89.0"), (&y, "r1", "10.89.1")] {
+        w.container.ip(&format!(
+            "link add {dev} type veth peer name eth0 netns {}",
+            peer.name()
+        ));
+        w.container.ip(&format!("addr add {net}.1/30 dev {dev}"));
+        w.container.ip(&format!("link set {dev} up"));
+        for args in [
+            "link set lo up".to_owned(),
+            format!("addr add {net}.2/30 dev eth0"),
+            "link set eth0 up".to_owned(),
+            format!("route add default via {net}.1"),
+        ] {
+            peer.ip(&args);
+        }
+        tcp_service(&peer.path, addr("[::]:8000"));
+        udp_service(&peer.path, addr("[::]:5353"));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let fwd = w.forwarder(&config(
+        w.c(),
+        json!([map(8080, 8000, 1, "tcp"), map(8053, 5353, 1, "udp")]),
+        "10.89.0.2",
+        Some(tmp.path()),
+    ));
+    let (mut before, me, seen) = tcp_call(w.k(), addr("192.0.2.1:8080"));
+    assert_kept("TCP to the first container", me, &seen);
+    assert_eq!(seen.local, addr("10.89.0.2:8000"));
+    let (me, seen) = udp_call(w.k(), addr("192.0.2.1:8053"));
+    assert_kept("UDP to the first container", me, &seen);
+    assert_eq!(seen.local, addr("10.89.0.2:5353"));
+
+    rootlessport::reload(tmp.path(), "5eedc0ffee", "10.89.1.2").unwrap();
+    let (mut after, me, seen) = tcp_call(w.k(), addr("192.0.2.1:8080"));
+    assert_kept("TCP to the second container", me, &seen);
+    assert_eq!(seen.local, addr("10.89.1.2:8000"));
+    let (me, seen) = udp_call(w.k(), addr("192.0.2.1:8053"));
+    assert_kept("UDP to the second container", me, &seen);
+    assert_eq!(seen.local, addr("10.89.1.2:5353"));
+    echoes(&mut before, "first container, after the reload");
+    echoes(&mut after, "second container");
+    drop((before, after));
+    fwd.stop();
+    assert_eq!(forwarder_state(w.c()), Vec::<String>::new());
+}
