@@ -28,23 +28,28 @@ enum Request {
     Refill(Kind),
 }
 
-/// IPv4 or IPv6, TCP or UDP.
+/// IPv4 or IPv6, TCP or UDP, plain or transparent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Kind {
     v6: bool,
     udp: bool,
+    transparent: bool,
 }
 
+/// How many kinds there are.
+const KINDS: usize = 8;
+
 impl Kind {
-    fn new(domain: Domain, ty: Type) -> Self {
+    fn new(domain: Domain, ty: Type, transparent: bool) -> Self {
         Kind {
             v6: domain == Domain::IPV6,
             udp: ty == Type::DGRAM,
+            transparent,
         }
     }
 
     fn index(self) -> usize {
-        usize::from(self.v6) * 2 + usize::from(self.udp)
+        usize::from(self.v6) * 4 + usize::from(self.udp) * 2 + usize::from(self.transparent)
     }
 
     fn make(self) -> io::Result<OwnedFd> {
@@ -56,17 +61,32 @@ impl Kind {
         };
         let socket = Socket::new(domain, ty.nonblocking().cloexec(), Some(proto))?;
         if !self.udp {
-            // Here, off the event loop: one setsockopt less per connection.
+            // Set before connect, here off the event loop.
             socket.set_tcp_nodelay(true)?;
         }
-        Ok(OwnedFd::from(socket))
+        if self.transparent {
+            // Set here, off the event loop: binding to the client's address
+            // is then the only extra system call per connection.
+            if self.v6 {
+                socket.set_ip_transparent_v6(true)?;
+            } else {
+                socket.set_ip_transparent_v4(true)?;
+            }
+            if !self.udp {
+                // A client's address and port may still be held by an
+                // earlier connection's socket in TIME_WAIT, or be in use
+                // toward another published port.
+                socket.set_reuse_address(true)?;
+            }
+        }
+        Ok(socket.into())
     }
 }
 
 #[derive(Debug)]
 struct Pools {
-    ready: [Mutex<Vec<OwnedFd>>; 4],
-    refilling: [AtomicBool; 4],
+    ready: [Mutex<Vec<OwnedFd>>; KINDS],
+    refilling: [AtomicBool; KINDS],
     last_used: Mutex<Instant>,
 }
 
@@ -138,7 +158,17 @@ impl SocketFactory {
     /// `socket(2)` failed inside the namespace (e.g. EMFILE), or the
     /// namespace thread is gone.
     pub async fn socket(&self, domain: Domain, ty: Type) -> io::Result<OwnedFd> {
-        let kind = Kind::new(domain, ty);
+        self.get(Kind::new(domain, ty, false)).await
+    }
+
+    /// As [`socket`](Self::socket), with IP_TRANSPARENT (or IPV6_TRANSPARENT)
+    /// set, and SO_REUSEADDR for TCP: ready to be bound to a client's
+    /// address.
+    pub(crate) async fn transparent_socket(&self, domain: Domain, ty: Type) -> io::Result<OwnedFd> {
+        self.get(Kind::new(domain, ty, true)).await
+    }
+
+    async fn get(&self, kind: Kind) -> io::Result<OwnedFd> {
         let i = kind.index();
         *lock(&self.pools.last_used) = Instant::now();
         let pooled = {

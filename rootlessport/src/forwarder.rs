@@ -12,8 +12,10 @@ use socket2::Socket;
 
 use crate::factory::SocketFactory;
 use crate::listen::{listen, ListenError};
+use crate::options::ForwardOptions;
 use crate::ports::{Command, ForwarderHandle, Ports};
 use crate::reload::{ReloadError, ReloadGuard, ReloadServer};
+use crate::source_ip::{Ports as PublishedPorts, SourceIps, SourceIpsGuard};
 use crate::target::Target;
 use crate::tcp;
 use slirp_opts::rootlessport::{ConfigError, ValidConfig};
@@ -51,6 +53,7 @@ pub struct Forwarder {
     listeners: Vec<(Forward, Socket)>,
     target: Target,
     factory: SocketFactory,
+    keep: Option<(SourceIps, SourceIpsGuard)>,
     reload: Option<ReloadGuard>,
     runtime: tokio::runtime::Runtime,
     commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
@@ -68,6 +71,28 @@ impl Forwarder {
     /// A host port that cannot be listened on, a namespace that cannot be
     /// opened or joined, or a reload socket that cannot be bound.
     pub fn start(config: ValidConfig) -> Result<Self, StartError> {
+        Self::start_with(config, ForwardOptions::default())
+    }
+
+    /// As [`start`](Self::start), with `options`. Keeping client addresses
+    /// never makes the start fail: where the namespace refuses, the
+    /// forwarder logs one warning and forwards as without it.
+    ///
+    /// ```no_run
+    /// use rootlessport::{Config, ForwardOptions, Forwarder};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = Config::from_json(&std::io::read_to_string(std::io::stdin())?)?.validate()?;
+    /// let forwarder = Forwarder::start_with(config, ForwardOptions::default().keep_source_ip(true))?;
+    /// println!("client addresses kept: {}", forwarder.keeps_source_ip());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_with(config: ValidConfig, options: ForwardOptions) -> Result<Self, StartError> {
         let ValidConfig {
             forwards,
             netns_path,
@@ -83,6 +108,20 @@ impl Forwarder {
             .collect::<Result<Vec<_>, _>>()?;
         let netns = Netns::open(&netns_path)?;
         let factory = SocketFactory::start(&netns)?;
+        let keep = if options.keeps_source_ip() {
+            let ports = PublishedPorts::of(&listeners.iter().map(|(f, _)| *f).collect::<Vec<_>>());
+            match SourceIps::start(&netns, ports, child_ip) {
+                Ok(keep) => Some(keep),
+                Err(e) => {
+                    tracing::warn!(
+                        "not keeping client addresses, the service sees the namespace's own address instead: {e}"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let target = Target::new(child_ip);
         let reload = match reload {
             Some(r) => {
@@ -98,12 +137,13 @@ impl Forwarder {
             .enable_time()
             .build()
             .map_err(StartError::Runtime)?;
-        tracing::info!(ports = listeners.len(), %child_ip, "listening");
+        tracing::info!(ports = listeners.len(), %child_ip, keep_source_ip = keep.is_some(), "listening");
         let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
         Ok(Forwarder {
             listeners,
             target,
             factory,
+            keep,
             reload,
             runtime,
             commands,
@@ -122,22 +162,39 @@ impl Forwarder {
         &self.target
     }
 
+    /// Whether services see each client's own address: asked for with
+    /// [`ForwardOptions::keep_source_ip`], and granted by the namespace.
+    pub fn keeps_source_ip(&self) -> bool {
+        self.keep.is_some()
+    }
+
     /// The reload socket's path, when there is one.
     pub fn reload_socket(&self) -> Option<&Path> {
         self.reload.as_ref().map(ReloadGuard::path)
     }
 
     /// Serves until the exit pipe's other end is closed (EOF or HUP on
-    /// `exit`), then closes every listener and connection and removes the
-    /// reload socket.
+    /// `exit`), then closes every listener and connection, removes the
+    /// reload socket and what keeping client addresses added.
     ///
     /// # Errors
     ///
     /// A listener could not be registered with the event loop.
     pub fn run_until_eof(self, exit: OwnedFd) -> io::Result<()> {
+        self.run_until_eof_or(exit, std::future::pending())
+    }
+
+    /// As [`run_until_eof`](Self::run_until_eof), or until `stop`
+    /// completes (a signal, say), whichever comes first.
+    pub fn run_until_eof_or(self, exit: OwnedFd, stop: impl Future<Output = ()>) -> io::Result<()> {
         self.run(async move {
-            if let Err(e) = wait_eof(exit).await {
-                tracing::warn!(error = %e, "watching the exit fd failed; stopping");
+            tokio::select! {
+                watched = wait_eof(exit) => {
+                    if let Err(e) = watched {
+                        tracing::warn!(error = %e, "watching the exit fd failed; stopping");
+                    }
+                }
+                () = stop => {}
             }
         })
     }
@@ -152,37 +209,47 @@ impl Forwarder {
             listeners,
             target,
             factory,
+            keep,
             reload,
             runtime,
             mut commands,
             handle,
         } = self;
+        let (keep, keep_guard) = match keep {
+            Some((k, g)) => (Some(k), Some(g)),
+            None => (None, None),
+        };
         // Only handles given out keep the channel open.
         drop(handle);
         runtime.block_on(async {
             let pipes = tcp::PipePool::default();
-            let mut ports = Ports::new(target.clone(), factory.clone(), pipes.clone());
+            let mut ports =
+                Ports::new(target.clone(), factory.clone(), pipes.clone(), keep.clone());
             ports
                 .serve(listeners)
                 .map_err(|e| io::Error::other(e.to_string()))?;
             // Port changes are answered on the event loop, between I/O.
             tokio::spawn(async move {
                 while let Some(cmd) = commands.recv().await {
-                    ports.handle(cmd);
+                    ports.handle(cmd).await;
                 }
                 // Every handle is gone: keep serving what there is.
                 std::future::pending::<()>().await;
                 drop(ports);
             });
-            // Pools serve bursts; an idle forwarder gives their fds back.
+            // Pools serve bursts; an idle forwarder gives their fds back,
+            // and idle clients their routes.
             tokio::spawn({
-                let (pipes, factory) = (pipes.clone(), factory.clone());
+                let (pipes, factory, target) = (pipes.clone(), factory.clone(), target.clone());
                 async move {
                     let mut tick = tokio::time::interval(TRIM_EVERY);
                     loop {
                         tick.tick().await;
                         pipes.trim_if_idle(POOL_IDLE);
                         factory.trim_if_idle(POOL_IDLE);
+                        if let Some(keep) = &keep {
+                            keep.sweep(target.ip());
+                        }
                     }
                 }
             });
@@ -191,6 +258,8 @@ impl Forwarder {
         })?;
         // Dropping the runtime drops every task: listeners and connections close.
         drop(runtime);
+        // Then the rules and routes that sent replies to them go.
+        drop(keep_guard);
         drop(reload);
         Ok(())
     }

@@ -30,6 +30,10 @@
 //! ```
 //!
 //! `examples/in_process.rs` forwards a port into a namespace in-process.
+//!
+//! With [`ForwardOptions::keep_source_ip`] (the program:
+//! `ROOTLESSPORT_KEEP_SOURCE_IP=1`) the service sees each client's own
+//! address and port instead of the namespace's address.
 
 mod childip;
 mod control;
@@ -37,9 +41,12 @@ mod factory;
 mod forwarder;
 mod listen;
 mod mmsg;
+mod options;
 mod ports;
 mod reload;
+mod rtnl;
 mod seqpacket;
+pub mod source_ip;
 mod target;
 mod tcp;
 mod udp;
@@ -48,6 +55,7 @@ pub use childip::{child_ip, NetAddress, NetInterface, StatusBlock};
 pub use control::{ControlError, ControlServer, CONTROL_SOCKET_ENV};
 pub use forwarder::{Forwarder, StartError};
 pub use listen::ListenError;
+pub use options::{ForwardOptions, OptionsEnvError, KEEP_SOURCE_IP_ENV};
 pub use ports::{ForwarderHandle, PortChangeError};
 pub use reload::{reload, socket_path, ReloadError, ReloadGuard, ReloadServer};
 pub use slirp_opts;

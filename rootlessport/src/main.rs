@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
-use rootlessport::{Config, Forwarder};
+use rootlessport::{Config, ForwardOptions, Forwarder};
 
 /// Fails before ready: ONE line on stdout (podman shows `rootlessport <line>`).
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -51,6 +51,13 @@ fn main() -> ExitCode {
     if std::env::args_os().len() > 1 {
         return fail("rootlessport takes no arguments: the configuration comes as JSON on stdin");
     }
+    // Before any thread starts, so that every thread inherits the mask:
+    // SIGTERM and SIGINT then wait in the signalfd, and stop the forwarder
+    // as the exit pipe does, cleanly.
+    let signals = match StopSignals::block() {
+        Ok(s) => s,
+        Err(e) => return fail(format_args!("failed to watch SIGTERM: {e}")),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ROOTLESSPORT_LOG")
@@ -77,7 +84,11 @@ fn main() -> ExitCode {
         Ok(fd) => fd,
         Err(e) => return fail(e),
     };
-    let forwarder = match Forwarder::start(config) {
+    let options = ForwardOptions::from_env().unwrap_or_else(|e| {
+        tracing::warn!("{e}");
+        ForwardOptions::default()
+    });
+    let forwarder = match Forwarder::start_with(config, options) {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
@@ -102,9 +113,41 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     drop(ready);
-    match forwarder.run_until_eof(exit) {
+    match forwarder.run_until_eof_or(exit, signals.wait()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::from(1),
+    }
+}
+
+/// SIGTERM and SIGINT, blocked in every thread and taken by one that
+/// waits for them.
+struct StopSignals(tokio::sync::oneshot::Receiver<i32>);
+
+impl StopSignals {
+    fn block() -> std::io::Result<Self> {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        set.thread_block()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("rootlessport-signals".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                if let Ok(signal) = set.wait() {
+                    let _ = tx.send(signal as i32);
+                }
+            })?;
+        Ok(StopSignals(rx))
+    }
+
+    /// Resolves at the first of them (never, if they cannot be waited for).
+    async fn wait(self) {
+        match self.0.await {
+            Ok(signal) => tracing::info!(signal, "stopping"),
+            Err(_) => std::future::pending().await,
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::factory::SocketFactory;
 use crate::listen::{listen, ListenError};
+use crate::source_ip::{Ports as PublishedPorts, SourceIps};
 use crate::target::Target;
 use crate::{tcp, udp};
 
@@ -40,6 +41,12 @@ pub enum PortChangeError {
         /// The error.
         source: io::Error,
     },
+    /// Keeping client addresses: the routing rules for the new ports could
+    /// not be made (the namespace refused).
+    #[error(
+        "cannot route replies from the new ports back to their clients (see the forwarder's log)"
+    )]
+    SourceRoutes,
     /// The forwarder is no longer serving.
     #[error("the forwarder has stopped")]
     Stopped,
@@ -115,6 +122,7 @@ pub(crate) struct Ports {
     target: Target,
     factory: SocketFactory,
     pipes: tcp::PipePool,
+    keep: Option<SourceIps>,
 }
 
 impl Drop for Ports {
@@ -126,12 +134,18 @@ impl Drop for Ports {
 }
 
 impl Ports {
-    pub(crate) fn new(target: Target, factory: SocketFactory, pipes: tcp::PipePool) -> Self {
+    pub(crate) fn new(
+        target: Target,
+        factory: SocketFactory,
+        pipes: tcp::PipePool,
+        keep: Option<SourceIps>,
+    ) -> Self {
         Ports {
             served: Vec::new(),
             target,
             factory,
             pipes,
+            keep,
         }
     }
 
@@ -158,7 +172,8 @@ impl Ports {
             ready.push((fwd, listener));
         }
         for (fwd, listener) in ready {
-            let (target, factory) = (self.target.clone(), self.factory.clone());
+            let (target, factory, keep) =
+                (self.target.clone(), self.factory.clone(), self.keep.clone());
             let task = match listener {
                 Listener::Tcp(l) => tokio::spawn(tcp::serve(
                     l,
@@ -166,9 +181,10 @@ impl Ports {
                     target,
                     factory,
                     self.pipes.clone(),
+                    keep,
                 )),
                 Listener::Udp(s) => {
-                    tokio::spawn(udp::serve(s, fwd.container_port, target, factory))
+                    tokio::spawn(udp::serve(s, fwd.container_port, target, factory, keep))
                 }
             };
             self.served.push((fwd, task));
@@ -176,7 +192,7 @@ impl Ports {
         Ok(())
     }
 
-    fn add(&mut self, forwards: Vec<Forward>) -> Result<(), PortChangeError> {
+    async fn add(&mut self, forwards: Vec<Forward>) -> Result<(), PortChangeError> {
         for fwd in &forwards {
             let key = PortKey::from(fwd);
             if self.served.iter().any(|(f, _)| key.matches(f)) {
@@ -185,9 +201,16 @@ impl Ports {
         }
         // Bind all first: a port in use fails the whole request.
         let bound = forwards
-            .into_iter()
-            .map(|f| listen(&f).map(|s| (f, s)))
+            .iter()
+            .map(|f| listen(f).map(|s| (*f, s)))
             .collect::<Result<Vec<_>, _>>()?;
+        // Replies from the new ports must find their way back before the
+        // first client comes.
+        if let Some(keep) = &self.keep {
+            if !keep.add_ports(PublishedPorts::of(&forwards)).await {
+                return Err(PortChangeError::SourceRoutes);
+            }
+        }
         self.serve(bound)
     }
 
@@ -211,14 +234,14 @@ impl Ports {
     }
 
     /// Answers one command.
-    pub(crate) fn handle(&mut self, cmd: Command) {
+    pub(crate) async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::List(reply) => {
                 let _ = reply.send(Ok(self.forwards()));
             }
             Command::Add(forwards, reply) => {
                 let n = forwards.len();
-                let r = self.add(forwards).map(|()| self.forwards());
+                let r = self.add(forwards).await.map(|()| self.forwards());
                 if r.is_ok() {
                     tracing::info!(added = n, "forwarding more ports");
                 }

@@ -14,6 +14,7 @@ use tokio::io::{Interest, Ready};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::factory::SocketFactory;
+use crate::source_ip::{Lease, SourceIps};
 use crate::target::Target;
 
 /// The pipe size asked for (the kernel's default pipe-max-size). Larger
@@ -107,6 +108,7 @@ pub async fn serve(
     target: Target,
     factory: SocketFactory,
     pipes: PipePool,
+    keep: Option<SourceIps>,
 ) {
     loop {
         let (conn, peer) = match listener.accept().await {
@@ -119,9 +121,14 @@ pub async fn serve(
             }
         };
         let (factory, pipes, target) = (factory.clone(), pipes.clone(), target.clone());
+        let keep = keep.clone();
         tokio::spawn(async move {
-            match dial_retrying(&factory, &target, container_port).await {
-                Ok(inner) => relay(conn, inner, &pipes).await,
+            match dial_retrying(&factory, keep.as_ref(), &target, peer, container_port).await {
+                Ok((inner, lease)) => {
+                    relay(conn, inner, &pipes).await;
+                    // The client's route lives as long as its connections.
+                    drop(lease);
+                }
                 Err((dest, e)) => {
                     // The Go helper loses this text; say why the connection closed.
                     tracing::warn!(%peer, %dest, error = %e, "cannot connect inside the namespace; closing the connection");
@@ -140,17 +147,20 @@ const DIAL_PAUSE_STEP: Duration = Duration::from_millis(5);
 
 /// Connects to the child IP (read afresh for each attempt, so a reload in
 /// between is followed), retrying only "connection refused": other errors
-/// (no route, no host) would not change within the retry window.
+/// (no route, no host) would not change within the retry window. With
+/// `keep`, from the client's address where it can be kept.
 async fn dial_retrying(
     factory: &SocketFactory,
+    keep: Option<&SourceIps>,
     target: &Target,
+    peer: SocketAddr,
     port: u16,
-) -> Result<TcpStream, (SocketAddr, io::Error)> {
+) -> Result<(TcpStream, Option<Lease>), (SocketAddr, io::Error)> {
     let mut attempt = 0;
     loop {
         let dest = SocketAddr::new(target.ip(), port);
-        match dial(factory, dest).await {
-            Ok(stream) => return Ok(stream),
+        match dial(factory, keep, peer, dest).await {
+            Ok(dialled) => return Ok(dialled),
             Err(e)
                 if e.kind() == io::ErrorKind::ConnectionRefused && attempt + 1 < DIAL_ATTEMPTS =>
             {
@@ -162,13 +172,61 @@ async fn dial_retrying(
     }
 }
 
-async fn dial(factory: &SocketFactory, dest: SocketAddr) -> io::Result<TcpStream> {
+/// One connection to `dest`: from `peer`'s address and port where `keep`
+/// gives a lease on it, else from the namespace's own address (also when
+/// the client's address and port are taken inside).
+async fn dial(
+    factory: &SocketFactory,
+    keep: Option<&SourceIps>,
+    peer: SocketAddr,
+    dest: SocketAddr,
+) -> io::Result<(TcpStream, Option<Lease>)> {
+    let lease = match keep {
+        Some(keep) => keep.lease(peer.ip(), dest.ip()).await,
+        None => None,
+    };
+    if let Some(lease) = lease {
+        let source = lease.source(peer.port());
+        match dial_from(factory, source, dest).await {
+            Ok(stream) => return Ok((stream, Some(lease))),
+            Err(e) if source_taken(&e) => {
+                tracing::debug!(%source, %dest, error = %e, "the client's address and port are in use inside; connecting from the namespace's own");
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let fd = factory
         .socket(Domain::for_address(dest), Type::STREAM)
         .await?;
-    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
-    // TCP_NODELAY was set by the namespace thread when it made the socket.
-    socket.connect(dest).await
+    Ok((connect(fd.into(), dest).await?, None))
+}
+
+/// A transparent socket bound to `source`, connected to `dest`.
+async fn dial_from(
+    factory: &SocketFactory,
+    source: SocketAddr,
+    dest: SocketAddr,
+) -> io::Result<TcpStream> {
+    let fd = factory
+        .transparent_socket(Domain::for_address(dest), Type::STREAM)
+        .await?;
+    let socket = socket2::Socket::from(fd);
+    socket.bind(&source.into())?;
+    connect(socket.into(), dest).await
+}
+
+/// Connects a socket from the factory (TCP_NODELAY is set there).
+async fn connect(socket: std::net::TcpStream, dest: SocketAddr) -> io::Result<TcpStream> {
+    TcpSocket::from_std_stream(socket).connect(dest).await
+}
+
+/// A bind or connect that failed because the 4-tuple or the address and
+/// port are already used inside.
+fn source_taken(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EADDRINUSE | nix::libc::EADDRNOTAVAIL)
+    )
 }
 
 /// Copies both ways until both directions have ended. A direction ends at

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::factory::SocketFactory;
 use crate::mmsg::Slots;
+use crate::source_ip::{Lease, SourceIps};
 use crate::target::Target;
 
 /// A flow ends after this long without traffic either way (as in the Go helper).
@@ -127,6 +128,8 @@ struct Flow {
     inner: Arc<UdpSocket>,
     last: Arc<AtomicU64>,
     reader: JoinHandle<()>,
+    /// The client's route, when the flow keeps its address.
+    _lease: Option<Lease>,
 }
 
 impl Drop for Flow {
@@ -141,7 +144,13 @@ fn now_ms(epoch: Instant) -> u64 {
 }
 
 /// Serves one host UDP port until the task is dropped.
-pub async fn serve(host: UdpSocket, container_port: u16, target: Target, factory: SocketFactory) {
+pub async fn serve(
+    host: UdpSocket,
+    container_port: u16,
+    target: Target,
+    factory: SocketFactory,
+    keep: Option<SourceIps>,
+) {
     grow_buffers(&host);
     let host = Arc::new(host);
     let epoch = Instant::now();
@@ -210,7 +219,9 @@ pub async fn serve(host: UdpSocket, container_port: u16, target: Target, factory
                             Entry::Occupied(o) => o.into_mut(),
                             Entry::Vacant(v) => {
                                 let dest = SocketAddr::new(target.ip(), container_port);
-                                match open_flow(&factory, dest, from, &host, epoch).await {
+                                match open_flow(&factory, keep.as_ref(), dest, from, &host, epoch)
+                                    .await
+                                {
                                     Ok(flow) => v.insert(flow),
                                     Err(e) => {
                                         tracing::warn!(from = %from.client, %dest, error = %e, "cannot open a UDP flow inside the namespace");
@@ -234,16 +245,33 @@ pub async fn serve(host: UdpSocket, container_port: u16, target: Target, factory
 
 async fn open_flow(
     factory: &SocketFactory,
+    keep: Option<&SourceIps>,
     dest: SocketAddr,
     client: Peer,
     host: &Arc<UdpSocket>,
     epoch: Instant,
 ) -> io::Result<Flow> {
-    let fd = factory
-        .socket(Domain::for_address(dest), Type::DGRAM)
-        .await?;
-    let inner = Arc::new(UdpSocket::from_std(std::net::UdpSocket::from(fd))?);
-    inner.connect(dest).await?;
+    let lease = match keep {
+        Some(keep) => keep.lease(client.client.ip(), dest.ip()).await,
+        None => None,
+    };
+    let (inner, lease) = match lease {
+        Some(lease) => {
+            let source = lease.source(client.client.port());
+            match inner_from(factory, source, dest).await {
+                Ok(inner) => (inner, Some(lease)),
+                // Another flow of this client (sent to another host
+                // address) has its address and port, or a socket inside does.
+                Err(e) if e.raw_os_error() == Some(nix::libc::EADDRINUSE) => {
+                    tracing::debug!(%source, %dest, error = %e, "the client's address and port are in use inside; this flow uses the namespace's own");
+                    (plain_inner(factory, dest).await?, None)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        None => (plain_inner(factory, dest).await?, None),
+    };
+    let inner = Arc::new(inner);
     grow_buffers(&inner);
     let last = Arc::new(AtomicU64::new(now_ms(epoch)));
     let reader = tokio::spawn(reply_loop(
@@ -257,7 +285,34 @@ async fn open_flow(
         inner,
         last,
         reader,
+        _lease: lease,
     })
+}
+
+/// A socket toward `dest` from the namespace's own address.
+async fn plain_inner(factory: &SocketFactory, dest: SocketAddr) -> io::Result<UdpSocket> {
+    let fd = factory
+        .socket(Domain::for_address(dest), Type::DGRAM)
+        .await?;
+    let inner = UdpSocket::from_std(std::net::UdpSocket::from(fd))?;
+    inner.connect(dest).await?;
+    Ok(inner)
+}
+
+/// A transparent socket bound to the client's `source`, toward `dest`.
+async fn inner_from(
+    factory: &SocketFactory,
+    source: SocketAddr,
+    dest: SocketAddr,
+) -> io::Result<UdpSocket> {
+    let fd = factory
+        .transparent_socket(Domain::for_address(dest), Type::DGRAM)
+        .await?;
+    let socket = socket2::Socket::from(fd);
+    socket.bind(&source.into())?;
+    let inner = UdpSocket::from_std(socket.into())?;
+    inner.connect(dest).await?;
+    Ok(inner)
 }
 
 /// Replies from inside go back to the client from the host port, in batches.

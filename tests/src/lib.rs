@@ -468,6 +468,12 @@ impl Rootlessport {
         })
     }
 
+    /// How it ended, once it has ended by itself (a signal, say) within
+    /// `limit`; `None` while it still runs. The exit pipe stays open.
+    pub fn exited_within(&mut self, limit: Duration) -> Option<slirp_proc::Exit> {
+        self.helper.as_mut()?.exited_within(limit)
+    }
+
     /// The process's open fds, as link targets.
     pub fn fds(&self) -> Vec<String> {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid))

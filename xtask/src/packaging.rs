@@ -238,7 +238,9 @@ pub fn package(root: &Path) -> Result<()> {
     for package in meta["packages"].as_array().into_iter().flatten() {
         let name = package["name"].as_str().context("package without name")?;
         if publishable(package) {
-            let version = package["version"].as_str().context("package without version")?;
+            let version = package["version"]
+                .as_str()
+                .context("package without version")?;
             ours.push(format!("{name}-{version}"));
         } else {
             excludes.extend(["--exclude", name]);
