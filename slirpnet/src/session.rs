@@ -335,17 +335,36 @@ pub fn request(path: &Path, req: &Request) -> Result<Reply, SessionError> {
     conn.set_write_timeout(Some(CLIENT_DEADLINE))
         .map_err(no_reply)?;
     // A request is plain data; serializing it cannot fail.
-    conn.write_all(&serde_json::to_vec(req).unwrap_or_default())
-        .map_err(no_reply)?;
-    conn.shutdown(std::net::Shutdown::Write).map_err(no_reply)?;
+    let sent = conn
+        .write_all(&serde_json::to_vec(req).unwrap_or_default())
+        .and_then(|()| conn.shutdown(std::net::Shutdown::Write));
+    // A session may answer without reading the request (another user's,
+    // too many at once) and close with it unread: our write then fails
+    // (EPIPE) or the read after its reply is reset (ECONNRESET). The reply
+    // still counts; only a write that timed out means no reply will come.
+    let sent = match sent {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(no_reply(e))
+        }
+        other => other,
+    };
     let mut body = Vec::new();
-    conn.take(MAX_MESSAGE as u64)
-        .read_to_end(&mut body)
-        .map_err(no_reply)?;
-    serde_json::from_slice(&body).map_err(|error| SessionError::Reply {
-        path: path.to_owned(),
-        error,
-    })
+    let read = (&conn).take(MAX_MESSAGE as u64).read_to_end(&mut body);
+    match serde_json::from_slice(&body) {
+        Ok(reply) => Ok(reply),
+        Err(error) => match sent.and(read) {
+            Err(e) => Err(no_reply(e)),
+            Ok(_) => Err(SessionError::Reply {
+                path: path.to_owned(),
+                error,
+            }),
+        },
+    }
 }
 
 /// Every running session of this user that answers, by pid. A socket
