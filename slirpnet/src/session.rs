@@ -148,14 +148,23 @@ impl SessionServer {
             path: path.clone(),
             error,
         };
-        // Left by a session of a reused pid that was killed.
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(fail)?;
+        // Bound and made private under a name `sessions` skips, then renamed
+        // into place (replacing a socket left by a killed session of a
+        // reused pid): a `ps` meanwhile never finds it bound but not yet
+        // listening, which it would take for a dead session's and remove.
+        let staging = dir.join(format!(".{pid}.sock.new"));
+        let _ = std::fs::remove_file(&staging);
+        let listener = UnixListener::bind(&staging).map_err(fail)?;
+        let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::rename(&staging, &path));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&staging);
+            return Err(fail(e));
+        }
         let server = SessionServer {
             path: path.clone(),
             waker: listener.try_clone().map_err(fail)?,
         };
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
         let me = nix::unistd::geteuid().as_raw();
         std::thread::Builder::new()
             .name("slirpnet-session".into())
