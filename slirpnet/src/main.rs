@@ -19,7 +19,9 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 use slirp_opts::portctl::{ForwardEntry, PortKey, Reply, Request as PortRequest};
-use slirp_opts::{parse_port_spec, NetworkOptions, PortMapping, Protocol, Target};
+use slirp_opts::{
+    parse_port_spec, NetworkOptions, PortMapping, PortSide, Protocol, SpecProblem, Target,
+};
 use slirpnet::session::{SessionServer, SharedNetwork};
 use slirpnet::{plan, ForwarderChoice, Network, Plan, SetupOptions};
 use std::sync::{Arc, Mutex};
@@ -482,7 +484,21 @@ fn port(cmd: PortCmd) -> Result<()> {
 /// (its host side), or a host port alone (`[HOST_IP:]HOST_PORT[-END][/PROTO]`,
 /// every protocol when none is named).
 fn removal_keys(spec: &str, now: &[ForwardEntry]) -> Result<Vec<PortKey>> {
-    let m = parse_port_spec(spec)?;
+    let m = match host_port_alone(spec) {
+        Some(full) => parse_port_spec(&full).map_err(|mut e| {
+            // Name what was given, and its ports as the host's (they are).
+            e.spec = spec.to_owned();
+            match &mut e.problem {
+                SpecProblem::MissingPort { side }
+                | SpecProblem::PortZero { side }
+                | SpecProblem::InvalidPort { side, .. }
+                | SpecProblem::BackwardRange { side, .. } => *side = PortSide::Host,
+                _ => {}
+            }
+            e
+        })?,
+        None => parse_port_spec(spec)?,
+    };
     let protos_named = spec.contains('/');
     let host_ip = m.host_addr()?;
     // Without a host port the number is the host port (as podman reads a
@@ -513,6 +529,24 @@ fn removal_keys(spec: &str, now: &[ForwardEntry]) -> Result<Vec<PortKey>> {
         bail!("-p {spec}: no such port is forwarded");
     }
     Ok(keys)
+}
+
+/// A host port alone with its address (`HOST_IP:HOST_PORT[-END][/PROTO]`,
+/// IPv6 in brackets), which podman's syntax would read as host and
+/// container port, rewritten as the spec naming the same host side
+/// (`HOST_IP:PORTS:PORTS[/PROTO]`); `None` for any other spec.
+fn host_port_alone(spec: &str) -> Option<String> {
+    let (rest, proto) = match spec.rsplit_once('/') {
+        Some((rest, proto)) => (rest, format!("/{proto}")),
+        None => (spec, String::new()),
+    };
+    let (ip, ports) = rest.rsplit_once(':')?;
+    let bare = match ip.strip_prefix('[') {
+        Some(inner) => inner.strip_suffix(']')?,
+        None => ip,
+    };
+    bare.parse::<IpAddr>().ok()?;
+    Some(format!("{ip}:{ports}:{ports}{proto}"))
 }
 
 fn stats(args: StatsArgs) -> Result<()> {
@@ -675,5 +709,48 @@ fn supervise(signals: &SignalFd, child: &mut NsChild, session: Session) -> Resul
         if from_process {
             let _ = kill(Pid::from_raw(child.pid() as i32), sig);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(proto: Protocol, ip: Option<&str>, host_port: u16) -> ForwardEntry {
+        ForwardEntry {
+            proto,
+            host_ip: ip.map(|i| i.parse().unwrap()),
+            host_port,
+            container_port: 80,
+        }
+    }
+
+    #[test]
+    fn removal_keys_take_a_host_port_alone_with_its_address() {
+        let now = [
+            entry(Protocol::Tcp, Some("127.0.0.1"), 8080),
+            entry(Protocol::Udp, Some("127.0.0.1"), 8080),
+            entry(Protocol::Tcp, Some("::1"), 8081),
+            entry(Protocol::Tcp, None, 8082),
+        ];
+        let ports = |spec: &str| -> Vec<u16> {
+            removal_keys(spec, &now)
+                .unwrap()
+                .iter()
+                .map(|k| k.host_port)
+                .collect()
+        };
+        assert_eq!(ports("127.0.0.1:8080"), [8080, 8080]);
+        assert_eq!(ports("127.0.0.1:8080/udp"), [8080]);
+        assert_eq!(ports("127.0.0.1:8080-8081"), [8080, 8080]);
+        assert_eq!(ports("[::1]:8081"), [8081]);
+        assert_eq!(ports("8082"), [8082]);
+        assert_eq!(ports("127.0.0.1:8080:80/tcp"), [8080]);
+        assert_eq!(ports("8082:80"), [8082]);
+        assert!(removal_keys("127.0.0.2:8080", &now).is_err());
+        assert_eq!(
+            removal_keys("127.0.0.1:x", &now).unwrap_err().to_string(),
+            r#"invalid port spec "127.0.0.1:x": host port "x" is not a number from 1 to 65535"#
+        );
     }
 }

@@ -148,14 +148,23 @@ impl SessionServer {
             path: path.clone(),
             error,
         };
-        // Left by a session of a reused pid that was killed.
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(fail)?;
+        // Bound and made private under a name `sessions` skips, then renamed
+        // into place (replacing a socket left by a killed session of a
+        // reused pid): a `ps` meanwhile never finds it bound but not yet
+        // listening, which it would take for a dead session's and remove.
+        let staging = dir.join(format!(".{pid}.sock.new"));
+        let _ = std::fs::remove_file(&staging);
+        let listener = UnixListener::bind(&staging).map_err(fail)?;
+        let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::rename(&staging, &path));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&staging);
+            return Err(fail(e));
+        }
         let server = SessionServer {
             path: path.clone(),
             waker: listener.try_clone().map_err(fail)?,
         };
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
         let me = nix::unistd::geteuid().as_raw();
         std::thread::Builder::new()
             .name("slirpnet-session".into())
@@ -335,17 +344,36 @@ pub fn request(path: &Path, req: &Request) -> Result<Reply, SessionError> {
     conn.set_write_timeout(Some(CLIENT_DEADLINE))
         .map_err(no_reply)?;
     // A request is plain data; serializing it cannot fail.
-    conn.write_all(&serde_json::to_vec(req).unwrap_or_default())
-        .map_err(no_reply)?;
-    conn.shutdown(std::net::Shutdown::Write).map_err(no_reply)?;
+    let sent = conn
+        .write_all(&serde_json::to_vec(req).unwrap_or_default())
+        .and_then(|()| conn.shutdown(std::net::Shutdown::Write));
+    // A session may answer without reading the request (another user's,
+    // too many at once) and close with it unread: our write then fails
+    // (EPIPE) or the read after its reply is reset (ECONNRESET). The reply
+    // still counts; only a write that timed out means no reply will come.
+    let sent = match sent {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(no_reply(e))
+        }
+        other => other,
+    };
     let mut body = Vec::new();
-    conn.take(MAX_MESSAGE as u64)
-        .read_to_end(&mut body)
-        .map_err(no_reply)?;
-    serde_json::from_slice(&body).map_err(|error| SessionError::Reply {
-        path: path.to_owned(),
-        error,
-    })
+    let read = (&conn).take(MAX_MESSAGE as u64).read_to_end(&mut body);
+    match serde_json::from_slice(&body) {
+        Ok(reply) => Ok(reply),
+        Err(error) => match sent.and(read) {
+            Err(e) => Err(no_reply(e)),
+            Ok(_) => Err(SessionError::Reply {
+                path: path.to_owned(),
+                error,
+            }),
+        },
+    }
 }
 
 /// Every running session of this user that answers, by pid. A socket
