@@ -80,6 +80,11 @@ struct NetArgs {
     /// to slirpnet, else on PATH; podman's own is used only when named here)
     #[arg(long = "rootlessport", value_name = "PATH")]
     rootlessport: Option<PathBuf>,
+    /// With the rootlesskit port handler, show every client to the
+    /// namespace as the namespace's own address (the Go helper's way)
+    /// instead of its real address
+    #[arg(long)]
+    hide_source_ip: bool,
     /// Print the setup as JSON instead of a table
     #[arg(long)]
     json: bool,
@@ -287,6 +292,7 @@ fn setup_options(net: &NetArgs, network: NetworkOptions, ports: Vec<PortMapping>
     if let Some(path) = &net.rootlessport {
         opts.forwarder = ForwarderChoice::Binary(path.clone());
     }
+    opts.keep_source_ip = !net.hide_source_ip;
     opts
 }
 

@@ -54,6 +54,15 @@ pub fn table(info: &SetupInfo, out: &mut dyn Write) -> io::Result<()> {
         }
         _ => writeln!(out, "forwards ({}):", info.port_handler)?,
     }
+    writeln!(
+        out,
+        "  client addresses: {}",
+        if info.keep_source_ip {
+            "kept (loopback clients show as the namespace's own)"
+        } else {
+            "hidden (every client shows as the namespace's own address)"
+        }
+    )?;
     writeln!(out, "  {:<5} {:<24} CONTAINER", "PROTO", "HOST")?;
     for f in &info.forwards {
         writeln!(

@@ -188,7 +188,9 @@ impl PortForwarder {
     /// binary as podman starts it (argv `["rootlessport"]`, `config` as JSON
     /// on stdin, exit pipe at fd 3, ready pipe at fd 4, its own process
     /// group, joining `userns` first when given); in-process, on threads of
-    /// this process.
+    /// this process. With `keep_source_ip` the service sees each client's
+    /// own address (rootlessport's `ROOTLESSPORT_KEEP_SOURCE_IP`; loopback
+    /// clients never; a namespace that refuses gets one warning).
     ///
     /// # Errors
     ///
@@ -199,15 +201,25 @@ impl PortForwarder {
         config: Config,
         userns: Option<&Path>,
         timeout: Duration,
+        keep_source_ip: bool,
     ) -> Result<Self, PortForwardError> {
         let running = match forwarder {
             ForwarderInfo::Binary { path, .. } => {
                 let control = Control::new()?;
-                let helper = start_helper(path, &config, userns, timeout, &control.socket)?;
+                let helper = start_helper(
+                    path,
+                    &config,
+                    userns,
+                    timeout,
+                    &control.socket,
+                    keep_source_ip,
+                )?;
                 Running::Helper(helper, control)
             }
             #[cfg(feature = "in-process")]
-            ForwarderInfo::InProcess => Running::InProcess(inprocess::InProcess::start(config)?),
+            ForwarderInfo::InProcess => {
+                Running::InProcess(inprocess::InProcess::start(config, keep_source_ip)?)
+            }
             #[cfg(not(feature = "in-process"))]
             ForwarderInfo::InProcess => unreachable!("InProcess is chosen only with the feature"),
         };
@@ -331,12 +343,18 @@ fn start_helper(
     userns: Option<&Path>,
     timeout: Duration,
     control: &Path,
+    keep_source_ip: bool,
 ) -> Result<Helper, PortForwardError> {
     // Config is plain data; serializing it cannot fail.
     let stdin = serde_json::to_vec(config).unwrap_or_default();
     let mut cmd = HelperCommand::new(binary, "rootlessport", stdin);
     cmd.join_userns = userns.map(Path::to_owned);
     cmd.ready_timeout = timeout;
+    // Set either way, so that an inherited value does not decide.
+    cmd.env.push((
+        "ROOTLESSPORT_KEEP_SOURCE_IP".into(),
+        if keep_source_ip { "1" } else { "0" }.into(),
+    ));
     // Our rootlessport serves port changes there; another forwarder ignores it.
     cmd.env
         .push(("ROOTLESSPORT_CONTROL_SOCKET".into(), control.into()));
@@ -375,8 +393,12 @@ mod inprocess {
     }
 
     impl InProcess {
-        pub(super) fn start(config: Config) -> Result<Self, PortForwardError> {
-            let forwarder = rootlessport::Forwarder::start(config.validate()?)?;
+        pub(super) fn start(
+            config: Config,
+            keep_source_ip: bool,
+        ) -> Result<Self, PortForwardError> {
+            let options = rootlessport::ForwardOptions::default().keep_source_ip(keep_source_ip);
+            let forwarder = rootlessport::Forwarder::start_with(config.validate()?, options)?;
             let handle = forwarder.handle();
             let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| PortForwardError::Thread(e.into()))?;

@@ -52,6 +52,12 @@ pub struct SetupOptions {
     pub parent_death_signal: Option<Signal>,
     /// Who forwards ports with port_handler=rootlesskit.
     pub forwarder: ForwarderChoice,
+    /// With port_handler=rootlesskit, the service sees each client's own
+    /// address (as slirp4netns's own handler shows it), except loopback
+    /// clients, which keep the namespace's address (CVE-2021-20199). On by
+    /// default; where the namespace refuses, the forwarder warns once and
+    /// forwards as before.
+    pub keep_source_ip: bool,
 }
 
 impl SetupOptions {
@@ -70,6 +76,7 @@ impl SetupOptions {
             help_timeout: crate::binary::HELP_TIMEOUT,
             parent_death_signal: None,
             forwarder: ForwarderChoice::default(),
+            keep_source_ip: true,
         }
     }
 }
@@ -198,6 +205,10 @@ pub struct SetupInfo {
     /// With port_handler=rootlesskit and ports: the forwarder, a binary (and
     /// its pid once started) or in-process.
     pub forwarder: Option<ForwarderInfo>,
+    /// Whether the service sees clients' own addresses: asked of the
+    /// rootlesskit handler's forwarder (loopback clients excepted); always
+    /// so through slirp4netns.
+    pub keep_source_ip: bool,
     /// The API socket, if any.
     pub api_socket: Option<PathBuf>,
     /// The forwards.
@@ -281,6 +292,7 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
         tap: Invocation::new(Target::Pid(0)).tap,
         port_handler: handler.to_string(),
         forwarder,
+        keep_source_ip: handler == PortHandler::Slirp4netns || opts.keep_source_ip,
         api_socket: opts.api_socket.clone(),
         forwards: forwards.iter().map(|f| ForwardInfo::of(f, None)).collect(),
         warnings,
@@ -495,6 +507,7 @@ impl Network {
             config,
             self.target.userns_path(),
             self.ready_timeout,
+            self.info.keep_source_ip,
         )?;
         if let Some(ForwarderInfo::Binary { pid, .. }) = &mut self.info.forwarder {
             *pid = started.pid();

@@ -468,3 +468,44 @@ fn the_default_forwarder_is_never_podmans_helper() {
         })
     );
 }
+
+#[test]
+fn client_addresses_are_kept_by_default_and_hidden_when_asked() {
+    let Some(_serial) = prerequisites("client_addresses_are_kept_by_default_and_hidden_when_asked")
+    else {
+        return;
+    };
+    let made = PersistentNetns::new("keep").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("env");
+    // A stand-in forwarder that notes what it was asked, then serves until
+    // its exit pipe closes.
+    let script = dir.path().join("rootlessport");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$ROOTLESSPORT_KEEP_SOURCE_IP\" >> {}\nprintf 1 >&4\nexec 4>&-\ncat <&3 >/dev/null\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for keep in [true, false] {
+        let mut opts = SetupOptions::new(NetworkOptions::default());
+        opts.forwarder = ForwarderChoice::Binary(script.clone());
+        if !keep {
+            opts.keep_source_ip = false;
+        }
+        opts.ports
+            .push(parse_port_spec(&format!("127.0.0.1:{}:80", free_tcp_port())).unwrap());
+        let net = setup(target(&made), &opts).unwrap();
+        assert_eq!(net.info().keep_source_ip, keep);
+        net.teardown();
+    }
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "1\n0\n");
+    // Through slirp4netns the service always sees the client's address.
+    let mut opts = options();
+    opts.keep_source_ip = false;
+    assert!(slirpnet::plan(&opts).unwrap().info.keep_source_ip);
+}
