@@ -186,6 +186,10 @@ impl Forwarder {
 
     /// As [`run_until_eof`](Self::run_until_eof), or until `stop`
     /// completes (a signal, say), whichever comes first.
+    ///
+    /// # Errors
+    ///
+    /// A listener could not be registered with the event loop.
     pub fn run_until_eof_or(self, exit: OwnedFd, stop: impl Future<Output = ()>) -> io::Result<()> {
         self.run(async move {
             tokio::select! {
