@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,8 +24,12 @@ const UDP_LEN: usize = 1400;
 /// How long an iperf3 run may take beyond its `-t` before it is killed (the
 /// bookworm pasta loses UDP replies, which leaves iperf3's UDP test hanging).
 const IPERF_GRACE: Duration = Duration::from_secs(10);
-/// What the first byte of a connection asks the bench server for.
+/// What the first byte of a connection asks the bench server for: echo
+/// every byte (request/response).
 const PING_PONG: u8 = b'p';
+/// What the first byte of a connection or datagram asks the bench server
+/// for: the address it sees the client at.
+const WHO: u8 = b'w';
 
 /// Options of one run.
 #[derive(Debug, Clone)]
@@ -34,6 +38,8 @@ pub struct BenchOptions {
     pub rounds: usize,
     /// Seconds per throughput or rate measurement.
     pub seconds: u64,
+    /// Only this section (`--only`); `None`: everything.
+    pub only: Option<Section>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -557,18 +563,47 @@ fn machine_busy_seconds() -> f64 {
     busy / 100.0
 }
 
-/// `iperf3 -J` against 127.0.0.1:port with `streams` parallel streams;
-/// returns received bits per second and bytes moved, or `None` when it did
-/// not finish within `seconds` + [`IPERF_GRACE`] (it is killed then). A
-/// server still busy with a killed client's test is retried for up to 10 s.
-fn iperf(port: u16, seconds: u64, udp: bool, streams: usize) -> Result<Option<(f64, f64)>> {
+/// Where a client runs and the address it connects to.
+#[derive(Debug, Clone, Copy)]
+struct Target<'a> {
+    /// The network namespace it runs in (`ip netns exec`); `None`: ours.
+    netns: Option<&'a str>,
+    host: &'a str,
+}
+
+/// Clients on the host's loopback.
+const LOOPBACK: Target<'static> = Target {
+    netns: None,
+    host: "127.0.0.1",
+};
+
+/// `iperf3 -J` against `at`'s host on `port` with `streams` parallel
+/// streams; returns received bits per second and bytes moved, or `None`
+/// when it did not finish within `seconds` + [`IPERF_GRACE`] (it is killed
+/// then). A server still busy with a killed client's test is retried for up
+/// to 10 s.
+fn iperf(
+    at: Target,
+    port: u16,
+    seconds: u64,
+    udp: bool,
+    streams: usize,
+) -> Result<Option<(f64, f64)>> {
     let busy_until = Instant::now() + Duration::from_secs(10);
     let json = loop {
         let mut out = tempfile::tempfile().context("failed to make a file for iperf3's output")?;
-        let mut cmd = Command::new("iperf3");
+        let mut cmd = match at.netns {
+            // ip netns exec execs iperf3 in place: killing it kills iperf3.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "iperf3"]);
+                c
+            }
+            None => Command::new("iperf3"),
+        };
         cmd.args([
             "-c",
-            "127.0.0.1",
+            at.host,
             "-p",
             &port.to_string(),
             "-t",
@@ -708,17 +743,39 @@ fn req_resp(addr: SocketAddr, seconds: u64) -> Result<(usize, f64, f64)> {
 }
 
 /// The bench server (`xtask bench-serve ADDR`). A connection whose first
-/// byte is [`PING_PONG`] gets every byte echoed until the peer closes; any
-/// other first byte is answered once, then the server closes its side and
-/// waits for the peer's close (the connection-rate test).
+/// byte is [`PING_PONG`] gets every byte echoed until the peer closes; one
+/// whose first byte is [`WHO`] gets the address the server sees it come
+/// from, as text, and is closed; any other first byte is answered once,
+/// then the server closes its side and waits for the peer's close (the
+/// connection-rate test). On UDP at the same address, a datagram starting
+/// with [`WHO`] is answered with the sender's address.
 pub fn serve(addr: &str) -> Result<()> {
     let listener = TcpListener::bind(addr).with_context(|| format!("failed to bind {addr}"))?;
+    let udp =
+        std::net::UdpSocket::bind(addr).with_context(|| format!("failed to bind UDP {addr}"))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((n, peer)) = udp.recv_from(&mut buf) {
+            if n > 0 && buf[0] == WHO {
+                let _ = udp.send_to(peer.to_string().as_bytes(), peer);
+            }
+        }
+    });
     for conn in listener.incoming() {
         let Ok(mut c) = conn else { continue };
         std::thread::spawn(move || {
             let _ = c.set_nodelay(true);
             let mut b = [0u8; 1];
-            if c.read_exact(&mut b).is_err() || c.write_all(&b).is_err() {
+            if c.read_exact(&mut b).is_err() {
+                return;
+            }
+            if b[0] == WHO {
+                if let Ok(peer) = c.peer_addr() {
+                    let _ = c.write_all(peer.to_string().as_bytes());
+                }
+                return;
+            }
+            if c.write_all(&b).is_err() {
                 return;
             }
             if b[0] == PING_PONG {
@@ -772,15 +829,15 @@ fn data_path(
     let hung = |what: &str| anyhow::anyhow!("iperf3 {what} through {who:?} hung");
 
     let cpu0 = f.cpu_seconds();
-    let (bps, bytes) = iperf(ip_port, seconds, false, 1)?.ok_or_else(|| hung("TCP"))?;
+    let (bps, bytes) = iperf(LOOPBACK, ip_port, seconds, false, 1)?.ok_or_else(|| hung("TCP"))?;
     let cpu = f.cpu_seconds() - cpu0;
     record(s, "tcp_gbps", who, bps / 1e9);
     record(s, "cpu_s_per_gb", who, cpu / (bytes / 1e9));
-    let (bps, _) = iperf(ip_port, seconds, false, 4)?.ok_or_else(|| hung("-P 4"))?;
+    let (bps, _) = iperf(LOOPBACK, ip_port, seconds, false, 4)?.ok_or_else(|| hung("-P 4"))?;
     record(s, "tcp4_gbps", who, bps / 1e9);
 
     let (cpu0, arrived0, sent0) = (f.cpu_seconds(), ns.udp_arrived()?, ns.udp_sent()?);
-    match iperf(ip_port, seconds, true, 1)? {
+    match iperf(LOOPBACK, ip_port, seconds, true, 1)? {
         Some((ubps, ubytes)) => {
             let cpu = f.cpu_seconds() - cpu0;
             let carried = (ns.udp_arrived()? - arrived0) as f64 * UDP_LEN as f64 * 8.0;
@@ -841,11 +898,11 @@ fn data_path(
 fn direct_path(s: &mut Samples, iperf_port: u16, echo_port: u16, seconds: u64) -> Result<()> {
     let who = Subject::Direct;
     let hung = || anyhow::anyhow!("iperf3 on direct loopback hung");
-    let (bps, _) = iperf(iperf_port, seconds, false, 1)?.ok_or_else(hung)?;
+    let (bps, _) = iperf(LOOPBACK, iperf_port, seconds, false, 1)?.ok_or_else(hung)?;
     record(s, "tcp_gbps", who, bps / 1e9);
-    let (bps, _) = iperf(iperf_port, seconds, false, 4)?.ok_or_else(hung)?;
+    let (bps, _) = iperf(LOOPBACK, iperf_port, seconds, false, 4)?.ok_or_else(hung)?;
     record(s, "tcp4_gbps", who, bps / 1e9);
-    let (ubps, _) = iperf(iperf_port, seconds, true, 1)?.ok_or_else(hung)?;
+    let (ubps, _) = iperf(LOOPBACK, iperf_port, seconds, true, 1)?.ok_or_else(hung)?;
     record(s, "udp_gbps", who, ubps / 1e9);
     let echo = SocketAddr::from(([127, 0, 0, 1], echo_port));
     let busy0 = machine_busy_seconds();
@@ -865,17 +922,21 @@ fn direct_path(s: &mut Samples, iperf_port: u16, echo_port: u16, seconds: u64) -
     Ok(())
 }
 
-/// Runs the benchmark, writes the table and notes to BENCHMARKS.md and the
-/// table to README.md.
+/// Runs the benchmark, writes the tables and notes to BENCHMARKS.md and the
+/// tables to README.md. With `--only keep-source-ip`, only that section is
+/// run, and only its parts of the two files are replaced.
 pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
-    ensure!(
-        Path::new(GO_HELPER).is_file(),
-        "{GO_HELPER} is missing (apt-get install podman)"
-    );
-    ensure!(
-        Path::new(PASTA).is_file(),
-        "{PASTA} is missing (apt-get install passt)"
-    );
+    let everything = opts.only.is_none();
+    if everything {
+        ensure!(
+            Path::new(GO_HELPER).is_file(),
+            "{GO_HELPER} is missing (apt-get install podman)"
+        );
+        ensure!(
+            Path::new(PASTA).is_file(),
+            "{PASTA} is missing (apt-get install passt)"
+        );
+    }
     // Release builds of the forwarder and of the bench server.
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root)
@@ -893,40 +954,115 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
     ensure!(status.success(), "cargo build --release failed");
     let ours = root.join("target/release/rootlessport");
     let server = root.join("target/release/xtask");
-    let subjects: [(Subject, Tool); 3] = [
-        (Subject::Ours, Tool::Helper(ours)),
-        (Subject::Pasta, Tool::Pasta),
-        (Subject::Go, Tool::Helper(PathBuf::from(GO_HELPER))),
-    ];
 
     let mut ns = BenchNetns::new()?;
-    let ns_path = ns.path();
     // All addresses: the helpers connect to NS_ADDR, pasta to 127.0.0.1.
     ns.spawn(
         Path::new("/usr/bin/iperf3"),
         &["-s", "-p", &IPERF_PORT.to_string()],
     )?;
     ns.spawn(&server, &["bench-serve", &format!("0.0.0.0:{ECHO_PORT}")])?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let main = if everything {
+        forwarders(&ns, &ours, &server, opts).map(Some)
+    } else {
+        Ok(None)
+    };
+    let keep = main.and_then(|main| Ok((main, keep_source_ip(&ns, &ours, &server, opts)?)));
+    drop(ns);
+    let (main, keep) = keep?;
+
+    let keep_section = render_keep_section(&keep, opts);
+    println!("{}", render_keep(&keep));
+    let Some((s, gaps)) = main else {
+        let path = root.join("BENCHMARKS.md");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        std::fs::write(&path, replace_keep_section(&text, &keep_section))
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        eprintln!("replaced the keep-source-ip section of BENCHMARKS.md");
+        update_readme_keep(&root.join("README.md"), &render_keep(&keep))?;
+        eprintln!("updated the keep-source-ip table in README.md");
+        return Ok(());
+    };
+
+    let table = render(&s, &gaps);
+    let budget = budget(&s);
+    println!("{table}\n{budget}");
+    let example = pasta_args(
+        "/run/netns/NAME",
+        &serde_json::json!([
+            {"host_ip": "127.0.0.1", "container_port": IPERF_PORT, "host_port": 20001, "range": 1, "protocol": "tcp,udp"},
+            {"host_ip": "127.0.0.1", "container_port": ECHO_PORT, "host_port": 20002, "range": 1, "protocol": "tcp"},
+        ]),
+        Path::new("PIDFILE"),
+    )?;
+    let doc = format!(
+        "# Benchmarks\n\nWritten by `cargo xtask bench` on {} ({} cores, kernel {}). Our `rootlessport` \
+         (release build) against pasta (passt {}, {PASTA}), podman {}'s Go helper ({GO_HELPER}) and \
+         direct loopback. Each rootlessport is started exactly as podman starts it; pasta attaches \
+         to the same namespace and forwards the same host ports:\n\n```\npasta {}\n```\n\n\
+         The servers listen on all addresses inside the namespace: the helpers connect to the \
+         veth address {NS_ADDR}, pasta to 127.0.0.1 (its splice path, which is what a 127.0.0.1 \
+         client gets); both are local addresses there, so both routes go over the namespace's \
+         loopback. {} rounds, interleaved; each cell is the median. Throughput \
+         and rates over {} s each; CPU and memory cover the forwarder's whole process tree (the \
+         Go helper re-executes itself as `rootlessport-child`).\n\n{table}\n{NOTES}{budget}\n\
+         {keep_section}{PROFILE}",
+        today(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        kernel(),
+        deb_version("passt"),
+        deb_version("podman"),
+        example.join(" "),
+        opts.rounds,
+        opts.seconds,
+    );
+    std::fs::write(root.join("BENCHMARKS.md"), doc).context("failed to write BENCHMARKS.md")?;
+    eprintln!("wrote BENCHMARKS.md");
+    update_readme(&root.join("README.md"), &table)?;
+    update_readme_keep(&root.join("README.md"), &render_keep(&keep))?;
+    eprintln!("updated the tables in README.md");
+    Ok(())
+}
+
+/// The rounds of the main table: every subject, then direct loopback, in
+/// every round; the direct loopback servers run on the host meanwhile.
+fn forwarders(
+    ns: &BenchNetns,
+    ours: &Path,
+    server: &Path,
+    opts: &BenchOptions,
+) -> Result<(Samples, Gaps)> {
+    let subjects: [(Subject, Tool); 3] = [
+        (Subject::Ours, Tool::Helper(ours.to_owned())),
+        (Subject::Pasta, Tool::Pasta),
+        (Subject::Go, Tool::Helper(PathBuf::from(GO_HELPER))),
+    ];
+    let ns_path = ns.path();
     // Direct loopback: the same servers on the host.
     let direct_iperf = free_port_block(1)?;
     let direct_echo = free_port_block(1)?;
-    let mut host_servers = vec![
-        Command::new("iperf3")
-            .args(["-s", "-B", "127.0.0.1", "-p", &direct_iperf.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("failed to run iperf3 -s")?,
-        Command::new(&server)
-            .args(["bench-serve", &format!("127.0.0.1:{direct_echo}")])
-            .spawn()
-            .context("failed to run the bench server")?,
-    ];
-    std::thread::sleep(Duration::from_millis(300));
-
+    let mut host_servers = Vec::new();
     let mut s = Samples::new();
     let mut gaps = Gaps::new();
     let result = (|| -> Result<()> {
+        host_servers.push(
+            Command::new("iperf3")
+                .args(["-s", "-B", "127.0.0.1", "-p", &direct_iperf.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("failed to run iperf3 -s")?,
+        );
+        host_servers.push(
+            Command::new(server)
+                .args(["bench-serve", &format!("127.0.0.1:{direct_echo}")])
+                .spawn()
+                .context("failed to run the bench server")?,
+        );
+        std::thread::sleep(Duration::from_millis(300));
         for round in 0..opts.rounds {
             eprintln!("round {}/{}", round + 1, opts.rounds);
             for (who, tool) in &subjects {
@@ -955,7 +1091,7 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
                     ["ready_3000_ms", "range_rss_kib", "range_fds"],
                 )?;
 
-                data_path(&mut s, &mut gaps, &ns, who, tool, opts.seconds)?;
+                data_path(&mut s, &mut gaps, ns, who, tool, opts.seconds)?;
             }
             // The physical limit: no forwarder.
             direct_path(&mut s, direct_iperf, direct_echo, opts.seconds)?;
@@ -966,45 +1102,674 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
         let _ = h.kill();
         let _ = h.wait();
     }
-    drop(ns);
-    result?;
+    result.map(|()| (s, gaps))
+}
 
-    let table = render(&s, &gaps);
-    let budget = budget(&s);
-    println!("{table}\n{budget}");
-    let example = pasta_args(
-        "/run/netns/NAME",
-        &serde_json::json!([
-            {"host_ip": "127.0.0.1", "container_port": IPERF_PORT, "host_port": 20001, "range": 1, "protocol": "tcp,udp"},
-            {"host_ip": "127.0.0.1", "container_port": ECHO_PORT, "host_port": 20002, "range": 1, "protocol": "tcp"},
-        ]),
-        Path::new("PIDFILE"),
+/// The parts of the bench that `--only` can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Our rootlessport keeping client addresses against not, with a
+    /// non-loopback client.
+    KeepSourceIp,
+}
+
+impl Section {
+    /// The `--only` value.
+    pub fn parse(name: &str) -> Result<Section> {
+        match name {
+            "keep-source-ip" => Ok(Section::KeepSourceIp),
+            other => bail!("unknown bench section {other:?} (known: keep-source-ip)"),
+        }
+    }
+}
+
+/// The "host" side of the keep-source-ip section's veth pair, where the
+/// forwarder listens, and the client side (RFC 5737 documentation
+/// addresses, only ever inside namespaces the bench made).
+const OUTER_ADDR: &str = "192.0.2.1";
+const CLIENT_ADDR: &str = "192.0.2.2";
+/// The ports the forwarder binds on [`OUTER_ADDR`], for iperf3 and for
+/// the bench server (its namespace is the bench's own: nothing else there).
+const KEEP_IPERF_PORT: u16 = 20001;
+const KEEP_ECHO_PORT: u16 = 20002;
+/// Heading of the section in BENCHMARKS.md (and, one level down, README).
+const KEEP_TITLE: &str = "Keeping client addresses (rootlessport, non-loopback client)";
+
+/// The two more namespaces of the keep-source-ip section: "outer", which
+/// plays the host (the forwarder runs there, listening on
+/// [`OUTER_ADDR`]), and "client", at [`CLIENT_ADDR`] on a veth pair to it.
+/// Both are deleted on drop (which takes the veth pair with them).
+struct ClientNets {
+    names: Vec<String>,
+}
+
+impl ClientNets {
+    fn new() -> Result<Self> {
+        let mut nets = ClientNets { names: Vec::new() };
+        for role in ["outer", "client"] {
+            let name = format!("slirpnet-bench-{role}-{}", std::process::id());
+            crate::run_quiet(Command::new("ip").args(["netns", "add", &name]))?;
+            nets.names.push(name);
+        }
+        let (outer, client) = (nets.outer(), nets.client());
+        for (ns, args) in [
+            (outer, "link set lo up".to_owned()),
+            (client, "link set lo up".to_owned()),
+            (
+                outer,
+                format!("link add o0 type veth peer name c0 netns {client}"),
+            ),
+            (outer, format!("addr add {OUTER_ADDR}/24 dev o0")),
+            (client, format!("addr add {CLIENT_ADDR}/24 dev c0")),
+            (outer, "link set o0 up".to_owned()),
+            (client, "link set c0 up".to_owned()),
+        ] {
+            crate::run_quiet(Command::new("ip").arg("-n").arg(ns).args(args.split(' ')))?;
+        }
+        Ok(nets)
+    }
+
+    fn outer(&self) -> &str {
+        &self.names[0]
+    }
+
+    fn client(&self) -> &str {
+        &self.names[1]
+    }
+}
+
+impl Drop for ClientNets {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Starts our rootlessport in the outer namespace, as podman starts it
+/// (HelperCommand: JSON on stdin, exit pipe at fd 3, ready pipe at fd 4),
+/// through a two-line script: `exec nsenter --net=OUTER -- BINARY`. nsenter
+/// with only `--net` joins and execs in place, so the helper's pid is the
+/// forwarder's, its fds are kept and its argv stays empty. The forwarder's
+/// stderr goes to a file, quoted when something fails.
+struct Launcher {
+    dir: tempfile::TempDir,
+    script: PathBuf,
+    outer_path: String,
+}
+
+impl Launcher {
+    fn new(outer: &str, binary: &Path) -> Result<Launcher> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("slirpnet-bench-keep")
+            .tempdir()
+            .context("failed to make a directory for the forwarder's launcher")?;
+        let script = dir.path().join("rootlessport-in-outer");
+        let outer_path = format!("/run/netns/{outer}");
+        let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nexec nsenter --net={} -- {} 2>>{}\n",
+                quote(&outer_path),
+                quote(&binary.to_string_lossy()),
+                quote(&dir.path().join("stderr").to_string_lossy()),
+            ),
+        )
+        .context("failed to write the forwarder's launcher")?;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .context("failed to make the forwarder's launcher executable")?;
+        Ok(Launcher {
+            dir,
+            script,
+            outer_path,
+        })
+    }
+
+    /// The forwarder's stderr since its start.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// Starts it with ROOTLESSPORT_KEEP_SOURCE_IP=1 (`on`) or =0, and
+    /// checks that the pid is rootlessport's, in the outer namespace.
+    fn start(&self, ns_path: &str, mappings: &serde_json::Value, on: bool) -> Result<Forwarder> {
+        use std::os::unix::fs::MetadataExt;
+        File::create(self.dir.path().join("stderr"))
+            .context("failed to empty the forwarder's stderr file")?;
+        let config = config(ns_path, mappings.clone());
+        let mut cmd = slirp_proc::HelperCommand::new(
+            &self.script,
+            "rootlessport",
+            config.to_string().into_bytes(),
+        );
+        cmd.env.push((
+            "ROOTLESSPORT_KEEP_SOURCE_IP".into(),
+            if on { "1" } else { "0" }.into(),
+        ));
+        let helper = cmd.start().map_err(|e| {
+            anyhow::anyhow!(
+                "failed to start rootlessport in {}: {e}; its stderr: {}",
+                self.outer_path,
+                self.log()
+            )
+        })?;
+        let f = Forwarder {
+            running: Running::Helper(helper),
+        };
+        let pid = f.pid();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        ensure!(
+            comm.trim() == "rootlessport",
+            "pid {pid} runs {:?}, not rootlessport: the launcher did not exec in place",
+            comm.trim()
+        );
+        let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+        ensure!(
+            id(&format!("/proc/{pid}/ns/net")).ok() == id(&self.outer_path).ok(),
+            "rootlessport (pid {pid}) is not in {}",
+            self.outer_path
+        );
+        Ok(f)
+    }
+}
+
+/// Runs `program args` inside the network namespace `ns` (ip netns exec,
+/// which execs in place), killed after `limit`; returns its stdout.
+fn run_in(ns: &str, program: &Path, args: &[&str], limit: Duration) -> Result<String> {
+    let mut out = tempfile::tempfile().context("failed to make a file for a client's output")?;
+    let mut err = tempfile::tempfile().context("failed to make a file for a client's errors")?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(err.try_clone()?)
+        .spawn()
+        .with_context(|| format!("failed to run {} in {ns}", program.display()))?;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            done => {
+                let _ = child.kill();
+                let _ = child.wait();
+                match done {
+                    Err(e) => return Err(e).context("failed to wait for a client"),
+                    _ => bail!("{} {args:?} in {ns} ran over {limit:?}", program.display()),
+                }
+            }
+        }
+    };
+    let (mut text, mut errors) = (String::new(), String::new());
+    out.rewind()?;
+    out.read_to_string(&mut text)?;
+    err.rewind()?;
+    err.read_to_string(&mut errors)?;
+    ensure!(
+        status.success(),
+        "{} {args:?} in {ns} failed ({status}): {}",
+        program.display(),
+        errors.trim()
+    );
+    Ok(text)
+}
+
+/// `xtask bench-conn ADDR SECONDS`: the connection-rate client, for a
+/// namespace of its own; prints `conn/s p50-µs p99-µs`.
+pub fn conn_client(args: &[String]) -> Result<()> {
+    let [addr, seconds] = args else {
+        bail!("usage: bench-conn ADDR SECONDS");
+    };
+    let addr: SocketAddr = addr.parse().context("bench-conn: bad ADDR")?;
+    let seconds: u64 = seconds.parse().context("bench-conn: bad SECONDS")?;
+    let (rate, p50, p99) = conn_rate(addr, seconds)?;
+    println!("{rate} {p50} {p99}");
+    Ok(())
+}
+
+/// `xtask bench-who tcp|udp ADDR`: prints the address the bench server at
+/// ADDR sees this client at (retried for a few seconds: the first
+/// connection through a new forwarder may meet a veth still coming up).
+pub fn who_client(args: &[String]) -> Result<()> {
+    let [proto, addr] = args else {
+        bail!("usage: bench-who tcp|udp ADDR");
+    };
+    let addr: SocketAddr = addr.parse().context("bench-who: bad ADDR")?;
+    let once = || -> Result<String> {
+        let mut text = String::new();
+        match proto.as_str() {
+            "tcp" => {
+                let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                c.write_all(&[WHO])?;
+                c.read_to_string(&mut text)?;
+            }
+            "udp" => {
+                let u = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                u.connect(addr)?;
+                u.set_read_timeout(Some(Duration::from_millis(500)))?;
+                u.send(&[WHO])?;
+                let mut buf = [0u8; 64];
+                let n = u.recv(&mut buf)?;
+                text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+            other => bail!("bench-who: unknown protocol {other:?}"),
+        }
+        ensure!(!text.is_empty(), "the server said nothing");
+        Ok(text)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match once() {
+            Ok(text) => {
+                println!("{text}");
+                return Ok(());
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e).with_context(|| format!("no answer over {proto} from {addr}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// What the keep-source-ip section measured, per metric and setting (`true`:
+/// on).
+#[derive(Debug, Default)]
+struct Keep {
+    samples: HashMap<(&'static str, bool), Vec<f64>>,
+    gaps: HashMap<(&'static str, bool), String>,
+    /// The addresses the bench server saw clients at, per setting and
+    /// protocol.
+    seen: std::collections::BTreeMap<(bool, &'static str), std::collections::BTreeSet<IpAddr>>,
+}
+
+impl Keep {
+    fn record(&mut self, metric: &'static str, on: bool, v: f64) {
+        self.samples.entry((metric, on)).or_default().push(v);
+    }
+
+    fn med(&self, metric: &'static str, on: bool) -> Option<f64> {
+        self.samples.get(&(metric, on)).and_then(|v| median(v))
+    }
+}
+
+/// The keep-source-ip section: `rounds` rounds, each with the forwarder
+/// on and off (alternating which goes first), the clients in the client
+/// namespace, the servers those of `ns`.
+fn keep_source_ip(
+    ns: &BenchNetns,
+    ours: &Path,
+    server: &Path,
+    opts: &BenchOptions,
+) -> Result<Keep> {
+    let nets = ClientNets::new()?;
+    let launcher = Launcher::new(nets.outer(), ours)?;
+    let mut keep = Keep::default();
+    for round in 0..opts.rounds {
+        eprintln!("keep-source-ip round {}/{}", round + 1, opts.rounds);
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for on in order {
+            keep_path(&mut keep, ns, &nets, &launcher, server, on, opts.seconds)?;
+        }
+    }
+    Ok(keep)
+}
+
+/// One forwarder, on or off: first what the server sees (the address it
+/// must see, or the bench fails), then TCP, UDP and the connection rate
+/// from the client namespace.
+fn keep_path(
+    keep: &mut Keep,
+    ns: &BenchNetns,
+    nets: &ClientNets,
+    launcher: &Launcher,
+    server: &Path,
+    on: bool,
+    seconds: u64,
+) -> Result<()> {
+    let maps = serde_json::json!([
+        {"host_ip": OUTER_ADDR, "container_port": IPERF_PORT, "host_port": KEEP_IPERF_PORT, "range": 1, "protocol": "tcp,udp"},
+        {"host_ip": OUTER_ADDR, "container_port": ECHO_PORT, "host_port": KEEP_ECHO_PORT, "range": 1, "protocol": "tcp,udp"},
+    ]);
+    let f = launcher.start(&ns.path(), &maps, on)?;
+    let setting = if on { "on" } else { "off" };
+    let echo = format!("{OUTER_ADDR}:{KEEP_ECHO_PORT}");
+
+    // With it on the server must see the client's own address, with it off
+    // the namespace's: otherwise both columns would measure one thing.
+    let want: IpAddr = if on { CLIENT_ADDR } else { NS_ADDR }.parse()?;
+    for proto in ["tcp", "udp"] {
+        let out = run_in(
+            nets.client(),
+            server,
+            &["bench-who", proto, &echo],
+            Duration::from_secs(15),
+        )?;
+        let seen: SocketAddr = out
+            .trim()
+            .parse()
+            .with_context(|| format!("bench-who printed {out:?}"))?;
+        ensure!(
+            seen.ip() == want,
+            "with ROOTLESSPORT_KEEP_SOURCE_IP {setting} the bench server saw a {proto} client \
+             at {seen}, not {want}; the forwarder's stderr: {}",
+            launcher.log()
+        );
+        eprintln!("keep-source-ip {setting}: the server saw the {proto} client at {seen}");
+        keep.seen.entry((on, proto)).or_default().insert(seen.ip());
+    }
+
+    let client = Target {
+        netns: Some(nets.client()),
+        host: OUTER_ADDR,
+    };
+    let hung = |what: &str| anyhow::anyhow!("iperf3 {what} with keep-source-ip {setting} hung");
+    let cpu0 = f.cpu_seconds();
+    let (bps, bytes) =
+        iperf(client, KEEP_IPERF_PORT, seconds, false, 1)?.ok_or_else(|| hung("TCP"))?;
+    let cpu = f.cpu_seconds() - cpu0;
+    keep.record("tcp_gbps", on, bps / 1e9);
+    keep.record("cpu_s_per_gb", on, cpu / (bytes / 1e9));
+
+    let cpu0 = f.cpu_seconds();
+    match iperf(client, KEEP_IPERF_PORT, seconds, true, 1)? {
+        Some((ubps, ubytes)) => {
+            let cpu = f.cpu_seconds() - cpu0;
+            keep.record("udp_gbps", on, ubps / 1e9);
+            keep.record("udp_cpu_s_per_gb", on, cpu / (ubytes / 1e9));
+        }
+        None => {
+            eprintln!("iperf3 UDP with keep-source-ip {setting} hung and was killed");
+            for m in ["udp_gbps", "udp_cpu_s_per_gb"] {
+                keep.gaps.insert((m, on), "n/a: iperf3 hung".to_owned());
+            }
+        }
+    }
+
+    let cpu0 = f.cpu_seconds();
+    let out = run_in(
+        nets.client(),
+        server,
+        &["bench-conn", &echo, &seconds.to_string()],
+        Duration::from_secs(seconds + 30),
     )?;
-    let doc = format!(
-        "# Benchmarks\n\nWritten by `cargo xtask bench` on {} ({} cores, kernel {}). Our `rootlessport` \
-         (release build) against pasta (passt {}, {PASTA}), podman {}'s Go helper ({GO_HELPER}) and \
-         direct loopback. Each rootlessport is started exactly as podman starts it; pasta attaches \
-         to the same namespace and forwards the same host ports:\n\n```\npasta {}\n```\n\n\
-         The servers listen on all addresses inside the namespace: the helpers connect to the \
-         veth address {NS_ADDR}, pasta to 127.0.0.1 (its splice path, which is what a 127.0.0.1 \
-         client gets); both are local addresses there, so both routes go over the namespace's \
-         loopback. {} rounds, interleaved; each cell is the median. Throughput \
-         and rates over {} s each; CPU and memory cover the forwarder's whole process tree (the \
-         Go helper re-executes itself as `rootlessport-child`).\n\n{table}\n{NOTES}{budget}{PROFILE}",
+    let nums: Vec<f64> = out
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let [rate, p50, _p99] = nums[..] else {
+        bail!("bench-conn printed {out:?}");
+    };
+    let conns = rate * seconds as f64;
+    keep.record("conn_per_s", on, rate);
+    keep.record("conn_p50_us", on, p50);
+    keep.record(
+        "conn_fwd_cpu_us",
+        on,
+        (f.cpu_seconds() - cpu0) / conns * 1e6,
+    );
+    f.stop()
+}
+
+/// A row of the keep-source-ip table.
+struct KeepRow {
+    metric: &'static str,
+    label: &'static str,
+    higher_is_better: bool,
+    /// How far on may fall behind off (0.05: within 5%).
+    within: Option<f64>,
+}
+
+const fn keep_row(
+    metric: &'static str,
+    label: &'static str,
+    higher_is_better: bool,
+    within: Option<f64>,
+) -> KeepRow {
+    KeepRow {
+        metric,
+        label,
+        higher_is_better,
+        within,
+    }
+}
+
+const KEEP_ROWS: &[KeepRow] = &[
+    keep_row(
+        "tcp_gbps",
+        "TCP throughput, 1 stream (Gbit/s)",
+        true,
+        Some(0.05),
+    ),
+    keep_row(
+        "cpu_s_per_gb",
+        "forwarder CPU per GB moved, 1 stream (s)",
+        false,
+        Some(0.05),
+    ),
+    keep_row(
+        "conn_per_s",
+        "connect + 1-byte req/reply + close (conn/s)",
+        true,
+        Some(0.05),
+    ),
+    keep_row("conn_p50_us", "  latency p50 (µs)", false, None),
+    keep_row(
+        "conn_fwd_cpu_us",
+        "  CPU per connection, forwarder (µs)",
+        false,
+        None,
+    ),
+    keep_row(
+        "udp_gbps",
+        "UDP throughput, 1400-byte datagrams (Gbit/s)",
+        true,
+        Some(0.10),
+    ),
+    keep_row(
+        "udp_cpu_s_per_gb",
+        "  forwarder CPU per GB, UDP (s)",
+        false,
+        None,
+    ),
+];
+
+/// The keep-source-ip table: on, off, on/off, the target and whether it
+/// is met.
+fn render_keep(k: &Keep) -> String {
+    let cell = |m: &'static str, on: bool| match (k.med(m, on), k.gaps.get(&(m, on))) {
+        (Some(v), _) => num(v),
+        (None, Some(why)) => why.clone(),
+        (None, None) => "—".to_owned(),
+    };
+    let mut out = String::from(
+        "| metric | on | off | on/off | target | met |\n|---|---:|---:|---:|---:|:-:|\n",
+    );
+    for r in KEEP_ROWS {
+        let ratio = match (k.med(r.metric, true), k.med(r.metric, false)) {
+            (Some(on), Some(off)) if off > 0.0 => Some(on / off),
+            _ => None,
+        };
+        let (target, met) = match r.within {
+            None => (String::new(), ""),
+            Some(w) => {
+                let (op, bound) = if r.higher_is_better {
+                    ("≥", 1.0 - w)
+                } else {
+                    ("≤", 1.0 + w)
+                };
+                let met = match ratio {
+                    None => "—",
+                    Some(x)
+                        if (r.higher_is_better && x >= bound)
+                            || (!r.higher_is_better && x <= bound) =>
+                    {
+                        "yes"
+                    }
+                    Some(_) => "no",
+                };
+                (format!("{op} {bound:.2}x off"), met)
+            }
+        };
+        out += &format!(
+            "| {} | {} | {} | {} | {target} | {met} |\n",
+            r.label,
+            cell(r.metric, true),
+            cell(r.metric, false),
+            // Three places: the bounds are 0.95, 1.05 and 0.90.
+            ratio.map_or_else(|| "—".to_owned(), |x| format!("{x:.3}x")),
+        );
+    }
+    out
+}
+
+/// The keep-source-ip section of BENCHMARKS.md: how it was measured, and
+/// its table.
+fn render_keep_section(k: &Keep, opts: &BenchOptions) -> String {
+    // "192.0.2.2 over TCP and UDP", or each protocol's own addresses.
+    let seen = |on: bool| {
+        let addrs = |proto: &'static str| {
+            k.seen
+                .get(&(on, proto))
+                .into_iter()
+                .flatten()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (tcp, udp) = (addrs("tcp"), addrs("udp"));
+        if tcp == udp {
+            format!("{tcp} over TCP and UDP")
+        } else {
+            format!("{tcp} over TCP and {udp} over UDP")
+        }
+    };
+    format!(
+        "## {KEEP_TITLE}\n\nWritten by `cargo xtask bench` on {} (`cargo xtask bench --only \
+         keep-source-ip` runs just this section and replaces it here and in README). Our \
+         `rootlessport` with `ROOTLESSPORT_KEEP_SOURCE_IP=1` (on: the service sees each \
+         client's own address) against `=0` (off: it sees the namespace's {NS_ADDR}, as \
+         without the variable). Loopback clients keep the namespace's address even when it is \
+         on, so this needs a client from elsewhere: the forwarder runs in an \"outer\" network \
+         namespace that plays the host, listening on {OUTER_ADDR} (started as podman starts it, \
+         through `nsenter --net=` that execs it in place with its fds and an empty argv); the \
+         clients, iperf3 and the bench's own connection client (`xtask bench-conn`), run in a \
+         third, \"client\" namespace at {CLIENT_ADDR}, joined to the outer one by a veth pair \
+         (RFC 5737 documentation addresses, never routed anywhere else); the servers are the \
+         ones above, at {NS_ADDR} in the bench namespace.\n\nEvery start is checked before it \
+         is measured (a TCP connection and a UDP datagram to the bench server, which answers \
+         with the address it sees), and the bench fails if on and off do not differ. This run: \
+         with it on the server saw {}; with it off, {}.\n\n{} rounds, on and off alternating \
+         which goes first; each cell is the median; throughput and rates over {} s each; CPU is \
+         the forwarder's own (/proc/PID/stat). The targets are the issue's: with it on, TCP \
+         throughput, CPU per GB and the connection rate within 5% of off, UDP throughput within \
+         10%. There is one client address, so its route in the namespace is made at its first \
+         connection and then reused: the rows measure the steady cost per connection (a \
+         transparent socket bound to the client's address and port) and per datagram, not the \
+         netlink round trip of a new address.\n\n{}",
         today(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        kernel(),
-        deb_version("passt"),
-        deb_version("podman"),
-        example.join(" "),
+        seen(true),
+        seen(false),
         opts.rounds,
         opts.seconds,
-    );
-    std::fs::write(root.join("BENCHMARKS.md"), doc).context("failed to write BENCHMARKS.md")?;
-    eprintln!("wrote BENCHMARKS.md");
-    update_readme(&root.join("README.md"), &table)?;
-    eprintln!("updated the table in README.md");
-    Ok(())
+        render_keep(k),
+    )
+}
+
+/// BENCHMARKS.md with its keep-source-ip section replaced by `section`
+/// (inserted before "## Where the time goes" if it has none).
+fn replace_keep_section(text: &str, section: &str) -> String {
+    let heading = format!("## {KEEP_TITLE}");
+    let lines: Vec<&str> = text.lines().collect();
+    let (start, end) = match lines.iter().position(|l| *l == heading) {
+        Some(i) => (
+            i,
+            (i + 1..lines.len())
+                .find(|&j| lines[j].starts_with("## "))
+                .unwrap_or(lines.len()),
+        ),
+        None => {
+            let at = lines
+                .iter()
+                .position(|l| l.starts_with("## Where the time goes"))
+                .unwrap_or(lines.len());
+            (at, at)
+        }
+    };
+    let mut out: Vec<&str> = lines[..start].to_vec();
+    if out.last().is_some_and(|l| !l.is_empty()) {
+        out.push("");
+    }
+    out.extend(section.trim_matches('\n').lines());
+    out.push("");
+    out.extend(&lines[end..]);
+    let mut new = out.join("\n").trim_end().to_owned();
+    new.push('\n');
+    new
+}
+
+/// What README says above the keep-source-ip table when it first adds it.
+const README_KEEP_INTRO: &str =
+    "`cargo xtask bench` also measures our rootlessport keeping client addresses
+(`ROOTLESSPORT_KEEP_SOURCE_IP=1`, on) against not (`=0`, off), with a client
+in a namespace of its own (loopback clients keep the namespace's address
+either way); `cargo xtask bench --only keep-source-ip` runs just that part
+and replaces the table below. BENCHMARKS.md says how it is measured.";
+
+/// Replaces the table under README.md's keep-source-ip heading; adds the
+/// heading, README_KEEP_INTRO and the table at the end of "## Benchmarks"
+/// when it is not there yet.
+fn update_readme_keep(path: &Path, table: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    let heading = format!("### {KEEP_TITLE}");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out: Vec<&str>;
+    if let Some(h) = lines.iter().position(|l| *l == heading) {
+        let start = (h..lines.len())
+            .find(|&i| lines[i].starts_with('|'))
+            .with_context(|| format!("{} has no table under {heading:?}", path.display()))?;
+        let end = (start..lines.len())
+            .find(|&i| !lines[i].starts_with('|'))
+            .unwrap_or(lines.len());
+        out = lines[..start].to_vec();
+        out.extend(table.lines());
+        out.extend(&lines[end..]);
+    } else {
+        let section = lines
+            .iter()
+            .position(|l| *l == "## Benchmarks")
+            .with_context(|| format!("{} has no \"## Benchmarks\" section", path.display()))?;
+        let at = (section + 1..lines.len())
+            .find(|&i| lines[i].starts_with("## "))
+            .unwrap_or(lines.len());
+        out = lines[..at].to_vec();
+        if out.last().is_some_and(|l| !l.is_empty()) {
+            out.push("");
+        }
+        out.push(&heading);
+        out.push("");
+        out.extend(README_KEEP_INTRO.lines());
+        out.push("");
+        out.extend(table.lines());
+        out.push("");
+        out.extend(&lines[at..]);
+    }
+    let mut new = out.join("\n").trim_end().to_owned();
+    new.push('\n');
+    std::fs::write(path, new).with_context(|| format!("failed to write {}", path.display()))
 }
 
 /// Replaces the table under README.md's "## Benchmarks" heading.
@@ -1430,16 +2195,20 @@ fn budget(s: &Samples) -> String {
     out
 }
 
-/// The table: each subject's median (or why it has none), ours/pasta and
-/// ours/Go, the targets (pasta's first) and whether they are met.
-fn render(s: &Samples, gaps: &Gaps) -> String {
-    let fmt = |v: f64| match v {
+/// A table cell's number: 3 significant places or so.
+fn num(v: f64) -> String {
+    match v {
         x if x >= 100.0 => format!("{x:.0}"),
         x if x >= 10.0 => format!("{x:.1}"),
         x => format!("{x:.3}"),
-    };
+    }
+}
+
+/// The table: each subject's median (or why it has none), ours/pasta and
+/// ours/Go, the targets (pasta's first) and whether they are met.
+fn render(s: &Samples, gaps: &Gaps) -> String {
     let cell = |m: &'static str, w: Subject| match (med(s, m, w), gaps.get(&(m, w))) {
-        (Some(v), _) => fmt(v),
+        (Some(v), _) => num(v),
         (None, Some(why)) => why.clone(),
         (None, None) => "—".to_owned(),
     };

@@ -29,10 +29,13 @@ commands:
           an unprivileged user (needs root)
   package build the publishable crates without default features, then
           cargo package them, verified (publish = false members left out)
-  bench   [--rounds N] [--seconds S]: our rootlessport against pasta,
-          podman's Go helper and direct loopback (installs podman, passt and
-          iperf3 when missing, needs root); prints the table, writes
-          BENCHMARKS.md and the table in README.md
+  bench   [--rounds N] [--seconds S] [--only keep-source-ip]: our
+          rootlessport against pasta, podman's Go helper and direct loopback,
+          then ours with ROOTLESSPORT_KEEP_SOURCE_IP=1 against =0 for a client
+          in another namespace (installs podman, passt and iperf3 when
+          missing, needs root); prints the tables, writes BENCHMARKS.md and
+          the tables in README.md. --only keep-source-ip runs just the second
+          part and replaces only its section and table
   podman  real rootless podman (a throw-away user, a busybox --rootfs
           container, -p through port_handler=rootlesskit) with podman's Go
           helper and then with our rootlessport; checks the page is served on
@@ -89,6 +92,7 @@ fn main() -> Result<()> {
             let mut opts = bench::BenchOptions {
                 rounds: 3,
                 seconds: 3,
+                only: None,
             };
             let mut it = args[1..].iter();
             while let Some(a) = it.next() {
@@ -100,6 +104,10 @@ fn main() -> Result<()> {
                 match a.as_str() {
                     "--rounds" => opts.rounds = value("--rounds")?.max(1) as usize,
                     "--seconds" => opts.seconds = value("--seconds")?.max(1),
+                    "--only" => {
+                        let name = it.next().context("--only takes a section name")?;
+                        opts.only = Some(bench::Section::parse(name)?);
+                    }
                     other => bail!("unknown bench option {other:?}"),
                 }
             }
@@ -113,6 +121,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("bench-serve") => bench::serve(args.get(1).context("bench-serve ADDR")?),
+        Some("bench-conn") => bench::conn_client(&args[1..]),
+        Some("bench-who") => bench::who_client(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())
