@@ -40,8 +40,10 @@ commands:
           container, -p through port_handler=rootlesskit) with podman's Go
           helper and then with our rootlessport; checks the page is served on
           IPv4 and IPv6 loopback and that the helper and its reload socket go
-          with the container (installs podman, runc, uidmap, busybox-static;
-          needs root)";
+          with the container; then, with ours and ROOTLESSPORT_KEEP_SOURCE_IP=1
+          in the user's containers.conf, that the container sees a client's
+          real address (podman run inside a network namespace of the run)
+          (installs podman, runc, uidmap, busybox-static; needs root)";
 
 /// The library crates, whose own tests must pass without privilege.
 const LIBRARY_CRATES: &[&str] = &[
@@ -123,6 +125,10 @@ fn main() -> Result<()> {
         Some("bench-serve") => bench::serve(args.get(1).context("bench-serve ADDR")?),
         Some("bench-conn") => bench::conn_client(&args[1..]),
         Some("bench-who") => bench::who_client(&args[1..]),
+        // The podman keep runs' client (in a namespace) and UDP service (in
+        // the container).
+        Some("podman-peer") => podman::peer_client(&args[1..]),
+        Some("podman-udp-peer") => podman::udp_peer(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())
