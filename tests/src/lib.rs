@@ -40,6 +40,29 @@ pub fn require_slirp(test: &str) -> bool {
     require(test, real_slirp().map(drop))
 }
 
+/// What a rootless run as uid 65534 needs: the real slirp4netns, setpriv,
+/// unprivileged user namespaces, and a `/dev/net/tun` everyone may open.
+pub fn rootless_possible() -> Result<()> {
+    real_slirp()?;
+    which("setpriv").context("setpriv (util-linux) is missing")?;
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["unshare", "-rn", "true"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "unprivileged user namespaces are off: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata("/dev/net/tun")?.permissions().mode() & 0o777;
+    anyhow::ensure!(
+        mode == 0o666,
+        "/dev/net/tun is mode {mode:o}, not 0666 (run cargo xtask setup)"
+    );
+    Ok(())
+}
+
 /// The slirp4netns binary on PATH.
 pub fn slirp4netns() -> Result<PathBuf> {
     which("slirp4netns").context("slirp4netns is not installed (run `cargo xtask setup`)")

@@ -11,8 +11,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use slirpnet_tests::{
-    fake_slirp, free_tcp_port, is_mounted, payload, pid_exists, real_slirp, require, require_slirp,
-    slirpnet_bin, which, world_runnable, PersistentNetns,
+    fake_slirp, free_tcp_port, is_mounted, payload, pid_exists, require, require_slirp,
+    rootless_possible, slirpnet_bin, world_runnable, PersistentNetns,
 };
 
 const ECHO: &str = env!("CARGO_BIN_EXE_tcp-echo");
@@ -207,36 +207,6 @@ fn run_as_root_forwards_byte_exact() {
     // The default handler: our rootlessport, found next to slirpnet.
     slirpnet_tests::rootlessport_bin();
     run_echo_roundtrip(&slirpnet_bin(), Path::new(ECHO), None, "rootlesskit");
-}
-
-/// What a rootless run as uid 65534 needs.
-fn rootless_possible() -> anyhow::Result<()> {
-    (|| {
-        real_slirp()?;
-        which("setpriv").ok_or_else(|| anyhow::anyhow!("setpriv (util-linux) is missing"))?;
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "unshare",
-                "-rn",
-                "true",
-            ])
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "unprivileged user namespaces are off: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata("/dev/net/tun")?.permissions().mode() & 0o777;
-        anyhow::ensure!(
-            mode == 0o666,
-            "/dev/net/tun is mode {mode:o}, not 0666 (run cargo xtask setup)"
-        );
-        Ok(())
-    })()
 }
 
 #[test]

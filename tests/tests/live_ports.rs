@@ -25,8 +25,8 @@ use serde_json::Value;
 use slirp_opts::portctl::{ForwardEntry, SessionStatus};
 use slirp_opts::Protocol;
 use slirpnet_tests::{
-    free_port_both, free_tcp_port, payload, real_slirp, require, require_slirp, rootlessport_bin,
-    slirpnet_bin, which, world_runnable, PersistentNetns,
+    free_port_both, free_tcp_port, payload, require, require_slirp, rootless_possible,
+    rootlessport_bin, slirpnet_bin, world_runnable, PersistentNetns,
 };
 
 const ECHO: &str = env!("CARGO_BIN_EXE_echo-server");
@@ -164,27 +164,6 @@ fn setpriv_args(uid: u32, dac_override: bool) -> Vec<String> {
         args.push("--inh-caps=-all".into());
     }
     args
-}
-
-/// What a rootless session as uid 65534 needs.
-fn rootless_possible() -> anyhow::Result<()> {
-    real_slirp()?;
-    which("setpriv").ok_or_else(|| anyhow::anyhow!("setpriv (util-linux) is missing"))?;
-    let out = Command::new("setpriv")
-        .args(setpriv_args(NOBODY, false))
-        .args(["unshare", "-rn", "true"])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "unprivileged user namespaces are off: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mode = std::fs::metadata("/dev/net/tun")?.permissions().mode() & 0o777;
-    anyhow::ensure!(
-        mode == 0o666,
-        "/dev/net/tun is mode {mode:o}, not 0666 (run cargo xtask setup)"
-    );
-    Ok(())
 }
 
 /// A finished command: exit code, stdout, stderr.
