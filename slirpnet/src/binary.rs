@@ -63,7 +63,7 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, BinaryError> {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        if !executable_file(&meta) {
             return Err(BinaryError::NotExecutable {
                 path: path.to_owned(),
                 reason: "not a file with execute permission".into(),
@@ -74,10 +74,18 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, BinaryError> {
     let path = std::env::var_os("PATH").ok_or(BinaryError::NotFound)?;
     std::env::split_paths(&path)
         .map(|dir| dir.join("slirp4netns"))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        .find(|p| is_executable(p))
         .ok_or(BinaryError::NotFound)
+}
+
+/// Whether `meta` is a regular file with an execute bit.
+fn executable_file(meta: &std::fs::Metadata) -> bool {
+    meta.is_file() && meta.permissions().mode() & 0o111 != 0
+}
+
+/// Whether `path` is a regular file with an execute bit (following links).
+pub(crate) fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| executable_file(&m))
 }
 
 type CacheKey = (PathBuf, u64, u64, i64);

@@ -82,11 +82,6 @@ pub enum PortForwardError {
     Thread(std::io::Error),
 }
 
-fn executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// Resolves `choice` to what will run, checking that a binary exists.
 ///
 /// # Errors
@@ -97,7 +92,7 @@ fn executable(p: &Path) -> bool {
 pub fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, PortForwardError> {
     match choice {
         ForwarderChoice::Binary(path) => {
-            if executable(path) {
+            if crate::binary::is_executable(path) {
                 Ok(ForwarderInfo::Binary {
                     path: path.clone(),
                     pid: None,
@@ -117,7 +112,7 @@ pub fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, Port
                 .into_iter()
                 .chain(path_dirs)
                 .map(|dir| dir.join("rootlessport"))
-                .find(|p| executable(p))
+                .find(|p| crate::binary::is_executable(p))
                 .map(|path| ForwarderInfo::Binary { path, pid: None })
                 .ok_or(PortForwardError::NotFound)
         }

@@ -5,7 +5,6 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -622,5 +621,4 @@ fn hundreds_of_mutated_configurations_never_hang_panic_or_leave_a_port() {
         ready >= 20 && failed >= 200,
         "{ready} ready, {failed} failed"
     );
-    assert!(Path::new(dir.path()).exists());
 }
