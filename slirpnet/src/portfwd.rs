@@ -73,6 +73,10 @@ pub enum PortForwardError {
     #[cfg(feature = "in-process")]
     #[error("in-process port forwarder: {0}")]
     InProcess(#[from] rootlessport::StartError),
+    /// In-process forwarding was asked for, but this build of slirpnet lacks
+    /// the `in-process` feature.
+    #[error("in-process port forwarding needs slirpnet built with its in-process feature")]
+    InProcessUnavailable,
     /// The private directory for the forwarder's control socket.
     #[error("failed to create a directory for the port forwarder's control socket: {0}")]
     ControlDir(std::io::Error),
@@ -216,7 +220,7 @@ impl PortForwarder {
                 Running::InProcess(inprocess::InProcess::start(config, keep_source_ip)?)
             }
             #[cfg(not(feature = "in-process"))]
-            ForwarderInfo::InProcess => unreachable!("InProcess is chosen only with the feature"),
+            ForwarderInfo::InProcess => return Err(PortForwardError::InProcessUnavailable),
         };
         Ok(PortForwarder { running })
     }

@@ -159,3 +159,27 @@ fn a_missing_or_hung_binary_is_named() {
         SetupError::PortForward(PortForwardError::NotExecutable(_))
     ));
 }
+
+/// Without the `in-process` feature, asking for in-process forwarding is an
+/// error, not a panic.
+#[cfg(not(feature = "in-process"))]
+#[test]
+fn in_process_forwarding_without_the_feature_is_an_error() {
+    let config = slirpnet::RootlessportConfig::new(
+        Vec::new(),
+        "/run/netns/none",
+        "10.0.2.100".parse().unwrap(),
+    );
+    let err = slirpnet::PortForwarder::start(
+        &ForwarderInfo::InProcess,
+        config,
+        None,
+        Duration::from_secs(1),
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, PortForwardError::InProcessUnavailable),
+        "{err}"
+    );
+}
