@@ -209,7 +209,8 @@ fn main() -> ExitCode {
         Cmd::Child(_) => unreachable!("handled above"),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("slirpnet: {}", error_text(&e));
+        // A closed stderr must not turn a failure into a panic.
+        let _ = writeln!(std::io::stderr(), "slirpnet: {}", error_text(&e));
         ExitCode::from(EXIT_OWN_FAILURE)
     })
 }
@@ -274,6 +275,15 @@ fn can_admin() -> bool {
     netns_util::has_cap(Capability::CAP_SYS_ADMIN)
 }
 
+/// Prints the report of a setup that is running. Its reader may be gone
+/// already (a pipe closed after the JSON, `| head`): the network is up and
+/// the session goes on, so a failed write is only logged.
+fn report_setup(net: &NetArgs, info: &slirpnet::SetupInfo, out: &mut dyn Write) {
+    if let Err(e) = print_setup(net, info, out) {
+        tracing::debug!("the setup report was not written in full: {e:#}");
+    }
+}
+
 fn print_setup(net: &NetArgs, info: &slirpnet::SetupInfo, out: &mut dyn Write) -> Result<()> {
     if net.json {
         serde_json::to_writer_pretty(&mut *out, info)?;
@@ -335,7 +345,7 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
     netns_util::Netns::open(&args.netns)?;
     let signals = block_signals()?;
     let net = checked.start(target)?;
-    print_setup(&args.net, net.info(), &mut std::io::stdout().lock())?;
+    report_setup(&args.net, net.info(), &mut std::io::stdout().lock());
     let session = Session::serve(net);
     loop {
         let sig = next_signal(&signals)?;
@@ -663,7 +673,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         }
     };
     if args.net.json || std::env::var_os("SLIRPNET_QUIET").is_none() {
-        print_setup(&args.net, net.info(), &mut std::io::stderr().lock())?;
+        report_setup(&args.net, net.info(), &mut std::io::stderr().lock());
     }
     let session = Session::serve(net);
     child.go()?;

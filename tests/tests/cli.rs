@@ -722,3 +722,28 @@ fn a_killed_rootless_slirpnet_takes_its_command_and_helpers_along() {
         world_runnable(&[&slirpnet_bin(), &slirpnet_tests::rootlessport_bin()]).unwrap();
     killed_run_leaves_nothing(&bins[0], Some(65534));
 }
+
+#[test]
+fn a_closed_report_pipe_does_not_abort_the_session() {
+    if !prerequisites("a_closed_report_pipe_does_not_abort_the_session") {
+        return;
+    }
+    // stderr is a pipe whose reader is gone before slirpnet writes its
+    // report: every write to it fails with EPIPE. The command must run all
+    // the same, and its status become slirpnet's.
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let mut child = Command::new(slirpnet_bin())
+        .args(["run", "--json", "--"])
+        .args(["sh", "-c"])
+        .arg(format!("touch {}; exit 7", ran.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::from(writer)))
+        .spawn()
+        .unwrap();
+    let status = wait_limited(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(7), "the session was aborted");
+    assert!(ran.exists(), "the command never ran");
+}
