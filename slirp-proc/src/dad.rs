@@ -15,7 +15,7 @@ pub enum DadError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
     /// Reading or writing the sysctl failed.
-    #[error("failed to {action} {ACCEPT_DAD} in network namespace {}: {source}", netns.display())]
+    #[error("failed to {action} {ACCEPT_DAD} in network namespace {}: {error}", netns.display())]
     Sysctl {
         /// `read` or `write`.
         action: &'static str,
@@ -23,28 +23,28 @@ pub enum DadError {
         /// was already inside).
         netns: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 impl DadError {
     fn in_netns(self, path: &std::path::Path) -> Self {
         match self {
-            DadError::Sysctl { action, source, .. } => DadError::Sysctl {
+            DadError::Sysctl { action, error, .. } => DadError::Sysctl {
                 action,
                 netns: path.to_owned(),
-                source,
+                error,
             },
             other => other,
         }
     }
 }
 
-fn sysctl_error(action: &'static str, source: std::io::Error) -> DadError {
+fn sysctl_error(action: &'static str, error: std::io::Error) -> DadError {
     DadError::Sysctl {
         action,
         netns: PathBuf::from("/proc/thread-self/ns/net"),
-        source,
+        error,
     }
 }
 

@@ -85,16 +85,16 @@ impl HelperCommand {
     /// than `1`, or was not ready within the timeout.
     pub fn start(&self) -> Result<Helper, HelperError> {
         let program = self.program.clone();
-        let spawn_err = |source| HelperError::Spawn {
+        let spawn_err = |error| HelperError::Spawn {
             program: program.clone(),
-            source,
+            error,
         };
         let (exit_r, exit_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
         let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
         let userns = match &self.join_userns {
-            Some(path) => Some(File::open(path).map_err(|source| HelperError::UserNs {
+            Some(path) => Some(File::open(path).map_err(|error| HelperError::UserNs {
                 path: path.clone(),
-                source,
+                error,
             })?),
             None => None,
         };
@@ -122,10 +122,10 @@ impl HelperCommand {
         let started = Instant::now();
         let child = cmd.spawn().map_err(spawn_err)?;
         drop((exit_r, ready_w, userns));
-        let mut proc = Watched::new(child).map_err(|(pid, source)| HelperError::Watch {
+        let mut proc = Watched::new(child).map_err(|(pid, error)| HelperError::Watch {
             program: self.program.clone(),
             pid,
-            source,
+            error,
         })?;
         // Read its stdout from the start: a helper whose error is longer
         // than a pipe holds would otherwise block writing it, and never end.
@@ -174,11 +174,11 @@ impl HelperCommand {
                     timeout: self.ready_timeout,
                 })
             }
-            ReadyWait::Failed(source) => {
+            ReadyWait::Failed(error) => {
                 helper.proc.kill_and_reap();
                 Err(HelperError::Wait {
                     program: helper.program.clone(),
-                    source,
+                    error,
                 })
             }
         }
@@ -190,30 +190,30 @@ impl HelperCommand {
 #[non_exhaustive]
 pub enum HelperError {
     /// The pipes could not be made or the binary could not be executed.
-    #[error("failed to start {}: {source}", program.display())]
+    #[error("failed to start {}: {error}", program.display())]
     Spawn {
         /// The binary.
         program: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The user namespace to join could not be opened.
-    #[error("failed to open the user namespace {}: {source}", path.display())]
+    #[error("failed to open the user namespace {}: {error}", path.display())]
     UserNs {
         /// Its path.
         path: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// No pidfd for the new process.
-    #[error("failed to watch {} (pid {pid}): {source}", program.display())]
+    #[error("failed to watch {} (pid {pid}): {error}", program.display())]
     Watch {
         /// The binary.
         program: PathBuf,
         /// Its pid.
         pid: u32,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// It ended before ready; `line` is what it printed on stdout.
     #[error("{} failed: {} ({exit})", program.display(), if line.is_empty() { "it printed nothing" } else { line.as_str() })]
@@ -242,12 +242,12 @@ pub enum HelperError {
         timeout: Duration,
     },
     /// Waiting failed (it was killed).
-    #[error("failed while waiting for {} to be ready: {source}", program.display())]
+    #[error("failed while waiting for {} to be ready: {error}", program.display())]
     Wait {
         /// The binary.
         program: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
 }
 

@@ -29,6 +29,15 @@
 //! ));
 //! # Ok::<(), slirp_proc::RunError>(())
 //! ```
+//!
+//! # Errors
+//!
+//! Each error's message is complete: when a system call fails, the message
+//! ends with the OS error's text, kept in the variant's `error` field (a
+//! [`std::io::Error`]), and [`source`](std::error::Error::source) returns
+//! `None`, so a printer that walks the chain (such as anyhow's `{:#}`) does
+//! not repeat it. Variants marked `#[error(transparent)]` are the inner
+//! error itself.
 
 mod child;
 mod dad;

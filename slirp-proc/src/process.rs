@@ -102,12 +102,12 @@ pub enum StartError {
     #[error(transparent)]
     Args(#[from] ArgvError),
     /// A pipe could not be made.
-    #[error("failed to create the {which} pipe for slirp4netns: {source}")]
+    #[error("failed to create the {which} pipe for slirp4netns: {error}")]
     Pipe {
         /// `ready` or `exit`.
         which: &'static str,
         /// The error.
-        source: nix::Error,
+        error: std::io::Error,
     },
     /// The log file could not be made.
     #[error("failed to create the slirp4netns log file: {0}")]
@@ -119,20 +119,20 @@ pub enum StartError {
     #[error(transparent)]
     Netns(#[from] netns_util::NetnsError),
     /// exec failed.
-    #[error("failed to start {binary}: {source}")]
+    #[error("failed to start {binary}: {error}")]
     Spawn {
         /// The binary.
         binary: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// pidfd_open failed.
-    #[error("failed to watch slirp4netns (pid {pid}): {source}")]
+    #[error("failed to watch slirp4netns (pid {pid}): {error}")]
     Watch {
         /// The pid.
         pid: u32,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// It exited before it was ready.
     #[error("slirp4netns failed: {} ({exit})", describe_log(.log))]
@@ -196,14 +196,14 @@ impl Slirp {
             None
         };
 
-        let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).map_err(|source| StartError::Pipe {
+        let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).map_err(|errno| StartError::Pipe {
             which: "ready",
-            source,
+            error: errno.into(),
         })?;
         let exit_pipe = match inv.exit_fd {
-            Some(_) => Some(pipe2(OFlag::O_CLOEXEC).map_err(|source| StartError::Pipe {
+            Some(_) => Some(pipe2(OFlag::O_CLOEXEC).map_err(|errno| StartError::Pipe {
                 which: "exit",
-                source,
+                error: errno.into(),
             })?),
             None => None,
         };
@@ -233,9 +233,9 @@ impl Slirp {
             },
         );
         tracing::debug!(binary = %cmd.binary.display(), ?args, "starting slirp4netns");
-        let child = command.spawn().map_err(|source| StartError::Spawn {
+        let child = command.spawn().map_err(|error| StartError::Spawn {
             binary: cmd.binary.clone(),
-            source,
+            error,
         })?;
         // Our copies of the child's ends go now: a dead child then gives EOF
         // on the ready pipe, and the exit pipe's only reader is slirp4netns.
@@ -244,8 +244,7 @@ impl Slirp {
             drop(exit_r);
             exit_w
         });
-        let proc =
-            Watched::new(child).map_err(|(pid, source)| StartError::Watch { pid, source })?;
+        let proc = Watched::new(child).map_err(|(pid, error)| StartError::Watch { pid, error })?;
         let pid = proc.pid();
         let mut slirp = Slirp {
             proc,

@@ -13,12 +13,12 @@ use crate::watched::Watched;
 #[non_exhaustive]
 pub enum RunError {
     /// It could not be started.
-    #[error("failed to run {command}: {source}")]
+    #[error("failed to run {command}: {error}")]
     Spawn {
         /// The command line, for messages.
         command: String,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// It did not exit in time; it and its process group were killed.
     #[error("{command} did not exit within {limit:?}; it was killed")]
@@ -44,9 +44,9 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Result<Output, RunErr
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
-    let spawn_err = |source| RunError::Spawn {
+    let spawn_err = |error| RunError::Spawn {
         command: command.clone(),
-        source,
+        error,
     };
     let mut child = cmd
         .stdin(Stdio::null())
