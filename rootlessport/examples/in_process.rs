@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let child_ip: IpAddr = child_ip.parse()?;
     // The service inside the namespace.
-    let ns = netns_util::Netns::open(&netns)?;
+    let ns = rootlessport::netns_util::Netns::open(&netns)?;
     let service = ns.run(move || TcpListener::bind((child_ip, 8000)))??;
     let host_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
 

@@ -55,6 +55,9 @@ pub use childip::{child_ip, NetAddress, NetInterface, StatusBlock};
 pub use control::{ControlError, ControlServer, CONTROL_SOCKET_ENV};
 pub use forwarder::{Forwarder, StartError};
 pub use listen::ListenError;
+/// The namespace crate: open a namespace and make a service inside it with
+/// [`netns_util::Netns`], with no second dependency.
+pub use netns_util;
 pub use options::{ForwardOptions, OptionsEnvError, KEEP_SOURCE_IP_ENV};
 pub use ports::{ForwarderHandle, PortChangeError};
 pub use reload::{reload, socket_path, ReloadError, ReloadGuard, ReloadServer};

@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // A service inside the namespace, on the guest address slirp4netns
     // configures (10.0.2.100): listen on all addresses.
-    let ns = netns_util::Netns::open(&netns)?;
+    let ns = slirpnet::netns_util::Netns::open(&netns)?;
     let service = ns.run(|| TcpListener::bind("0.0.0.0:8000"))??;
     let host_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
 

@@ -53,6 +53,9 @@ pub use setup::{plan, setup, ForwardInfo, Network, Plan, SetupError, SetupInfo, 
 
 // What public signatures mention, so users need no second dependency to
 // name it.
+/// The namespace crate: open, make and enter network namespaces
+/// ([`netns_util::Netns`]) with no second dependency.
+pub use netns_util;
 pub use nix::sys::signal::Signal;
 pub use slirp_opts::{
     self, parse_port_spec, rootlessport::Config as RootlessportConfig, NetworkOptions, PortHandler,

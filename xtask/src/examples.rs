@@ -112,16 +112,31 @@ fn examples(root: &Path) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// Builds and runs every example with the arguments it needs. Each one that
-/// exits 0 within a minute passes.
+/// Builds and runs every example with the arguments it needs. Each one is
+/// built as a user would build it: as the only source of a new package
+/// outside the workspace whose one dependency is the crate it shows (by
+/// path), so an example that needs a second crate fails to build. Each one
+/// that builds and exits 0 within a minute passes.
 pub fn run_examples(root: &Path) -> Result<Totals> {
-    crate::run(crate::cargo().args(["build", "--workspace", "--examples", "--all-features"]))?;
     let found = examples(root)?;
+    let outside = root.join("target/outside-examples");
+    let mut built = Vec::new();
+    for (krate, name) in &found {
+        built.push(build_outside(root, &outside, krate, name));
+    }
     let ns = ExampleNetns::new("a")?;
     let api_ns = ExampleNetns::new("api")?;
     let mut slirp: Option<SlirpWithApi> = None;
     let mut totals = Totals::default();
-    for (krate, name) in found {
+    for ((krate, name), bin) in found.into_iter().zip(built) {
+        let bin = match bin {
+            Ok(bin) => bin,
+            Err(e) => {
+                println!("example {krate}/{name}: FAILED to build with only {krate} as a dependency: {e:#}");
+                totals.failed += 1;
+                continue;
+            }
+        };
         let args: Vec<String> = match name.as_str() {
             "attach" => vec![ns.path()],
             "in_process" => vec![ns.path(), "10.77.0.1".into()],
@@ -134,7 +149,6 @@ pub fn run_examples(root: &Path) -> Result<Totals> {
             }
             _ => Vec::new(),
         };
-        let bin = root.join("target/debug/examples").join(&name);
         eprintln!("+ {} {}", bin.display(), args.join(" "));
         let ok = run_limited(Command::new(&bin).args(&args), Duration::from_secs(60))?;
         println!(
@@ -148,6 +162,37 @@ pub fn run_examples(root: &Path) -> Result<Totals> {
         }
     }
     Ok(totals)
+}
+
+/// Writes a package under `outside/<crate>-<name>` whose `src/main.rs` is
+/// the example and whose one dependency is `krate` (by path, default
+/// features, as a user adds it), builds it, and returns the program. The
+/// workspace's Cargo.lock is copied in so it builds the same versions; the
+/// packages share one target directory.
+fn build_outside(root: &Path, outside: &Path, krate: &str, name: &str) -> Result<PathBuf> {
+    let package = format!("outside-{krate}-{name}").replace('_', "-");
+    let dir = outside.join(&package);
+    std::fs::create_dir_all(dir.join("src"))?;
+    let manifest = format!(
+        "[package]\nname = \"{package}\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n\
+         [dependencies]\n{krate} = {{ path = \"{}\" }}\n\n\
+         # Not a member of the slirpnet workspace.\n[workspace]\n",
+        root.join(krate).display()
+    );
+    std::fs::write(dir.join("Cargo.toml"), manifest)?;
+    std::fs::copy(
+        root.join(krate).join("examples").join(format!("{name}.rs")),
+        dir.join("src/main.rs"),
+    )?;
+    std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock"))?;
+    let target = outside.join("target");
+    crate::run(
+        crate::cargo()
+            .current_dir(&dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["build", "--quiet"]),
+    )?;
+    Ok(target.join("debug").join(package))
 }
 
 /// Runs `cmd`, killing it after `limit`; whether it exited 0 in time.
