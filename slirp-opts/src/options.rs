@@ -154,6 +154,87 @@ impl Default for NetworkOptions {
 }
 
 impl NetworkOptions {
+    /// podman's defaults (port_handler=rootlesskit, IPv6 on, MTU 65520,
+    /// 10.0.2.0/24), to be changed with the `with_*` methods: the typed way
+    /// to build options in code. [`NetworkOptions::parse`] reads podman's
+    /// `key=value` texts instead.
+    ///
+    /// ```
+    /// use slirp_opts::{NetworkOptions, PortHandler};
+    ///
+    /// let opts = NetworkOptions::new()
+    ///     .with_port_handler(PortHandler::Slirp4netns)
+    ///     .with_mtu(1500)
+    ///     .with_ipv6(false)
+    ///     .with_cidr("10.5.0.0/24".parse()?);
+    /// assert_eq!(opts.mtu, 1500);
+    /// assert_eq!(opts.cidr.map(|c| c.to_string()).as_deref(), Some("10.5.0.0/24"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn new() -> Self {
+        NetworkOptions::default()
+    }
+
+    /// Who forwards ports (`port_handler=`).
+    #[must_use]
+    pub fn with_port_handler(mut self, handler: PortHandler) -> Self {
+        self.port_handler = handler;
+        self
+    }
+
+    /// The IPv4 network (`cidr=`); its host bits are cleared, as
+    /// [`NetworkOptions::parse`] clears them.
+    #[must_use]
+    pub fn with_cidr(mut self, cidr: Ipv4Net) -> Self {
+        self.cidr = Some(cidr.trunc());
+        self
+    }
+
+    /// Whether the namespace may reach the host's 127.0.0.1 through the
+    /// gateway (`allow_host_loopback=`).
+    #[must_use]
+    pub fn with_host_loopback(mut self, allow: bool) -> Self {
+        self.allow_host_loopback = allow;
+        self
+    }
+
+    /// Whether IPv6 is enabled (`enable_ipv6=`).
+    #[must_use]
+    pub fn with_ipv6(mut self, enable: bool) -> Self {
+        self.enable_ipv6 = enable;
+        self
+    }
+
+    /// The tap device's MTU (`mtu=`).
+    #[must_use]
+    pub fn with_mtu(mut self, mtu: u32) -> Self {
+        self.mtu = mtu;
+        self
+    }
+
+    /// The outbound IPv4 address (`outbound_addr=`): an address.
+    #[must_use]
+    pub fn with_outbound_addr(mut self, addr: std::net::Ipv4Addr) -> Self {
+        self.outbound_addr = Some(addr.to_string());
+        self
+    }
+
+    /// The outbound IPv6 address (`outbound_addr6=`): an address.
+    #[must_use]
+    pub fn with_outbound_addr6(mut self, addr: std::net::Ipv6Addr) -> Self {
+        self.outbound_addr6 = Some(addr.to_string());
+        self
+    }
+
+    /// The engine's `no_pivot_root`: when true, slirp4netns runs without
+    /// `--enable-sandbox`.
+    #[must_use]
+    pub fn with_no_pivot_root(mut self, no_pivot_root: bool) -> Self {
+        self.no_pivot_root = no_pivot_root;
+        self
+    }
+
     /// Parses the engine's options, then the extra options, over the defaults.
     ///
     /// `iface_exists` answers whether a network interface of that name exists;

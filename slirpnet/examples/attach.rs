@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
-use slirpnet::{plan, NetworkOptions, SetupOptions, Target};
+use slirpnet::{plan, NetworkOptions, PortHandler, SetupOptions, Target};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let Some(netns) = std::env::args_os().nth(1) else {
@@ -23,12 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = ns.run(|| TcpListener::bind("0.0.0.0:8000"))??;
     let host_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
 
-    let network = NetworkOptions::parse(
-        &[] as &[&str],
-        false,
-        &["port_handler=slirp4netns", "enable_ipv6=false"],
-        |_| false,
-    )?;
+    let network = NetworkOptions::new()
+        .with_port_handler(PortHandler::Slirp4netns)
+        .with_ipv6(false);
     let mut opts = SetupOptions::new(network);
     opts.ports.push(slirpnet::parse_port_spec(&format!(
         "127.0.0.1:{host_port}:8000"

@@ -12,9 +12,11 @@
 //! `default-features = false` (the default feature `cli` builds `slirpnet`).
 //!
 //! ```
-//! use slirpnet::{ForwarderChoice, NetworkOptions, SetupOptions};
+//! use slirpnet::{ForwarderChoice, NetworkOptions, PortHandler, SetupOptions};
 //!
-//! let network = NetworkOptions::parse(&[] as &[&str], false, &["port_handler=slirp4netns", "mtu=1500"], |_| false)?;
+//! let network = NetworkOptions::new()
+//!     .with_port_handler(PortHandler::Slirp4netns)
+//!     .with_mtu(1500);
 //! let mut opts = SetupOptions::new(network);
 //! opts.ports.push(slirpnet::parse_port_spec("127.0.0.1:8080:80/tcp,udp")?);
 //! assert_eq!(opts.forwarder, ForwarderChoice::Rootlessport);
@@ -25,9 +27,9 @@
 //! Starting needs slirp4netns and the right to enter the namespace:
 //!
 //! ```no_run
-//! use slirpnet::{plan, NetworkOptions, SetupOptions, Target};
+//! use slirpnet::{plan, NetworkOptions, PortHandler, SetupOptions, Target};
 //!
-//! let network = NetworkOptions::parse(&[] as &[&str], false, &["port_handler=slirp4netns"], |_| false)?;
+//! let network = NetworkOptions::new().with_port_handler(PortHandler::Slirp4netns);
 //! let mut opts = SetupOptions::new(network);
 //! opts.ports.push(slirpnet::parse_port_spec("127.0.0.1:8080:80")?);
 //! let checked = plan(&opts)?;
