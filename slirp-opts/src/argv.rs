@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use crate::options::NetworkOptions;
+use crate::options::{NetworkOptions, PortHandler};
 
 /// The longest API socket path a `sockaddr_un` can hold (107 bytes plus NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -102,6 +102,10 @@ pub enum ArgvError {
     /// The tap device name is empty or longer than 15 bytes.
     #[error("invalid tap device name {0:?}: it must be 1 to 15 bytes")]
     InvalidTapName(String),
+    /// port_handler=slirp4netns forwards ports through the API socket, but
+    /// the invocation has none ([`Invocation::api_socket`]).
+    #[error("port_handler=slirp4netns needs an API socket: set Invocation::api_socket")]
+    ApiSocketRequired,
 }
 
 /// Which network namespace slirp4netns attaches to.
@@ -227,7 +231,8 @@ impl Invocation {
 /// (`cidr`, IPv6, `outbound_addr`, `outbound_addr6`), when `outbound_addr6`
 /// is given with IPv6 off, or when slirp4netns would refuse the invocation
 /// (an API socket path over [`MAX_SOCKET_PATH`] bytes, a tap name that is
-/// empty or over 15 bytes).
+/// empty or over 15 bytes), or when port_handler=slirp4netns has no API
+/// socket to forward ports through.
 pub fn build_args(
     opts: &NetworkOptions,
     features: &Features,
@@ -285,6 +290,9 @@ pub fn build_args(
     if let Some(fd) = inv.exit_fd {
         push("-e".into());
         push(fd.to_string());
+    }
+    if opts.port_handler == PortHandler::Slirp4netns && inv.api_socket.is_none() {
+        return Err(ArgvError::ApiSocketRequired);
     }
     if let Some(path) = &inv.api_socket {
         let len = path.as_os_str().as_bytes().len();

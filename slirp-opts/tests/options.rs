@@ -288,6 +288,11 @@ fn argv_errors_for_unsupported_features() {
             Features::all(),
             "enable_ipv6=true is required for outbound_addr6",
         ),
+        (
+            NetworkOptions::new().with_port_handler(PortHandler::Slirp4netns),
+            Features::all(),
+            "port_handler=slirp4netns needs an API socket: set Invocation::api_socket",
+        ),
     ];
     for (opts, features, want) in cases {
         assert_eq!(args(&opts, &features, &inv).unwrap_err().to_string(), want);

@@ -350,9 +350,16 @@ impl Plan {
     ///
     /// # Errors
     ///
-    /// The private API socket's directory cannot be made, slirp4netns fails
-    /// to start or become ready, or a forward cannot be made.
+    /// The target's namespace path cannot be opened or is no network
+    /// namespace ([`SetupError::Netns`]), the private API socket's directory
+    /// cannot be made, slirp4netns fails to start or become ready, or a
+    /// forward cannot be made.
     pub fn start(self, target: Target) -> Result<Network, SetupError> {
+        // A missing path, or one that is no network namespace, is told in
+        // one line here rather than by slirp4netns's usage text.
+        if let Target::Path { netns, .. } = &target {
+            netns_util::Netns::open(netns)?;
+        }
         let api_dir = if self.private_api_socket() {
             Some(
                 tempfile::Builder::new()

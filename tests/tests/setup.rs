@@ -509,3 +509,40 @@ fn client_addresses_are_kept_by_default_and_hidden_when_asked() {
     opts.keep_source_ip = false;
     assert!(slirpnet::plan(&opts).unwrap().info.keep_source_ip);
 }
+
+/// A namespace path that is missing, or no network namespace, is refused in
+/// one line before slirp4netns starts (not with its 25-line usage text), and
+/// nothing is left running.
+#[test]
+fn a_bad_namespace_path_is_one_line_and_starts_nothing() {
+    let Some(_serial) = prerequisites("a_bad_namespace_path_is_one_line_and_starts_nothing") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-netns");
+    std::fs::write(&file, b"").unwrap();
+    for (path, want) in [
+        (
+            std::path::PathBuf::from("/nonexistent/netns"),
+            "failed to open network namespace /nonexistent/netns: No such file or directory",
+        ),
+        (file.clone(), "is not a namespace file"),
+    ] {
+        let err = setup(
+            Target::Path {
+                netns: path.clone(),
+                userns: None,
+            },
+            &options(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, SetupError::Netns(_)), "{path:?}: {err:?}");
+        assert!(text.contains(want), "{path:?}: {text}");
+        assert!(!text.contains('\n'), "{path:?}: more than one line: {text}");
+        assert!(
+            our_slirp_children().is_empty(),
+            "slirp4netns was started for {path:?}"
+        );
+    }
+}
