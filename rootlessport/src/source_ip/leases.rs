@@ -273,14 +273,14 @@ impl SourceIps {
             u.users == 0 && ip != target && now.duration_since(u.idle_since) >= LINGER
         };
         // Deletions are queued under the lock, so a later add for the same
-        // address always follows them.
+        // address always follows them. A client whose last route could not
+        // be made may still have an earlier one (made before a reload):
+        // the thread knows, and deletes what it made.
         state.clients.retain(|&ip, u| {
             if !expired(ip, u) {
                 return true;
             }
-            if u.ready.get() != Some(&false) {
-                let _ = ops.send(Op::DeleteRoute(ip));
-            }
+            let _ = ops.send(Op::DeleteRoute(ip));
             false
         });
         state.children.retain(|&ip, u| {

@@ -1,17 +1,23 @@
 //! The routing thread inside the namespace: it alone talks netlink, adding
 //! and removing the forwarder's rules and routes as the event loop asks.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::OwnedFd;
 
 use tokio::sync::oneshot;
 
 use super::error::SourceIpError;
 use super::rules::{describe, Ports};
-use super::slot::{lock_slot, take_slot, MARK, SLOTS, TABLE_BASE};
+use super::slot::{self, Slot, MARK};
 use crate::rtnl::{LocalRoute, Rtnl};
+
+/// The two metrics a client address's route is made under: when it must
+/// change (a reload gave it a new preferred source), the new one is made
+/// beside the old one, under the other metric, before the old one goes, so
+/// replies never lack a route and nothing is ever replaced. Never 0: a
+/// deletion without a metric matches any.
+const METRICS: [u32; 2] = [1, 2];
 
 /// Work for the thread inside the namespace.
 pub(super) enum Op {
@@ -53,46 +59,57 @@ pub(super) struct Routes {
     table: u32,
     /// Whether each child IP with rules is an address of this namespace.
     local: HashMap<IpAddr, bool>,
-    /// Holds the slot while the process lives.
-    _lock: OwnedFd,
+    /// The client addresses we made a route for, and its metric.
+    clients: HashMap<IpAddr, u32>,
+    /// Held while the process lives.
+    _slot: Slot,
 }
 
 impl Routes {
     pub(super) fn open(ports: Ports, child: IpAddr) -> Result<Self, SourceIpError> {
-        let rtnl = Rtnl::open().map_err(SourceIpError::Netlink)?;
+        let mut rtnl = Rtnl::open().map_err(SourceIpError::Netlink)?;
         probe_transparent(child).map_err(SourceIpError::Transparent)?;
-        let (slot, lock) = take_slot()?;
+        let slot = slot::take(&mut rtnl)?;
+        let number = slot.number;
         let mut routes = Routes {
             rtnl,
             ports,
-            table: TABLE_BASE + slot,
+            table: slot.table,
             local: HashMap::new(),
-            _lock: lock,
+            clients: HashMap::new(),
+            _slot: slot,
         };
-        let set_up = routes.clear_leftovers(slot).and_then(|()| {
-            for v6 in [false, true] {
-                for rule in routes.ports.local_rules(v6, routes.table) {
-                    match routes.rtnl.add_rule(&rule) {
-                        Ok(()) => {}
-                        // No IPv6 here: IPv6 children cannot be reached either.
-                        Err(e) if v6 && e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {}
-                        Err(error) => {
-                            return Err(SourceIpError::AddRule {
-                                rule: describe(&rule),
-                                error,
-                            })
-                        }
-                    }
-                }
-            }
-            routes.add_rules(child)
-        });
-        if let Err(e) = set_up {
+        if let Err(e) = routes.set_up(child) {
             routes.clear_own();
             return Err(e);
         }
-        tracing::debug!(slot, table = routes.table, "keeping client addresses");
+        tracing::debug!(
+            slot = number,
+            table = routes.table,
+            "keeping client addresses"
+        );
         Ok(routes)
+    }
+
+    /// The rules of the forwarder's life (UDP's `iif lo` ones), and those
+    /// of the first child IP.
+    fn set_up(&mut self, child: IpAddr) -> Result<(), SourceIpError> {
+        for v6 in [false, true] {
+            for rule in self.ports.local_rules(v6, self.table) {
+                match self.rtnl.add_rule(&rule) {
+                    Ok(()) => {}
+                    // No IPv6 here: IPv6 children cannot be reached either.
+                    Err(e) if v6 && e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {}
+                    Err(error) => {
+                        return Err(SourceIpError::AddRule {
+                            rule: describe(&rule),
+                            error,
+                        })
+                    }
+                }
+            }
+        }
+        self.add_rules(child)
     }
 
     /// Serves one request; `false` at Stop.
@@ -121,35 +138,11 @@ impl Routes {
                 child,
                 done,
             } => {
-                let route = LocalRoute {
-                    to: client,
-                    table: self.table,
-                    mark: MARK,
-                    prefsrc: self
-                        .local
-                        .get(&child)
-                        .copied()
-                        .unwrap_or(false)
-                        .then_some(child),
-                };
-                let ok = match self.rtnl.add_route(&route) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::debug!(%client, error = %e, "cannot add a route; this client keeps the namespace's own address");
-                        false
-                    }
-                };
-                let _ = done.send(ok);
+                let _ = done.send(self.add_route(client, child));
             }
             Op::DeleteRoute(client) => {
-                let route = LocalRoute {
-                    to: client,
-                    table: self.table,
-                    mark: MARK,
-                    prefsrc: None,
-                };
-                if let Err(e) = self.rtnl.delete_route(&route) {
-                    tracing::debug!(%client, error = %e, "cannot delete a route");
+                if let Some(metric) = self.clients.remove(&client) {
+                    self.delete_route(client, metric);
                 }
             }
             Op::AddPorts(more, done) => {
@@ -201,6 +194,53 @@ impl Routes {
         Ok(())
     }
 
+    /// Makes `client`'s route toward `child`, beside the one it has (which
+    /// then goes); whether it is there. One of someone else's with its
+    /// address and metric in our table is left alone: the client keeps the
+    /// namespace's own address.
+    fn add_route(&mut self, client: IpAddr, child: IpAddr) -> bool {
+        let old = self.clients.get(&client).copied();
+        let route = LocalRoute {
+            to: client,
+            table: self.table,
+            mark: MARK,
+            metric: if old == Some(METRICS[0]) {
+                METRICS[1]
+            } else {
+                METRICS[0]
+            },
+            prefsrc: self
+                .local
+                .get(&child)
+                .copied()
+                .unwrap_or(false)
+                .then_some(child),
+        };
+        if let Err(e) = self.rtnl.add_route(&route) {
+            tracing::debug!(%client, error = %e, "cannot add a route; this client keeps the namespace's own address");
+            return false;
+        }
+        self.clients.insert(client, route.metric);
+        if let Some(metric) = old {
+            self.delete_route(client, metric);
+        }
+        true
+    }
+
+    /// Deletes our route for `client` made under `metric`.
+    fn delete_route(&mut self, client: IpAddr, metric: u32) {
+        let route = LocalRoute {
+            to: client,
+            table: self.table,
+            mark: MARK,
+            metric,
+            prefsrc: None,
+        };
+        if let Err(e) = self.rtnl.delete_route(&route) {
+            tracing::debug!(%client, error = %e, "cannot delete a route");
+        }
+    }
+
     fn add_rules(&mut self, child: IpAddr) -> Result<(), SourceIpError> {
         for rule in self.ports.child_rules(child, self.table) {
             self.rtnl
@@ -218,54 +258,8 @@ impl Routes {
         Ok(())
     }
 
-    /// Removes what carries our mark in the tables of `slot` (ours) and of
-    /// every other slot nobody holds.
-    fn clear_leftovers(&mut self, slot: u32) -> Result<(), SourceIpError> {
-        let rules = self.rtnl.rules().map_err(SourceIpError::ListRules)?;
-        let routes = self.rtnl.routes().map_err(SourceIpError::ListRoutes)?;
-        let slot_of = |table: u32, mark: u8| {
-            (mark == MARK && (TABLE_BASE..TABLE_BASE + SLOTS).contains(&table))
-                .then(|| table - TABLE_BASE)
-        };
-        let found: BTreeSet<u32> = rules
-            .iter()
-            .filter_map(|r| slot_of(r.table, r.mark))
-            .chain(routes.iter().filter_map(|r| slot_of(r.table, r.mark)))
-            .collect();
-        for other in found {
-            // A slot whose lock we can take belongs to a dead forwarder;
-            // holding its lock while clearing keeps a new one out of it.
-            let _held = if other == slot {
-                None
-            } else {
-                match lock_slot(other) {
-                    Ok(Some(fd)) => Some(fd),
-                    Ok(None) => continue,
-                    Err(error) => return Err(SourceIpError::Lock { slot: other, error }),
-                }
-            };
-            let table = TABLE_BASE + other;
-            for r in rules.iter().filter(|r| r.mark == MARK && r.table == table) {
-                self.rtnl
-                    .delete_rule_message(r.message.clone())
-                    .map_err(|error| SourceIpError::ClearRule { table, error })?;
-            }
-            for r in routes.iter().filter(|r| r.mark == MARK && r.table == table) {
-                self.rtnl
-                    .delete_route_message(r.message.clone())
-                    .map_err(|error| SourceIpError::ClearRoute { table, error })?;
-            }
-            if other != slot {
-                tracing::info!(
-                    table,
-                    "removed the rules and routes of a forwarder that did not clean up"
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes everything of our own table, as found in a fresh dump.
+    /// Removes everything of ours in our table (what carries [`MARK`]), as
+    /// found in a fresh dump.
     pub(super) fn clear_own(&mut self) {
         let table = self.table;
         match self.rtnl.rules() {
