@@ -23,7 +23,7 @@ use rootlessport::source_ip::{PRIORITY, SLOTS, TABLE_BASE};
 use serde_json::json;
 use slirp_proc::Exit;
 use slirpnet_tests::{
-    can_admin_net, require, rootlessport_bin, which, world_runnable, PersistentNetns, Rootlessport,
+    can_admin_net, require, rootlessport_bin, which, PersistentNetns, Rootlessport,
 };
 
 /// Longest wait for any one answer: a failure, never a pause.
@@ -377,7 +377,16 @@ struct Forwarder {
 
 impl Forwarder {
     fn start(host: &Path, cfg: &str, launch: Launch) -> Self {
-        let (dir, bins) = world_runnable(&[&rootlessport_bin()]).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        // Where every user can run it (a forwarder in a user namespace runs
+        // as nobody).
+        let dir = tempfile::Builder::new()
+            .prefix("sip-forwarder-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("rootlessport");
+        copy_by_child(&rootlessport_bin(), &bin);
         let log = dir.path().join("stderr.log");
         let (nsenter, prefix) = match &launch {
             Launch::Keep => (String::new(), String::new()),
@@ -387,19 +396,22 @@ impl Forwarder {
             ),
             Launch::KeepInUserns(userns) => (format!("--user={}", userns.display()), String::new()),
         };
-        let script = dir.path().join("launch");
+        let draft = dir.path().join("launch.draft");
         std::fs::write(
-            &script,
+            &draft,
             format!(
                 "#!/bin/sh\nROOTLESSPORT_KEEP_SOURCE_IP=1\nexport ROOTLESSPORT_KEEP_SOURCE_IP\nexec nsenter --net={} {nsenter} {prefix} {} 2>>{}\n",
                 host.display(),
-                bins[0].display(),
+                bin.display(),
                 log.display()
             ),
         )
         .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = dir.path().join("launch");
+        copy_by_child(&draft, &script);
+        for runnable in [&bin, &script] {
+            std::fs::set_permissions(runnable, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let rp = Rootlessport::start(&script, cfg).unwrap_or_else(|e| {
             panic!(
                 "not ready: {e}; its log: {}",
@@ -434,6 +446,15 @@ impl Forwarder {
     fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.rp.pid() as i32), signal).unwrap();
     }
+}
+
+/// Copies `from` to `to` with cp(1). A file this process wrote may still be
+/// open for writing in a child that another test's thread forked and that
+/// has not yet exec'd; running the file then fails with ETXTBSY. cp's copy
+/// was never open in this process.
+fn copy_by_child(from: &Path, to: &Path) {
+    let status = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "cp {} {}", from.display(), to.display());
 }
 
 /// rootlessport's configuration: forward `mappings` into `netns` to
