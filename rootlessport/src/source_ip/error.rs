@@ -20,8 +20,8 @@ pub enum SourceIpError {
     /// IP_TRANSPARENT refused.
     #[error("the namespace refuses transparent sockets{hint}: {0}", hint = needs_admin(.0))]
     Transparent(io::Error),
-    /// Every slot is taken.
-    #[error("every slot of the namespace is taken by another forwarder")]
+    /// Every slot is taken, or its table is someone else's.
+    #[error("no slot of the namespace is free: each is taken by another forwarder, or its table holds rules or routes not ours")]
     NoSlot,
     /// The slot's lock socket.
     #[error("cannot bind the lock of slot {slot} inside the namespace: {error}")]

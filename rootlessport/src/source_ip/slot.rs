@@ -147,3 +147,39 @@ fn lock_slot(slot: u32) -> nix::Result<Option<OwnedFd>> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found<T: Default>(table: u32, mark: u8) -> Found<T> {
+        Found {
+            table,
+            mark,
+            message: T::default(),
+        }
+    }
+
+    #[test]
+    fn only_the_slots_tables_count_by_their_owner() {
+        let rules = [
+            found(TABLE_BASE, MARK),
+            found(TABLE_BASE + 1, 4),
+            // The main table, and one past the last slot: never a slot's.
+            found(254, 4),
+            found(TABLE_BASE + SLOTS, 4),
+        ];
+        let routes = [
+            found(TABLE_BASE + 2, MARK),
+            found(TABLE_BASE + 2, 3),
+            found(TABLE_BASE + SLOTS - 1, 4),
+        ];
+        let ours = tables(&rules, &routes, |m| m == MARK);
+        assert_eq!(ours, BTreeSet::from([TABLE_BASE, TABLE_BASE + 2]));
+        let theirs = tables(&rules, &routes, |m| m != MARK);
+        assert_eq!(
+            theirs,
+            BTreeSet::from([TABLE_BASE + 1, TABLE_BASE + 2, TABLE_BASE + SLOTS - 1])
+        );
+    }
+}
