@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -90,8 +90,9 @@ impl Rule {
     }
 }
 
-/// A route `local ADDRESS dev lo table TABLE proto MARK [src PREFSRC]`:
-/// packets routed through it are delivered in this namespace.
+/// A route `local ADDRESS dev lo table TABLE proto MARK metric METRIC
+/// [src PREFSRC]`: packets routed through it are delivered in this
+/// namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LocalRoute {
     /// The address (a host prefix).
@@ -100,6 +101,8 @@ pub(crate) struct LocalRoute {
     pub table: u32,
     /// The route's protocol field: who added it.
     pub mark: u8,
+    /// Its metric: routes to one address in one table differ by it.
+    pub metric: u32,
     /// The source address chosen for packets routed through it that have
     /// none yet (a reply from a socket bound to all addresses).
     pub prefsrc: Option<IpAddr>,
@@ -118,6 +121,7 @@ impl LocalRoute {
             RouteAttribute::Destination(RouteAddress::from(self.to)),
             RouteAttribute::Table(self.table),
             RouteAttribute::Oif(LOOPBACK_IFINDEX),
+            RouteAttribute::Priority(self.metric),
         ]);
         if let Some(src) = self.prefsrc {
             m.attributes
@@ -151,7 +155,11 @@ impl Rtnl {
         })
     }
 
-    /// Adds `rule`; one that is already there counts as added.
+    /// Adds `rule`, never over another. One that is already there, with
+    /// its protocol field, counts as added: the kernel compares that field
+    /// too, so it is one we added (an older kernel that does not compare
+    /// it may count someone else's, which we still never delete: deleting
+    /// matches the protocol field).
     pub(crate) fn add_rule(&mut self, rule: &Rule) -> io::Result<()> {
         let flags = NLM_F_CREATE | NLM_F_EXCL;
         match self.request(RouteNetlinkMessage::NewRule(rule.message()), flags) {
@@ -170,14 +178,16 @@ impl Rtnl {
         gone_is_fine(self.request(RouteNetlinkMessage::DelRule(rule), 0))
     }
 
-    /// Adds `route`, or replaces the one with its address in its table.
+    /// Adds `route`, never over another: a route with its address and
+    /// metric already in its table, whoever added it, is EEXIST.
     pub(crate) fn add_route(&mut self, route: &LocalRoute) -> io::Result<()> {
-        let flags = NLM_F_CREATE | NLM_F_REPLACE;
+        let flags = NLM_F_CREATE | NLM_F_EXCL;
         self.request(RouteNetlinkMessage::NewRoute(route.message()), flags)
     }
 
-    /// Deletes `route` (matched by address, table and mark); one that is
-    /// gone already counts as deleted.
+    /// Deletes `route` (matched by address, table, mark and metric, so
+    /// never a route someone else added); one that is gone already counts
+    /// as deleted.
     pub(crate) fn delete_route(&mut self, route: &LocalRoute) -> io::Result<()> {
         let mut m = route.message();
         m.attributes
@@ -393,6 +403,7 @@ mod tests {
             to: "2001:db8::2".parse().unwrap(),
             table: 0x7270_0000,
             mark: 82,
+            metric: 2,
             prefsrc: Some("fd00::100".parse().unwrap()),
         };
         let m = route.message();
@@ -402,6 +413,7 @@ mod tests {
         assert_eq!(m.header.scope, RouteScope::Host);
         assert_eq!(u8::from(m.header.protocol), 82);
         assert!(m.attributes.contains(&RouteAttribute::Oif(1)));
+        assert!(m.attributes.contains(&RouteAttribute::Priority(2)));
         assert!(m
             .attributes
             .contains(&RouteAttribute::PrefSource(RouteAddress::from(

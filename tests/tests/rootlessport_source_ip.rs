@@ -19,11 +19,11 @@ use nix::sys::socket::{
     bind, listen, recvmsg, setsockopt, socket, sockopt, AddressFamily, Backlog,
     ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrStorage,
 };
-use rootlessport::source_ip::{SLOTS, TABLE_BASE};
+use rootlessport::source_ip::{PRIORITY, SLOTS, TABLE_BASE};
 use serde_json::json;
 use slirp_proc::Exit;
 use slirpnet_tests::{
-    can_admin_net, require, rootlessport_bin, which, world_runnable, PersistentNetns, Rootlessport,
+    can_admin_net, require, rootlessport_bin, which, PersistentNetns, Rootlessport,
 };
 
 /// Longest wait for any one answer: a failure, never a pause.
@@ -377,7 +377,16 @@ struct Forwarder {
 
 impl Forwarder {
     fn start(host: &Path, cfg: &str, launch: Launch) -> Self {
-        let (dir, bins) = world_runnable(&[&rootlessport_bin()]).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        // Where every user can run it (a forwarder in a user namespace runs
+        // as nobody).
+        let dir = tempfile::Builder::new()
+            .prefix("sip-forwarder-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("rootlessport");
+        copy_by_child(&rootlessport_bin(), &bin);
         let log = dir.path().join("stderr.log");
         let (nsenter, prefix) = match &launch {
             Launch::Keep => (String::new(), String::new()),
@@ -387,19 +396,22 @@ impl Forwarder {
             ),
             Launch::KeepInUserns(userns) => (format!("--user={}", userns.display()), String::new()),
         };
-        let script = dir.path().join("launch");
+        let draft = dir.path().join("launch.draft");
         std::fs::write(
-            &script,
+            &draft,
             format!(
                 "#!/bin/sh\nROOTLESSPORT_KEEP_SOURCE_IP=1\nexport ROOTLESSPORT_KEEP_SOURCE_IP\nexec nsenter --net={} {nsenter} {prefix} {} 2>>{}\n",
                 host.display(),
-                bins[0].display(),
+                bin.display(),
                 log.display()
             ),
         )
         .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = dir.path().join("launch");
+        copy_by_child(&draft, &script);
+        for runnable in [&bin, &script] {
+            std::fs::set_permissions(runnable, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let rp = Rootlessport::start(&script, cfg).unwrap_or_else(|e| {
             panic!(
                 "not ready: {e}; its log: {}",
@@ -434,6 +446,15 @@ impl Forwarder {
     fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.rp.pid() as i32), signal).unwrap();
     }
+}
+
+/// Copies `from` to `to` with cp(1). A file this process wrote may still be
+/// open for writing in a child that another test's thread forked and that
+/// has not yet exec'd; running the file then fails with ETXTBSY. cp's copy
+/// was never open in this process.
+fn copy_by_child(from: &Path, to: &Path) {
+    let status = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "cp {} {}", from.display(), to.display());
 }
 
 /// rootlessport's configuration: forward `mappings` into `netns` to
@@ -651,6 +672,16 @@ fn replies_still_come_back_after_a_reload_to_a_new_child_ip() {
             "no rule {want:?}: {state:#?}"
         );
     }
+    // The client's route was made again with the new child IP as its
+    // preferred source, and the old one is gone.
+    let routes: Vec<&String> = state
+        .iter()
+        .filter(|l| l.contains("local 192.0.2.2 "))
+        .collect();
+    assert!(
+        routes.len() == 1 && format!("{} ", routes[0]).contains(" src 10.77.0.2 "),
+        "{state:#?}"
+    );
     drop((before, after));
     fwd.stop();
     assert_eq!(forwarder_state(w.c()), Vec::<String>::new());
@@ -1144,4 +1175,136 @@ fn containers_behind_veths_as_on_rootless_cni_networks_keep_addresses_across_a_r
     drop((before, after));
     fwd.stop();
     assert_eq!(forwarder_state(w.c()), Vec::<String>::new());
+}
+
+/// The forwarder tables of the lines of `state` (see [`forwarder_state`])
+/// that are the forwarder's own (`proto 82`), or not.
+fn tables_by_owner(state: &[String], ours: bool) -> BTreeSet<u32> {
+    state
+        .iter()
+        .filter(|l| l.contains(" proto 82") == ours)
+        .flat_map(|l| tables_of(l))
+        .collect()
+}
+
+/// Stops `fwd` with the exit pipe, or with SIGTERM, and checks it exited
+/// cleanly.
+fn stop_by(fwd: Forwarder, sigterm: bool) {
+    if sigterm {
+        fwd.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut fwd = fwd;
+        assert_eq!(
+            fwd.rp.exited_within(Duration::from_secs(5)),
+            Some(Exit::Code(0)),
+            "SIGTERM did not stop it cleanly: {}",
+            fwd.log()
+        );
+    } else {
+        fwd.stop();
+    }
+}
+
+#[test]
+fn a_table_holding_routes_not_ours_is_left_to_its_owner() {
+    if !prerequisites("a_table_holding_routes_not_ours_is_left_to_its_owner") {
+        return;
+    }
+    // Someone else's routes in the table a forwarder would pick (the first
+    // slot's), and someone else's rule looking up the next one: the
+    // forwarder takes a third table, and leaves theirs be.
+    let w = World::new("sip-foreign");
+    tcp_service(w.c(), addr("[::]:8000"));
+    udp_service(w.c(), addr("[::]:5353"));
+    let cfg = config(
+        w.c(),
+        json!([map(8080, 8000, 1, "tcp"), map(8053, 5353, 1, "udp")]),
+        "10.77.0.1",
+        None,
+    );
+    w.container.ip(&format!(
+        "route add table {TABLE_BASE} local 192.0.2.99 dev lo proto static"
+    ));
+    w.container.ip(&format!(
+        "-6 route add table {TABLE_BASE} local 2001:db8::99 dev lo proto static"
+    ));
+    // And a rule of someone else's that looks up the next slot's table.
+    w.container.ip(&format!(
+        "rule add from 192.0.2.98 lookup {} pref 100 proto static",
+        TABLE_BASE + 1
+    ));
+    let foreign = forwarder_state(w.c());
+    assert_eq!(foreign.len(), 3, "{foreign:#?}");
+    for sigterm in [false, true] {
+        let fwd = w.forwarder(&cfg);
+        let (mut c, me, seen) = tcp_call(w.k(), addr("192.0.2.1:8080"));
+        assert_kept("TCP", me, &seen);
+        echoes(&mut c, "next to someone else's routes");
+        let (me, seen) = udp_call(w.k(), addr("192.0.2.1:8053"));
+        assert_kept("UDP", me, &seen);
+        let state = forwarder_state(w.c());
+        let ours = tables_by_owner(&state, true);
+        assert_eq!(ours.len(), 1, "{state:#?}");
+        assert!(
+            !ours.contains(&TABLE_BASE) && !ours.contains(&(TABLE_BASE + 1)),
+            "the forwarder uses a table that someone else uses: {state:#?}"
+        );
+        drop(c);
+        stop_by(fwd, sigterm);
+        assert_eq!(
+            forwarder_state(w.c()),
+            foreign,
+            "someone else's routes changed, or ours were left (sigterm: {sigterm})"
+        );
+    }
+}
+
+#[test]
+fn rules_and_routes_not_ours_in_the_forwarders_table_are_never_replaced_or_removed() {
+    if !prerequisites(
+        "rules_and_routes_not_ours_in_the_forwarders_table_are_never_replaced_or_removed",
+    ) {
+        return;
+    }
+    // While a forwarder runs, someone adds to its table a route for a
+    // client's address (before that client's first connection) and a rule
+    // like its own: the forwarder makes its own beside them (never over
+    // them) and at exit removes only its own. The next forwarder takes
+    // another table.
+    let w = World::new("sip-foreign2");
+    tcp_service(w.c(), addr("[::]:8000"));
+    let cfg = config(w.c(), json!([map(8080, 8000, 1, "tcp")]), "10.77.0.1", None);
+    let mut used = BTreeSet::new();
+    for sigterm in [false, true] {
+        let fwd = w.forwarder(&cfg);
+        let state = forwarder_state(w.c());
+        let ours = tables_by_owner(&state, true);
+        assert_eq!(ours.len(), 1, "{state:#?}");
+        let table = *ours.first().unwrap();
+        assert!(
+            !tables_by_owner(&state, false).contains(&table),
+            "the forwarder uses a table that holds routes not its own: {state:#?}"
+        );
+        used.insert(table);
+        w.container.ip(&format!(
+            "route add table {table} local 192.0.2.2 dev lo proto static"
+        ));
+        w.container.ip(&format!(
+            "rule add from 10.77.0.1 ipproto tcp sport 8000 lookup {table} pref {PRIORITY} proto static"
+        ));
+        let foreign: Vec<String> = forwarder_state(w.c())
+            .into_iter()
+            .filter(|l| !l.contains(" proto 82"))
+            .collect();
+        let (mut c, me, seen) = tcp_call(w.k(), addr("192.0.2.1:8080"));
+        assert_kept("TCP", me, &seen);
+        echoes(&mut c, "next to someone else's route");
+        drop(c);
+        stop_by(fwd, sigterm);
+        assert_eq!(
+            forwarder_state(w.c()),
+            foreign,
+            "ours left behind, or someone else's changed (sigterm: {sigterm})"
+        );
+    }
+    assert_eq!(used.len(), 2, "{used:?}");
 }
