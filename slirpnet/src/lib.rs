@@ -58,10 +58,10 @@ pub use setup::{plan, setup, ForwardInfo, Network, Plan, SetupError, SetupInfo, 
 /// The namespace crate: open, make and enter network namespaces
 /// ([`netns_util::Netns`]) with no second dependency.
 pub use netns_util;
+pub use nix::sys::signal::Signal;
 /// The API socket client, whose errors [`SetupError`] and [`PortChangeError`]
 /// carry ([`slirp_api::ApiError`], [`slirp_api::WaitError`]).
 pub use slirp_api;
-pub use nix::sys::signal::Signal;
 pub use slirp_opts::{
     self, parse_port_spec, rootlessport::Config as RootlessportConfig, NetworkOptions, PortHandler,
     PortMapping, Protocol, Target,

@@ -272,7 +272,7 @@ pub fn world_runnable(programs: &[&Path]) -> Result<(tempfile::TempDir, Vec<Path
     let mut out = Vec::new();
     for p in programs {
         let dest = dir.path().join(p.file_name().context("program name")?);
-        std::fs::copy(p, &dest)?;
+        copy_by_child(p, &dest)?;
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
         out.push(dest);
     }
@@ -295,23 +295,50 @@ pub fn in_netns(ns: &PersistentNetns, program: &Path) -> Result<(tempfile::TempD
         ns.path.display(),
         program.display()
     );
-    std::fs::write(&path, script)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    write_runnable(&path, script.as_bytes())?;
     Ok((dir, path))
+}
+
+/// Copies `from` to `to` with cp(1). A file this process opened for writing
+/// may still be open in a child that another test's thread forked and that
+/// has not exec'd yet; running the file then fails with ETXTBSY. cp's copy
+/// was never open in this process.
+pub fn copy_by_child(from: &Path, to: &Path) -> Result<()> {
+    let status = Command::new("cp").arg(from).arg(to).status()?;
+    anyhow::ensure!(
+        status.success(),
+        "cp {} {}: {status}",
+        from.display(),
+        to.display()
+    );
+    Ok(())
+}
+
+/// Writes an executable (mode 0755) file at `path` with `contents`, without
+/// ever holding `path` open for writing in this process (see
+/// [`copy_by_child`]): the text goes to a draft beside it first.
+pub fn write_runnable(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut draft = path.as_os_str().to_owned();
+    draft.push(".draft");
+    let draft = PathBuf::from(draft);
+    std::fs::write(&draft, contents)?;
+    copy_by_child(&draft, path)?;
+    std::fs::remove_file(&draft)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
 }
 
 /// Writes an executable shell script standing in for slirp4netns: `--help`
 /// prints the 1.2.0 help text, anything else runs `body`.
 pub fn fake_slirp(body: &str) -> Result<(tempfile::TempDir, PathBuf)> {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new().prefix("fake-slirp-").tempdir()?;
     let path = dir.path().join("slirp4netns");
     let script = format!(
         "#!/bin/sh\nif [ \"$1\" = --help ]; then\ncat <<'HELP'\n{}\nHELP\nexit 0\nfi\n{body}\n",
         include_str!("../../slirp-opts/tests/data/help-1.2.0.txt")
     );
-    std::fs::write(&path, script)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    write_runnable(&path, script.as_bytes())?;
     Ok((dir, path))
 }
 

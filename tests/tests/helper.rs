@@ -2,7 +2,6 @@
 //! line, the ready byte, death and timeout, stopping. The helpers are small
 //! shell scripts, each doing one thing a real helper may do.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -13,8 +12,7 @@ use slirpnet_tests::pid_exists;
 fn script(body: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("helper");
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    slirpnet_tests::write_runnable(&path, format!("#!/bin/sh\n{body}\n").as_bytes()).unwrap();
     (dir, path)
 }
 

@@ -526,11 +526,9 @@ fn a_privileged_port_gets_the_sysctl_hint() {
     let (_dir, bins) = slirpnet_tests::world_runnable(&[&rootlessport_bin()]).unwrap();
     let cfg = config(&ns, tcp_map("127.0.0.1", 80, 80, 1), "10.77.0.1");
     // As an unprivileged user, the way rootless podman runs it.
-    let wrapper = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(wrapper.path(), format!("#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all {} \"$@\"\n", bins[0].display())).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(wrapper.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let wrapper_path = wrapper.into_temp_path();
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let wrapper_path = wrapper_dir.path().join("as-nobody");
+    slirpnet_tests::write_runnable(&wrapper_path, format!("#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all {} \"$@\"\n", bins[0].display()).as_bytes()).unwrap();
     let (line, exit) = Rootlessport::failure(Path::new(&wrapper_path), &cfg);
     assert_eq!(exit, Exit::Code(1));
     let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();

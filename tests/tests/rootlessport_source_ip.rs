@@ -23,7 +23,7 @@ use rootlessport::source_ip::{PRIORITY, SLOTS, TABLE_BASE};
 use serde_json::json;
 use slirp_proc::Exit;
 use slirpnet_tests::{
-    can_admin_net, require, rootlessport_bin, which, PersistentNetns, Rootlessport,
+    can_admin_net, copy_by_child, require, rootlessport_bin, which, PersistentNetns, Rootlessport,
 };
 
 /// Longest wait for any one answer: a failure, never a pause.
@@ -386,7 +386,7 @@ impl Forwarder {
             .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin = dir.path().join("rootlessport");
-        copy_by_child(&rootlessport_bin(), &bin);
+        copy_by_child(&rootlessport_bin(), &bin).unwrap();
         let log = dir.path().join("stderr.log");
         let (nsenter, prefix) = match &launch {
             Launch::Keep => (String::new(), String::new()),
@@ -408,7 +408,7 @@ impl Forwarder {
         )
         .unwrap();
         let script = dir.path().join("launch");
-        copy_by_child(&draft, &script);
+        copy_by_child(&draft, &script).unwrap();
         for runnable in [&bin, &script] {
             std::fs::set_permissions(runnable, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
@@ -446,15 +446,6 @@ impl Forwarder {
     fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.rp.pid() as i32), signal).unwrap();
     }
-}
-
-/// Copies `from` to `to` with cp(1). A file this process wrote may still be
-/// open for writing in a child that another test's thread forked and that
-/// has not yet exec'd; running the file then fails with ETXTBSY. cp's copy
-/// was never open in this process.
-fn copy_by_child(from: &Path, to: &Path) {
-    let status = Command::new("cp").arg(from).arg(to).status().unwrap();
-    assert!(status.success(), "cp {} {}", from.display(), to.display());
 }
 
 /// rootlessport's configuration: forward `mappings` into `netns` to

@@ -309,7 +309,7 @@ fn teardown_stops_the_port_forwarder_before_slirp4netns() {
     // slirp4netns (whose pid names the container) is still there: what the
     // real one cannot tell us.
     let script = dir.path().join("rootlessport");
-    std::fs::write(
+    slirpnet_tests::write_runnable(
         &script,
         format!(
             r#"#!/bin/sh
@@ -320,11 +320,10 @@ cat <&3 >/dev/null
 if kill -0 "$pid" 2>/dev/null; then echo running > {mark}; else echo gone > {mark}; fi
 "#,
             mark = mark.display()
-        ),
+        )
+        .as_bytes(),
     )
     .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut opts = SetupOptions::new(NetworkOptions::default());
     opts.forwarder = ForwarderChoice::Binary(script);
     opts.ports
@@ -346,13 +345,11 @@ fn a_hung_slirp4netns_help_is_killed_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pid");
     let fake = dir.path().join("slirp4netns");
-    std::fs::write(
+    slirpnet_tests::write_runnable(
         &fake,
-        format!("#!/bin/sh\necho $$ > {}\nsleep 600\n", pidfile.display()),
+        format!("#!/bin/sh\necho $$ > {}\nsleep 600\n", pidfile.display()).as_bytes(),
     )
     .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut opts = SetupOptions::new(NetworkOptions::default());
     opts.binary = Some(fake.clone());
     opts.help_timeout = Duration::from_millis(300);
@@ -425,9 +422,7 @@ fn the_default_forwarder_is_never_podmans_helper() {
     // default choice must not pick it; named, it is used and reported.
     let dir = tempfile::tempdir().unwrap();
     let fake_go = dir.path().join("rootlessport");
-    std::fs::write(&fake_go, "#!/bin/sh\nexit 1\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&fake_go, std::fs::Permissions::from_mode(0o755)).unwrap();
+    slirpnet_tests::write_runnable(&fake_go, "#!/bin/sh\nexit 1\n".as_bytes()).unwrap();
     let (_d, fake_slirp) = slirpnet_tests::fake_slirp("exit 1").unwrap();
     let mut opts = SetupOptions::new(NetworkOptions::default());
     opts.binary = Some(fake_slirp);
@@ -481,16 +476,10 @@ fn client_addresses_are_kept_by_default_and_hidden_when_asked() {
     // A stand-in forwarder that notes what it was asked, then serves until
     // its exit pipe closes.
     let script = dir.path().join("rootlessport");
-    std::fs::write(
-        &script,
-        format!(
+    slirpnet_tests::write_runnable(&script, format!(
             "#!/bin/sh\necho \"$ROOTLESSPORT_KEEP_SOURCE_IP\" >> {}\nprintf 1 >&4\nexec 4>&-\ncat <&3 >/dev/null\n",
             seen.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ).as_bytes()).unwrap();
     for keep in [true, false] {
         let mut opts = SetupOptions::new(NetworkOptions::default());
         opts.forwarder = ForwarderChoice::Binary(script.clone());
