@@ -86,6 +86,23 @@ pub fn can_admin_net() -> Result<()> {
     Ok(())
 }
 
+/// [`require`] with the privilege to make and administer network
+/// namespaces (CAP_SYS_ADMIN and CAP_NET_ADMIN) and each of `tools` on PATH
+/// as the prerequisite: what the forwarder's end-to-end tests need.
+pub fn require_net_admin(test: &str, tools: &[&str]) -> bool {
+    require(
+        test,
+        can_admin_net().and_then(|()| {
+            for tool in tools {
+                if which(tool).is_none() {
+                    bail!("{tool} is missing (util-linux, iproute2)");
+                }
+            }
+            Ok(())
+        }),
+    )
+}
+
 /// slirp4netns installed and the privileges to use it.
 pub fn real_slirp() -> Result<PathBuf> {
     let bin = slirp4netns()?;

@@ -17,10 +17,6 @@ use slirpnet_tests::{
 
 const ECHO: &str = env!("CARGO_BIN_EXE_tcp-echo");
 
-fn prerequisites(test: &str) -> bool {
-    require_slirp(test)
-}
-
 /// Sends `data` to 127.0.0.1:port, half-closes, and returns all it got back.
 fn echo_through(port: u16, data: &[u8]) -> Vec<u8> {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forwarded port");
@@ -200,7 +196,7 @@ fn run_echo_roundtrip(slirpnet: &Path, echo: &Path, as_user: Option<u32>, handle
 
 #[test]
 fn run_as_root_forwards_byte_exact() {
-    if !prerequisites("run_as_root_forwards_byte_exact") {
+    if !require_slirp("run_as_root_forwards_byte_exact") {
         return;
     }
     run_echo_roundtrip(&slirpnet_bin(), Path::new(ECHO), None, "slirp4netns");
@@ -227,7 +223,7 @@ fn run_rootless_forwards_byte_exact() {
 
 #[test]
 fn run_gives_the_command_a_configured_namespace() {
-    if !prerequisites("run_gives_the_command_a_configured_namespace") {
+    if !require_slirp("run_gives_the_command_a_configured_namespace") {
         return;
     }
     let host_resolv = std::fs::read("/etc/resolv.conf").ok();
@@ -285,7 +281,7 @@ fn run_gives_the_command_a_configured_namespace() {
 
 #[test]
 fn run_passes_exit_status_and_signals() {
-    if !prerequisites("run_passes_exit_status_and_signals") {
+    if !require_slirp("run_passes_exit_status_and_signals") {
         return;
     }
     let status = Command::new(slirpnet_bin())
@@ -404,7 +400,7 @@ fn bad_options_exit_125_and_start_nothing() {
 
 #[test]
 fn a_failing_slirp4netns_fails_run_without_running_the_command() {
-    if !prerequisites("a_failing_slirp4netns_fails_run_without_running_the_command") {
+    if !require_slirp("a_failing_slirp4netns_fails_run_without_running_the_command") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -431,7 +427,7 @@ fn a_failing_slirp4netns_fails_run_without_running_the_command() {
 /// default route, accept_dad restored, stats, and a clean teardown.
 #[test]
 fn attach_networks_an_existing_namespace() {
-    if !prerequisites("attach_networks_an_existing_namespace") {
+    if !require_slirp("attach_networks_an_existing_namespace") {
         return;
     }
     let made = PersistentNetns::new("attach").unwrap();
@@ -552,7 +548,7 @@ fn attach_networks_an_existing_namespace() {
 
 #[test]
 fn attach_exits_125_when_slirp4netns_dies() {
-    if !prerequisites("attach_exits_125_when_slirp4netns_dies") {
+    if !require_slirp("attach_exits_125_when_slirp4netns_dies") {
         return;
     }
     let made = PersistentNetns::new("death").unwrap();
@@ -703,7 +699,7 @@ fn is_zombie(pid: u32) -> bool {
 
 #[test]
 fn a_killed_slirpnet_takes_its_command_and_helpers_along() {
-    if !prerequisites("a_killed_slirpnet_takes_its_command_and_helpers_along") {
+    if !require_slirp("a_killed_slirpnet_takes_its_command_and_helpers_along") {
         return;
     }
     slirpnet_tests::rootlessport_bin();
@@ -725,7 +721,7 @@ fn a_killed_rootless_slirpnet_takes_its_command_and_helpers_along() {
 
 #[test]
 fn a_closed_report_pipe_does_not_abort_the_session() {
-    if !prerequisites("a_closed_report_pipe_does_not_abort_the_session") {
+    if !require_slirp("a_closed_report_pipe_does_not_abort_the_session") {
         return;
     }
     // stderr is a pipe whose reader is gone before slirpnet writes its

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use slirp_proc::Exit;
+use slirpnet_tests::require_net_admin;
 use slirpnet_tests::{
     can_admin_net, free_port_both, free_tcp_port, payload, require, rootlessport_bin,
     PersistentNetns, Rootlessport,
@@ -29,10 +30,6 @@ fn tcp_map(host_ip: &str, host_port: u16, container_port: u16, range: u16) -> se
 fn started(ns: &PersistentNetns, cfg: &str) -> Rootlessport {
     let _ = ns;
     Rootlessport::start(&rootlessport_bin(), cfg).unwrap_or_else(|e| panic!("not ready: {e}"))
-}
-
-fn prerequisites(test: &str) -> bool {
-    require(test, can_admin_net())
 }
 
 /// A TCP server inside: for each connection, reads to EOF, then answers
@@ -93,7 +90,7 @@ fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn tcp_is_byte_exact_with_half_close_from_the_client() {
-    if !prerequisites("tcp_is_byte_exact_with_half_close_from_the_client") {
+    if !require_net_admin("tcp_is_byte_exact_with_half_close_from_the_client", &[]) {
         return;
     }
     let ns = veth_netns("rp-tcp");
@@ -119,7 +116,10 @@ fn tcp_is_byte_exact_with_half_close_from_the_client() {
 
 #[test]
 fn tcp_half_close_from_the_server_keeps_the_other_way_open() {
-    if !prerequisites("tcp_half_close_from_the_server_keeps_the_other_way_open") {
+    if !require_net_admin(
+        "tcp_half_close_from_the_server_keeps_the_other_way_open",
+        &[],
+    ) {
         return;
     }
     let ns = veth_netns("rp-half");
@@ -155,7 +155,7 @@ fn tcp_half_close_from_the_server_keeps_the_other_way_open() {
 
 #[test]
 fn two_hundred_concurrent_connections() {
-    if !prerequisites("two_hundred_concurrent_connections") {
+    if !require_net_admin("two_hundred_concurrent_connections", &[]) {
         return;
     }
     let ns = veth_netns("rp-200");
@@ -185,7 +185,7 @@ fn two_hundred_concurrent_connections() {
 
 #[test]
 fn udp_request_reply_from_two_clients_at_once() {
-    if !prerequisites("udp_request_reply_from_two_clients_at_once") {
+    if !require_net_admin("udp_request_reply_from_two_clients_at_once", &[]) {
         return;
     }
     let ns = veth_netns("rp-udp");
@@ -239,7 +239,10 @@ fn udp_request_reply_from_two_clients_at_once() {
 
 #[test]
 fn a_port_range_and_an_ipv6_client_on_a_dual_stack_listener() {
-    if !prerequisites("a_port_range_and_an_ipv6_client_on_a_dual_stack_listener") {
+    if !require_net_admin(
+        "a_port_range_and_an_ipv6_client_on_a_dual_stack_listener",
+        &[],
+    ) {
         return;
     }
     let has_v6 = TcpListener::bind("[::1]:0").is_ok();
@@ -301,7 +304,7 @@ fn a_port_range_and_an_ipv6_client_on_a_dual_stack_listener() {
 
 #[test]
 fn an_ipv6_child_ip() {
-    if !prerequisites("an_ipv6_child_ip") {
+    if !require_net_admin("an_ipv6_child_ip", &[]) {
         return;
     }
     let ns = veth_netns("rp-v6child");
@@ -317,7 +320,7 @@ fn an_ipv6_child_ip() {
 
 #[test]
 fn reload_retargets_new_connections() {
-    if !prerequisites("reload_retargets_new_connections") {
+    if !require_net_admin("reload_retargets_new_connections", &[]) {
         return;
     }
     let ns = veth_netns("rp-reload");
@@ -382,7 +385,10 @@ fn reload_retargets_new_connections() {
 
 #[test]
 fn a_connection_waits_briefly_for_a_service_that_is_starting() {
-    if !prerequisites("a_connection_waits_briefly_for_a_service_that_is_starting") {
+    if !require_net_admin(
+        "a_connection_waits_briefly_for_a_service_that_is_starting",
+        &[],
+    ) {
         return;
     }
     let ns = veth_netns("rp-late");
@@ -434,7 +440,7 @@ fn a_connection_waits_briefly_for_a_service_that_is_starting() {
 
 #[test]
 fn bad_configurations_print_one_line_and_leave_nothing() {
-    if !prerequisites("bad_configurations_print_one_line_and_leave_nothing") {
+    if !require_net_admin("bad_configurations_print_one_line_and_leave_nothing", &[]) {
         return;
     }
     let ns = veth_netns("rp-bad");
@@ -483,7 +489,7 @@ fn bad_configurations_print_one_line_and_leave_nothing() {
 
 #[test]
 fn exit_pipe_eof_stops_it_within_a_second() {
-    if !prerequisites("exit_pipe_eof_stops_it_within_a_second") {
+    if !require_net_admin("exit_pipe_eof_stops_it_within_a_second", &[]) {
         return;
     }
     let ns = veth_netns("rp-exit");
@@ -541,7 +547,7 @@ fn a_privileged_port_gets_the_sysctl_hint() {
 
 #[test]
 fn udp_bursts_keep_every_datagram_boundary() {
-    if !prerequisites("udp_bursts_keep_every_datagram_boundary") {
+    if !require_net_admin("udp_bursts_keep_every_datagram_boundary", &[]) {
         return;
     }
     // Bursts are batched and sent into the namespace with UDP GSO: every
@@ -635,7 +641,10 @@ fn udp_bursts_keep_every_datagram_boundary() {
 
 #[test]
 fn a_slow_reader_and_a_thousand_tiny_exchanges_lose_nothing() {
-    if !prerequisites("a_slow_reader_and_a_thousand_tiny_exchanges_lose_nothing") {
+    if !require_net_admin(
+        "a_slow_reader_and_a_thousand_tiny_exchanges_lose_nothing",
+        &[],
+    ) {
         return;
     }
     let ns = veth_netns("rp-slow");

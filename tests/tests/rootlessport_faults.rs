@@ -9,14 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use slirp_proc::Exit;
+use slirpnet_tests::require_net_admin;
 use slirpnet_tests::{
-    can_admin_net, free_port_both, free_tcp_port, require, rootlessport_bin, PersistentNetns,
-    Rootlessport,
+    free_port_both, free_tcp_port, rootlessport_bin, PersistentNetns, Rootlessport,
 };
-
-fn prerequisites(test: &str) -> bool {
-    require(test, can_admin_net())
-}
 
 fn tcp_map(host_port: u16, container_port: u16) -> serde_json::Value {
     json!([{"host_ip": "127.0.0.1", "container_port": container_port, "host_port": host_port, "range": 1, "protocol": "tcp"}])
@@ -43,7 +39,7 @@ fn fails(cfg: &str, port: u16) -> String {
 
 #[test]
 fn a_path_that_is_no_network_namespace_fails_at_once() {
-    if !prerequisites("a_path_that_is_no_network_namespace_fails_at_once") {
+    if !require_net_admin("a_path_that_is_no_network_namespace_fails_at_once", &[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -95,7 +91,7 @@ fn a_path_that_is_no_network_namespace_fails_at_once() {
 
 #[test]
 fn unusable_exit_and_ready_fds_get_a_clear_line() {
-    if !prerequisites("unusable_exit_and_ready_fds_get_a_clear_line") {
+    if !require_net_admin("unusable_exit_and_ready_fds_get_a_clear_line", &[]) {
         return;
     }
     let ns = PersistentNetns::with_veth("rp-fds");
@@ -137,7 +133,7 @@ fn unusable_exit_and_ready_fds_get_a_clear_line() {
 
 #[test]
 fn json_is_decoded_as_go_decodes_it() {
-    if !prerequisites("json_is_decoded_as_go_decodes_it") {
+    if !require_net_admin("json_is_decoded_as_go_decodes_it", &[]) {
         return;
     }
     let ns = PersistentNetns::with_veth("rp-json");
@@ -186,7 +182,10 @@ fn json_is_decoded_as_go_decodes_it() {
 
 #[test]
 fn a_stalled_reload_client_delays_no_other_and_bursts_are_accepted() {
-    if !prerequisites("a_stalled_reload_client_delays_no_other_and_bursts_are_accepted") {
+    if !require_net_admin(
+        "a_stalled_reload_client_delays_no_other_and_bursts_are_accepted",
+        &[],
+    ) {
         return;
     }
     let ns = PersistentNetns::with_veth("rp-reload-burst");
@@ -253,7 +252,7 @@ fn a_stalled_reload_client_delays_no_other_and_bursts_are_accepted() {
 
 #[test]
 fn a_symlink_at_the_reload_directory_is_not_followed() {
-    if !prerequisites("a_symlink_at_the_reload_directory_is_not_followed") {
+    if !require_net_admin("a_symlink_at_the_reload_directory_is_not_followed", &[]) {
         return;
     }
     let ns = PersistentNetns::with_veth("rp-symlink");
@@ -287,7 +286,7 @@ fn a_symlink_at_the_reload_directory_is_not_followed() {
 
 #[test]
 fn an_idle_forwarder_returns_to_its_baseline_fds() {
-    if !prerequisites("an_idle_forwarder_returns_to_its_baseline_fds") {
+    if !require_net_admin("an_idle_forwarder_returns_to_its_baseline_fds", &[]) {
         return;
     }
     let ns = PersistentNetns::with_veth("rp-fdbase");
@@ -350,7 +349,7 @@ fn an_idle_forwarder_returns_to_its_baseline_fds() {
 
 #[test]
 fn a_port_in_use_is_reported_in_plain_words() {
-    if !prerequisites("a_port_in_use_is_reported_in_plain_words") {
+    if !require_net_admin("a_port_in_use_is_reported_in_plain_words", &[]) {
         return;
     }
     let ns = PersistentNetns::with_veth("rp-inuse");
@@ -530,7 +529,10 @@ fn mutate(rng: &mut Rng, base: &serde_json::Value, paths: &[String]) -> String {
 
 #[test]
 fn hundreds_of_mutated_configurations_never_hang_panic_or_leave_a_port() {
-    if !prerequisites("hundreds_of_mutated_configurations_never_hang_panic_or_leave_a_port") {
+    if !require_net_admin(
+        "hundreds_of_mutated_configurations_never_hang_panic_or_leave_a_port",
+        &[],
+    ) {
         return;
     }
     let ns = PersistentNetns::with_veth("rp-fuzz");

@@ -22,26 +22,11 @@ use nix::sys::socket::{
 use rootlessport::source_ip::{PRIORITY, SLOTS, TABLE_BASE};
 use serde_json::json;
 use slirp_proc::Exit;
-use slirpnet_tests::{
-    can_admin_net, copy_by_child, require, rootlessport_bin, which, PersistentNetns, Rootlessport,
-};
+use slirpnet_tests::require_net_admin;
+use slirpnet_tests::{copy_by_child, require, rootlessport_bin, PersistentNetns, Rootlessport};
 
 /// Longest wait for any one answer: a failure, never a pause.
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn prerequisites(test: &str) -> bool {
-    require(
-        test,
-        can_admin_net().and_then(|()| {
-            for tool in ["nsenter", "ip", "setpriv", "unshare"] {
-                if which(tool).is_none() {
-                    anyhow::bail!("{tool} is missing (util-linux, iproute2)");
-                }
-            }
-            Ok(())
-        }),
-    )
-}
 
 fn addr(text: &str) -> SocketAddr {
     text.parse().unwrap()
@@ -476,7 +461,10 @@ fn map(host_port: u16, container_port: u16, range: u16, protocol: &str) -> serde
 
 #[test]
 fn ipv4_clients_are_seen_with_their_own_address_over_tcp_and_udp() {
-    if !prerequisites("ipv4_clients_are_seen_with_their_own_address_over_tcp_and_udp") {
+    if !require_net_admin(
+        "ipv4_clients_are_seen_with_their_own_address_over_tcp_and_udp",
+        &["nsenter", "ip", "setpriv", "unshare"],
+    ) {
         return;
     }
     let w = World::new("sip-v4");
@@ -509,7 +497,10 @@ fn ipv4_clients_are_seen_with_their_own_address_over_tcp_and_udp() {
 
 #[test]
 fn ipv6_clients_are_seen_with_their_own_address_over_tcp_and_udp() {
-    if !prerequisites("ipv6_clients_are_seen_with_their_own_address_over_tcp_and_udp") {
+    if !require_net_admin(
+        "ipv6_clients_are_seen_with_their_own_address_over_tcp_and_udp",
+        &["nsenter", "ip", "setpriv", "unshare"],
+    ) {
         return;
     }
     let w = World::new("sip-v6");
@@ -536,7 +527,10 @@ fn ipv6_clients_are_seen_with_their_own_address_over_tcp_and_udp() {
 
 #[test]
 fn loopback_clients_keep_the_namespaces_own_address() {
-    if !prerequisites("loopback_clients_keep_the_namespaces_own_address") {
+    if !require_net_admin(
+        "loopback_clients_keep_the_namespaces_own_address",
+        &["nsenter", "ip", "setpriv", "unshare"],
+    ) {
         return;
     }
     // CVE-2021-20199: a service must never see a loopback peer for a
@@ -584,7 +578,10 @@ fn loopback_clients_keep_the_namespaces_own_address() {
 
 #[test]
 fn every_port_of_a_range_keeps_the_clients_address() {
-    if !prerequisites("every_port_of_a_range_keeps_the_clients_address") {
+    if !require_net_admin(
+        "every_port_of_a_range_keeps_the_clients_address",
+        &["nsenter", "ip", "setpriv", "unshare"],
+    ) {
         return;
     }
     let w = World::new("sip-range");
@@ -624,7 +621,10 @@ fn every_port_of_a_range_keeps_the_clients_address() {
 
 #[test]
 fn replies_still_come_back_after_a_reload_to_a_new_child_ip() {
-    if !prerequisites("replies_still_come_back_after_a_reload_to_a_new_child_ip") {
+    if !require_net_admin(
+        "replies_still_come_back_after_a_reload_to_a_new_child_ip",
+        &["nsenter", "ip", "setpriv", "unshare"],
+    ) {
         return;
     }
     let w = World::new("sip-reload");
@@ -680,8 +680,10 @@ fn replies_still_come_back_after_a_reload_to_a_new_child_ip() {
 
 #[test]
 fn the_services_own_traffic_from_a_published_port_leaves_by_the_default_route() {
-    if !prerequisites("the_services_own_traffic_from_a_published_port_leaves_by_the_default_route")
-    {
+    if !require_net_admin(
+        "the_services_own_traffic_from_a_published_port_leaves_by_the_default_route",
+        &["nsenter", "ip", "setpriv", "unshare"],
+    ) {
         return;
     }
     // Only replies to clients are diverted. An NTP or SIP server talking
@@ -783,7 +785,10 @@ fn the_services_own_traffic_from_a_published_port_leaves_by_the_default_route() 
 
 #[test]
 fn nothing_is_left_inside_after_exit_or_sigterm() {
-    if !prerequisites("nothing_is_left_inside_after_exit_or_sigterm") {
+    if !require_net_admin(
+        "nothing_is_left_inside_after_exit_or_sigterm",
+        &["nsenter", "ip", "setpriv", "unshare"],
+    ) {
         return;
     }
     let w = World::new("sip-tidy");
@@ -833,7 +838,10 @@ fn nothing_is_left_inside_after_exit_or_sigterm() {
 
 #[test]
 fn what_a_killed_forwarder_left_is_cleared_by_the_next_one() {
-    if !prerequisites("what_a_killed_forwarder_left_is_cleared_by_the_next_one") {
+    if !require_net_admin(
+        "what_a_killed_forwarder_left_is_cleared_by_the_next_one",
+        &["nsenter", "ip", "setpriv", "unshare"],
+    ) {
         return;
     }
     let w = World::new("sip-kill");
@@ -883,7 +891,10 @@ fn what_a_killed_forwarder_left_is_cleared_by_the_next_one() {
 
 #[test]
 fn two_forwarders_on_one_namespace_keep_out_of_each_others_way() {
-    if !prerequisites("two_forwarders_on_one_namespace_keep_out_of_each_others_way") {
+    if !require_net_admin(
+        "two_forwarders_on_one_namespace_keep_out_of_each_others_way",
+        &["nsenter", "ip", "setpriv", "unshare"],
+    ) {
         return;
     }
     let w = World::new("sip-two");
@@ -947,7 +958,10 @@ fn two_forwarders_on_one_namespace_keep_out_of_each_others_way() {
 
 #[test]
 fn without_cap_net_admin_it_forwards_as_before_after_one_warning() {
-    if !prerequisites("without_cap_net_admin_it_forwards_as_before_after_one_warning") {
+    if !require_net_admin(
+        "without_cap_net_admin_it_forwards_as_before_after_one_warning",
+        &["nsenter", "ip", "setpriv", "unshare"],
+    ) {
         return;
     }
     let w = World::new("sip-nocap");
@@ -1053,12 +1067,13 @@ fn rootless_a_forwarder_in_the_owning_user_namespace_keeps_addresses() {
         );
         Ok(())
     })();
-    if !prerequisites("rootless_a_forwarder_in_the_owning_user_namespace_keeps_addresses")
-        || !require(
-            "rootless_a_forwarder_in_the_owning_user_namespace_keeps_addresses",
-            check,
-        )
-    {
+    if !require_net_admin(
+        "rootless_a_forwarder_in_the_owning_user_namespace_keeps_addresses",
+        &["nsenter", "ip", "setpriv", "unshare"],
+    ) || !require(
+        "rootless_a_forwarder_in_the_owning_user_namespace_keeps_addresses",
+        check,
+    ) {
         return;
     }
     // The container's namespace belongs to a user namespace an unprivileged
@@ -1109,8 +1124,9 @@ fn rootless_a_forwarder_in_the_owning_user_namespace_keeps_addresses() {
 
 #[test]
 fn containers_behind_veths_as_on_rootless_cni_networks_keep_addresses_across_a_reload() {
-    if !prerequisites(
+    if !require_net_admin(
         "containers_behind_veths_as_on_rootless_cni_networks_keep_addresses_across_a_reload",
+        &["nsenter", "ip", "setpriv", "unshare"],
     ) {
         return;
     }
@@ -1197,7 +1213,10 @@ fn stop_by(fwd: Forwarder, sigterm: bool) {
 
 #[test]
 fn a_table_holding_routes_not_ours_is_left_to_its_owner() {
-    if !prerequisites("a_table_holding_routes_not_ours_is_left_to_its_owner") {
+    if !require_net_admin(
+        "a_table_holding_routes_not_ours_is_left_to_its_owner",
+        &["nsenter", "ip", "setpriv", "unshare"],
+    ) {
         return;
     }
     // Someone else's routes in the table a forwarder would pick (the first
@@ -1251,8 +1270,9 @@ fn a_table_holding_routes_not_ours_is_left_to_its_owner() {
 
 #[test]
 fn rules_and_routes_not_ours_in_the_forwarders_table_are_never_replaced_or_removed() {
-    if !prerequisites(
+    if !require_net_admin(
         "rules_and_routes_not_ours_in_the_forwarders_table_are_never_replaced_or_removed",
+        &["nsenter", "ip", "setpriv", "unshare"],
     ) {
         return;
     }

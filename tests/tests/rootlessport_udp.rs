@@ -8,20 +8,8 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use serde_json::json;
-use slirpnet_tests::{
-    can_admin_net, in_netns, payload, require, rootlessport_bin, PersistentNetns, Rootlessport,
-};
-
-fn prerequisites(test: &str) -> bool {
-    require(
-        test,
-        can_admin_net().and_then(|()| {
-            slirpnet_tests::which("nsenter")
-                .map(drop)
-                .ok_or_else(|| anyhow::anyhow!("nsenter is missing (util-linux)"))
-        }),
-    )
-}
+use slirpnet_tests::require_net_admin;
+use slirpnet_tests::{in_netns, payload, rootlessport_bin, PersistentNetns, Rootlessport};
 
 /// The namespace that plays the host: lo up, with extra client addresses.
 fn host_netns(name: &str) -> PersistentNetns {
@@ -78,7 +66,10 @@ fn client_in(ns: &PersistentNetns, ip: IpAddr) -> UdpSocket {
 
 #[test]
 fn udp_replies_reach_each_client_address_on_every_listener_shape() {
-    if !prerequisites("udp_replies_reach_each_client_address_on_every_listener_shape") {
+    if !require_net_admin(
+        "udp_replies_reach_each_client_address_on_every_listener_shape",
+        &["nsenter"],
+    ) {
         return;
     }
     let container = PersistentNetns::with_veth("udp-many-c");
@@ -186,7 +177,10 @@ fn udp_replies_reach_each_client_address_on_every_listener_shape() {
 
 #[test]
 fn every_datagram_size_arrives_whole_and_in_order() {
-    if !prerequisites("every_datagram_size_arrives_whole_and_in_order") {
+    if !require_net_admin(
+        "every_datagram_size_arrives_whole_and_in_order",
+        &["nsenter"],
+    ) {
         return;
     }
     let container = PersistentNetns::with_veth("udp-sizes-c");
