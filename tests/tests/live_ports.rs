@@ -252,6 +252,8 @@ struct Session<'a> {
     command_pid: Option<u32>,
     /// What slirpnet wrote on stderr so far.
     stderr: Arc<Mutex<String>>,
+    /// The thread that reads it; done at EOF.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     /// `attach`: the echo server inside the namespace.
     server: Option<Child>,
 }
@@ -345,7 +347,7 @@ impl<'a> Session<'a> {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = pipe.read(&mut buf) {
                 if n == 0 {
@@ -362,6 +364,7 @@ impl<'a> Session<'a> {
             child,
             command_pid: None,
             stderr,
+            stderr_reader: Some(stderr_reader),
             server: None,
         }
     }
@@ -370,7 +373,14 @@ impl<'a> Session<'a> {
     fn died(&mut self, what: &str) -> ! {
         let _ = kill(self.pid_nix(), Signal::SIGKILL);
         let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(100)); // let the reader finish
+        // Let the reader reach EOF (a child slirpnet left may hold the pipe
+        // a little longer: wait at most STEP).
+        let deadline = Instant::now() + STEP;
+        if let Some(reader) = self.stderr_reader.take() {
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         panic!("{what}; slirpnet said: {}", self.stderr.lock().unwrap());
     }
 

@@ -135,6 +135,7 @@ fn a_kill_while_waiting_is_seen_at_once() {
     let pidfile = dir.path().join("pid");
     let (_d, fake) =
         fake_slirp(&format!("echo $$ > {}\nexec sleep 30", pidfile.display())).unwrap();
+    let waiter = nix::unistd::gettid();
     let killer = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
         let pid = loop {
@@ -147,7 +148,12 @@ fn a_kill_while_waiting_is_seen_at_once() {
             assert!(Instant::now() < deadline, "the fake never started");
             std::thread::sleep(Duration::from_millis(10));
         };
-        std::thread::sleep(Duration::from_millis(100));
+        // Kill only once the starter waits for it: its thread is in poll(2)
+        // (the kernel's /proc/self/task/TID/syscall names the call).
+        while !in_poll(waiter) {
+            assert!(Instant::now() < deadline, "Slirp::start never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
@@ -308,4 +314,18 @@ fn pid_target_and_drop_reaps() {
     assert!(pid_exists(pid));
     drop(slirp);
     assert!(!pid_exists(pid), "drop must stop and reap slirp4netns");
+}
+
+/// Whether thread `tid` of this process is blocked in poll(2) or ppoll(2).
+fn in_poll(tid: nix::unistd::Pid) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    const POLLS: &[&str] = &["7", "271"];
+    #[cfg(target_arch = "aarch64")]
+    const POLLS: &[&str] = &["73"];
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    const POLLS: &[&str] = &[];
+    let syscall =
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+    let number = syscall.split(' ').next().unwrap_or("");
+    POLLS.is_empty() || POLLS.contains(&number)
 }
