@@ -25,6 +25,9 @@ use slirp_proc::Exit;
 use slirpnet_tests::require_net_admin;
 use slirpnet_tests::{copy_by_child, require, rootlessport_bin, PersistentNetns, Rootlessport};
 
+/// The programs these tests run besides the forwarder.
+const TOOLS: &[&str] = &["nsenter", "ip", "setpriv", "unshare"];
+
 /// Longest wait for any one answer: a failure, never a pause.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -463,7 +466,7 @@ fn map(host_port: u16, container_port: u16, range: u16, protocol: &str) -> serde
 fn ipv4_clients_are_seen_with_their_own_address_over_tcp_and_udp() {
     if !require_net_admin(
         "ipv4_clients_are_seen_with_their_own_address_over_tcp_and_udp",
-        &["nsenter", "ip", "setpriv", "unshare"],
+        TOOLS,
     ) {
         return;
     }
@@ -499,7 +502,7 @@ fn ipv4_clients_are_seen_with_their_own_address_over_tcp_and_udp() {
 fn ipv6_clients_are_seen_with_their_own_address_over_tcp_and_udp() {
     if !require_net_admin(
         "ipv6_clients_are_seen_with_their_own_address_over_tcp_and_udp",
-        &["nsenter", "ip", "setpriv", "unshare"],
+        TOOLS,
     ) {
         return;
     }
@@ -527,10 +530,7 @@ fn ipv6_clients_are_seen_with_their_own_address_over_tcp_and_udp() {
 
 #[test]
 fn loopback_clients_keep_the_namespaces_own_address() {
-    if !require_net_admin(
-        "loopback_clients_keep_the_namespaces_own_address",
-        &["nsenter", "ip", "setpriv", "unshare"],
-    ) {
+    if !require_net_admin("loopback_clients_keep_the_namespaces_own_address", TOOLS) {
         return;
     }
     // CVE-2021-20199: a service must never see a loopback peer for a
@@ -578,10 +578,7 @@ fn loopback_clients_keep_the_namespaces_own_address() {
 
 #[test]
 fn every_port_of_a_range_keeps_the_clients_address() {
-    if !require_net_admin(
-        "every_port_of_a_range_keeps_the_clients_address",
-        &["nsenter", "ip", "setpriv", "unshare"],
-    ) {
+    if !require_net_admin("every_port_of_a_range_keeps_the_clients_address", TOOLS) {
         return;
     }
     let w = World::new("sip-range");
@@ -623,7 +620,7 @@ fn every_port_of_a_range_keeps_the_clients_address() {
 fn replies_still_come_back_after_a_reload_to_a_new_child_ip() {
     if !require_net_admin(
         "replies_still_come_back_after_a_reload_to_a_new_child_ip",
-        &["nsenter", "ip", "setpriv", "unshare"],
+        TOOLS,
     ) {
         return;
     }
@@ -682,7 +679,7 @@ fn replies_still_come_back_after_a_reload_to_a_new_child_ip() {
 fn the_services_own_traffic_from_a_published_port_leaves_by_the_default_route() {
     if !require_net_admin(
         "the_services_own_traffic_from_a_published_port_leaves_by_the_default_route",
-        &["nsenter", "ip", "setpriv", "unshare"],
+        TOOLS,
     ) {
         return;
     }
@@ -785,10 +782,7 @@ fn the_services_own_traffic_from_a_published_port_leaves_by_the_default_route() 
 
 #[test]
 fn nothing_is_left_inside_after_exit_or_sigterm() {
-    if !require_net_admin(
-        "nothing_is_left_inside_after_exit_or_sigterm",
-        &["nsenter", "ip", "setpriv", "unshare"],
-    ) {
+    if !require_net_admin("nothing_is_left_inside_after_exit_or_sigterm", TOOLS) {
         return;
     }
     let w = World::new("sip-tidy");
@@ -840,7 +834,7 @@ fn nothing_is_left_inside_after_exit_or_sigterm() {
 fn what_a_killed_forwarder_left_is_cleared_by_the_next_one() {
     if !require_net_admin(
         "what_a_killed_forwarder_left_is_cleared_by_the_next_one",
-        &["nsenter", "ip", "setpriv", "unshare"],
+        TOOLS,
     ) {
         return;
     }
@@ -893,7 +887,7 @@ fn what_a_killed_forwarder_left_is_cleared_by_the_next_one() {
 fn two_forwarders_on_one_namespace_keep_out_of_each_others_way() {
     if !require_net_admin(
         "two_forwarders_on_one_namespace_keep_out_of_each_others_way",
-        &["nsenter", "ip", "setpriv", "unshare"],
+        TOOLS,
     ) {
         return;
     }
@@ -960,7 +954,7 @@ fn two_forwarders_on_one_namespace_keep_out_of_each_others_way() {
 fn without_cap_net_admin_it_forwards_as_before_after_one_warning() {
     if !require_net_admin(
         "without_cap_net_admin_it_forwards_as_before_after_one_warning",
-        &["nsenter", "ip", "setpriv", "unshare"],
+        TOOLS,
     ) {
         return;
     }
@@ -1069,7 +1063,7 @@ fn rootless_a_forwarder_in_the_owning_user_namespace_keeps_addresses() {
     })();
     if !require_net_admin(
         "rootless_a_forwarder_in_the_owning_user_namespace_keeps_addresses",
-        &["nsenter", "ip", "setpriv", "unshare"],
+        TOOLS,
     ) || !require(
         "rootless_a_forwarder_in_the_owning_user_namespace_keeps_addresses",
         check,
@@ -1126,7 +1120,7 @@ fn rootless_a_forwarder_in_the_owning_user_namespace_keeps_addresses() {
 fn containers_behind_veths_as_on_rootless_cni_networks_keep_addresses_across_a_reload() {
     if !require_net_admin(
         "containers_behind_veths_as_on_rootless_cni_networks_keep_addresses_across_a_reload",
-        &["nsenter", "ip", "setpriv", "unshare"],
+        TOOLS,
     ) {
         return;
     }
@@ -1215,7 +1209,7 @@ fn stop_by(fwd: Forwarder, sigterm: bool) {
 fn a_table_holding_routes_not_ours_is_left_to_its_owner() {
     if !require_net_admin(
         "a_table_holding_routes_not_ours_is_left_to_its_owner",
-        &["nsenter", "ip", "setpriv", "unshare"],
+        TOOLS,
     ) {
         return;
     }
@@ -1272,7 +1266,7 @@ fn a_table_holding_routes_not_ours_is_left_to_its_owner() {
 fn rules_and_routes_not_ours_in_the_forwarders_table_are_never_replaced_or_removed() {
     if !require_net_admin(
         "rules_and_routes_not_ours_in_the_forwarders_table_are_never_replaced_or_removed",
-        &["nsenter", "ip", "setpriv", "unshare"],
+        TOOLS,
     ) {
         return;
     }
