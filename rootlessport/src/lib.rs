@@ -58,6 +58,7 @@ pub use listen::ListenError;
 pub use options::{ForwardOptions, OptionsEnvError, KEEP_SOURCE_IP_ENV};
 pub use ports::{ForwarderHandle, PortChangeError};
 pub use reload::{reload, socket_path, ReloadError, ReloadGuard, ReloadServer};
+pub use slirp_api;
 pub use slirp_opts;
 pub use slirp_opts::rootlessport::{
     parse_child_ip, Config, ConfigError, ReloadSocket, ValidConfig,

@@ -1,7 +1,9 @@
-//! Small request/answer servers on SOCK_SEQPACKET unix sockets (the reload
-//! socket podman uses, and our control socket): one request per
-//! connection, each client on a short thread of its own with its own
-//! deadline, so a client that connects and never sends delays nobody.
+//! A small request/answer server on SOCK_SEQPACKET unix sockets, for the
+//! reload socket as podman's protocol has it: one request per connection
+//! (one record, so the read deadline is the whole request's), each client
+//! on a short thread of its own with its own deadline, so a client that
+//! connects and never sends delays nobody. Our own control socket is
+//! slirp-api's (`slirp_api::control`), not this.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

@@ -354,12 +354,7 @@ impl Plan {
     /// to start or become ready, or a forward cannot be made.
     pub fn start(self, target: Target) -> Result<Network, SetupError> {
         let api_dir = if self.private_api_socket() {
-            Some(
-                tempfile::Builder::new()
-                    .prefix("slirpnet-")
-                    .tempdir_in(runtime_dir())
-                    .map_err(SetupError::ApiDir)?,
-            )
+            Some(crate::dirs::private_dir("slirpnet-").map_err(SetupError::ApiDir)?)
         } else {
             None
         };

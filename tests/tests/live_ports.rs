@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use slirp_opts::portctl::{ForwardEntry, SessionStatus};
+use slirp_opts::portctl::ForwardEntry;
 use slirp_opts::Protocol;
+use slirpnet::session::SessionStatus;
 use slirpnet_tests::{
     free_port_both, free_tcp_port, payload, require, require_slirp, rootless_possible,
     rootlessport_bin, slirpnet_bin, world_runnable, PersistentNetns,
