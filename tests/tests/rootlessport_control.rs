@@ -27,7 +27,7 @@ fn start(
     control: &Path,
 ) -> Result<Helper, HelperError> {
     let config = ns.rootlessport_config(mappings, "10.77.0.1");
-    let mut cmd = HelperCommand::new(&rootlessport_bin(), "rootlessport", config.into_bytes());
+    let mut cmd = HelperCommand::new(rootlessport_bin(), "rootlessport", config.into_bytes());
     cmd.stderr = HelperStderr::Null;
     cmd.ready_timeout = Duration::from_secs(30);
     cmd.env
