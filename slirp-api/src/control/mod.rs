@@ -9,6 +9,8 @@
 //! of any size and closes. The server serves only its own user (the peer's
 //! uid from SO_PEERCRED), each client on a short thread of its own, at most
 //! [`MAX_CLIENTS`] at once; it replaces only a stale socket at its path.
+//! Its accept loop, [`serve_clients`], serves any listening unix socket
+//! (rootlessport's reload socket, with podman's SEQPACKET protocol, too).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -26,10 +28,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod accept;
 mod client;
 mod server;
 mod wire;
 
+pub use accept::{serve_clients, Stopper};
 pub use client::{request, ControlError};
 pub use server::{ControlServer, ServeError};
 pub use wire::{ControlReply, MAX_CLIENTS, MAX_REPLY, MAX_REQUEST, REQUEST_DEADLINE};

@@ -7,16 +7,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
-    accept4, bind, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-    UnixAddr,
+    bind, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
 };
 use serde::de::DeserializeOwned;
 
+use super::accept::{serve_clients, Stopper};
 use super::wire::{ControlReply, MAX_CLIENTS, MAX_REQUEST, REQUEST_DEADLINE};
 use crate::stream::{self, ReadError};
 
@@ -58,7 +56,7 @@ pub struct ControlServer {
     path: PathBuf,
     /// The socket file's device and inode, to remove only ours.
     file: (u64, u64),
-    waker: OwnedFd,
+    stopper: Stopper,
 }
 
 impl ControlServer {
@@ -123,18 +121,29 @@ impl ControlServer {
                 return Err(e);
             }
         };
-        let server = ControlServer {
+        let me = nix::unistd::geteuid().as_raw();
+        let busy = |conn: OwnedFd| {
+            let conn = UnixStream::from(conn);
+            // A short reply into an empty socket buffer: it never blocks.
+            let _ = conn.set_nonblocking(true);
+            let refusal = Rep::error("too many requests at once; try again".into());
+            reply(&conn, &refusal, Instant::now() + Duration::from_millis(100));
+        };
+        let serve = move |conn: OwnedFd| serve_one(&UnixStream::from(conn), service, me, &handler);
+        let stopper = serve_clients(
+            listener,
+            &format!("{service} control"),
+            MAX_CLIENTS,
+            256 << 10,
+            busy,
+            serve,
+        )
+        .map_err(|e| fail("serve", e))?;
+        Ok(ControlServer {
             path: path.to_owned(),
             file: (meta.dev(), meta.ino()),
-            waker: listener.try_clone().map_err(|e| fail("duplicate", e))?,
-        };
-        let me = nix::unistd::geteuid().as_raw();
-        let handler = Arc::new(handler);
-        std::thread::Builder::new()
-            .name(format!("{service} control"))
-            .spawn(move || accept_loop(listener, service, me, handler))
-            .map_err(|e| fail("serve", e))?;
-        Ok(server)
+            stopper,
+        })
     }
 
     /// The socket's path.
@@ -145,9 +154,7 @@ impl ControlServer {
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        // Wakes the blocked accept (EINVAL), and the loop ends.
-        let _ =
-            nix::sys::socket::shutdown(self.waker.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        self.stopper.stop();
         let ours = std::fs::symlink_metadata(&self.path)
             .is_ok_and(|m| m.file_type().is_socket() && (m.dev(), m.ino()) == self.file);
         if ours {
@@ -198,60 +205,6 @@ fn check_replaceable(path: &Path) -> Result<(), ServeError> {
             path: path.to_owned(),
         }),
     }
-}
-
-fn accept_loop<Req, Rep, F>(listener: OwnedFd, service: &'static str, me: u32, handler: Arc<F>)
-where
-    Req: DeserializeOwned,
-    Rep: ControlReply,
-    F: Fn(Req) -> Rep + Send + Sync + 'static,
-{
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    loop {
-        let conn = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-            Ok(fd) => UnixStream::from(owned(fd)),
-            Err(nix::Error::EINTR | nix::Error::ECONNABORTED) => continue,
-            // Out of fds or memory for a moment: try again shortly.
-            Err(
-                nix::Error::EMFILE | nix::Error::ENFILE | nix::Error::ENOMEM | nix::Error::ENOBUFS,
-            ) => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            // Shut down through the waker (EINVAL), or broken.
-            Err(_) => return,
-        };
-        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            // A short reply into an empty socket buffer: it never blocks.
-            let _ = conn.set_nonblocking(true);
-            reply(
-                &conn,
-                &Rep::error("too many requests at once; try again".into()),
-                Instant::now() + Duration::from_millis(100),
-            );
-            continue;
-        }
-        let (handler, counter) = (handler.clone(), in_flight.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("{service} client"))
-            .stack_size(256 << 10)
-            .spawn(move || {
-                serve_one(&conn, service, me, &*handler);
-                counter.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            // The closure, and the connection with it, is gone unrun.
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-#[allow(unsafe_code)]
-fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: accept4 just returned this descriptor and nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// One client: its uid checked, its request read within the deadline,
