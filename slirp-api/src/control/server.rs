@@ -138,7 +138,11 @@ impl ControlServer {
             busy,
             serve,
         )
-        .map_err(|e| fail("serve", e))?;
+        .map_err(|e| {
+            // Placed, but nobody will answer there: take it back.
+            let _ = std::fs::remove_file(path);
+            fail("serve", e)
+        })?;
         Ok(ControlServer {
             path: path.to_owned(),
             file: (meta.dev(), meta.ino()),
