@@ -52,7 +52,6 @@ fn answer(handle: &ForwarderHandle, request: Request) -> Reply {
         Request::Add { mappings } => handle.add(&mappings),
         Request::Remove { ports } => handle.remove(&ports),
         // A request of a later version.
-        #[allow(unreachable_patterns)]
         _ => {
             return Reply::Error {
                 message: "unsupported request".into(),
