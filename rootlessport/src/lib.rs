@@ -61,6 +61,7 @@ pub use netns_util;
 pub use options::{ForwardOptions, OptionsEnvError, KEEP_SOURCE_IP_ENV};
 pub use ports::{ForwarderHandle, PortChangeError};
 pub use reload::{reload, socket_path, ReloadError, ReloadGuard, ReloadServer};
+pub use slirp_api;
 pub use slirp_opts;
 pub use slirp_opts::rootlessport::{
     parse_child_ip, Config, ConfigError, ReloadSocket, ValidConfig,

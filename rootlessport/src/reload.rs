@@ -137,7 +137,7 @@ impl ReloadServer {
     pub fn serve(self, target: Target) -> Result<ReloadGuard, ReloadError> {
         let path = self.file.0.clone();
         let ReloadServer { listener, file } = self;
-        let waker = seqpacket::serve(
+        let stopper = seqpacket::serve(
             listener,
             "rootlessport-reload",
             b"rootless port failed to decode ports: too many reload requests at once",
@@ -148,28 +148,25 @@ impl ReloadServer {
             path: path.clone(),
             source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
         })?;
-        Ok(ReloadGuard { file, waker })
+        Ok(ReloadGuard {
+            _stopper: stopper,
+            file,
+        })
     }
 }
 
 /// Stops the reload thread and removes the socket file when dropped.
 #[derive(Debug)]
 pub struct ReloadGuard {
+    /// Declared first: the thread stops before the file goes.
+    _stopper: slirp_api::control::Stopper,
     file: SocketFile,
-    waker: OwnedFd,
 }
 
 impl ReloadGuard {
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.file.0
-    }
-}
-
-impl Drop for ReloadGuard {
-    fn drop(&mut self) {
-        seqpacket::stop(&self.waker);
-        // `file` removes the socket file as it drops.
     }
 }
 

@@ -2,17 +2,15 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ReplyProblem, Stage};
 use crate::hostfwd::{HostFwd, HostFwdEntry};
 use crate::reply;
+use crate::stream::{self, is_timeout, remaining};
 
 /// The largest request slirp4netns reads (it does one `read` of 4096 bytes and
 /// treats a full buffer as too large).
@@ -150,7 +148,7 @@ impl Client {
             timeout: self.timeout,
             stage,
         };
-        let mut stream = self.connect(deadline).map_err(|e| match e.kind() {
+        let mut stream = stream::connect(&self.path, deadline).map_err(|e| match e.kind() {
             ErrorKind::TimedOut => timeout(Stage::Connecting),
             _ => ApiError::Connect {
                 path: self.path.clone(),
@@ -216,43 +214,4 @@ impl Client {
             }
         }
     }
-
-    /// Connects without blocking past the deadline: a unix stream connect
-    /// blocks while the listener's backlog is full, so retry a non-blocking one.
-    fn connect(&self, deadline: Instant) -> io::Result<UnixStream> {
-        let addr = UnixAddr::new(&self.path).map_err(io::Error::from)?;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            let fd = socket(
-                AddressFamily::Unix,
-                SockType::Stream,
-                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-                None,
-            )?;
-            match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
-                Ok(()) => {
-                    let stream = UnixStream::from(fd);
-                    stream.set_nonblocking(false)?;
-                    return Ok(stream);
-                }
-                Err(Errno::EAGAIN | Errno::EINTR) => {
-                    let left =
-                        remaining(deadline).ok_or_else(|| io::Error::from(ErrorKind::TimedOut))?;
-                    std::thread::sleep(pause.min(left));
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-fn remaining(deadline: Instant) -> Option<Duration> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }

@@ -28,6 +28,13 @@
 //! # Ok::<(), ApiError>(())
 //! ```
 //!
+//! # Our own control sockets
+//!
+//! [`control`] is the one framing, server and client of the control
+//! sockets of our own (a slirpnet session's, our rootlessport's): the same
+//! discipline as slirp4netns's API socket, with a request and a reply of
+//! any JSON type. [`portctl`] holds the port requests both serve.
+//!
 //! # Errors
 //!
 //! [`ApiError`] has one variant per step of a call (connect, send, receive,
@@ -46,9 +53,12 @@
 //! (`slirp_api::serde_json::json!` builds a request).
 
 mod client;
+pub mod control;
 mod error;
 mod hostfwd;
+pub mod portctl;
 mod reply;
+mod stream;
 mod wait;
 
 pub use client::{Client, DEFAULT_TIMEOUT, MAX_REQUEST};

@@ -40,7 +40,6 @@
 //! ```
 
 mod binary;
-pub mod control;
 mod dirs;
 mod portfwd;
 pub mod session;

@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
-use slirp_opts::portctl::{ForwardEntry, PortKey, Reply, Request as PortRequest};
+use slirp_api::portctl::{ForwardEntry, PortKey, Request as PortRequest};
 use slirp_opts::{
     parse_port_spec, NetworkOptions, PortMapping, PortSide, Protocol, SpecProblem, Target,
 };
@@ -446,11 +446,7 @@ fn session_path(args: &SessionArgs) -> Result<PathBuf> {
 
 /// Sends one port request to a session; the forwards after it.
 fn ask_session(path: &Path, req: &PortRequest) -> Result<Vec<ForwardEntry>> {
-    match slirpnet::session::request(path, req)? {
-        Reply::Ok { forwards } => Ok(forwards),
-        Reply::Error { message } => bail!("{message}"),
-        other => bail!("unexpected reply from {}: {other:?}", path.display()),
-    }
+    Ok(slirpnet::session::ports(path, req)?)
 }
 
 fn port(cmd: PortCmd) -> Result<()> {

@@ -5,7 +5,8 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use netns_util::InterfaceInfo;
-use slirp_opts::portctl::{ForwardEntry, SessionStatus};
+use slirp_opts::portctl::ForwardEntry;
+use slirpnet::session::SessionStatus;
 use slirpnet::SetupInfo;
 
 /// The setup as a short table.

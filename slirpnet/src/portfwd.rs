@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
-use slirp_opts::portctl::{PortKey, Reply, Request};
+use slirp_api::portctl::{PortKey, Request};
 use slirp_opts::rootlessport::Config;
 use slirp_opts::{Forward, PortMapping};
 use slirp_proc::{Helper, HelperCommand, HelperError};
@@ -163,7 +163,7 @@ pub enum PortChangeError {
     Unsupported(PathBuf),
     /// Talking to the forwarder failed.
     #[error(transparent)]
-    Control(#[from] crate::control::ControlError),
+    Control(#[from] slirp_api::control::ControlError),
     /// Starting a forwarder for the first ports failed.
     #[error(transparent)]
     Start(#[from] PortForwardError),
@@ -257,10 +257,8 @@ struct Control {
 
 impl Control {
     fn new() -> Result<Self, PortForwardError> {
-        let dir = tempfile::Builder::new()
-            .prefix("slirpnet-fwd-")
-            .tempdir_in(crate::dirs::runtime_dir())
-            .map_err(PortForwardError::ControlDir)?;
+        let dir =
+            crate::dirs::private_dir("slirpnet-fwd-").map_err(PortForwardError::ControlDir)?;
         let socket = dir.path().join("control.sock");
         Ok(Control { _dir: dir, socket })
     }
@@ -284,15 +282,13 @@ impl PortForwarder {
                 if !control.socket.exists() {
                     return Err(PortChangeError::Unsupported(h.program().to_owned()));
                 }
-                match crate::control::request(&control.socket, req, CHANGE_TIMEOUT)? {
-                    Reply::Ok { forwards } => Ok(forwards.into_iter().map(Forward::from).collect()),
-                    Reply::Error { message } => Err(PortChangeError::Refused {
+                let reply: slirp_api::portctl::Reply =
+                    slirp_api::control::request(&control.socket, req, CHANGE_TIMEOUT)?;
+                match reply.into_forwards() {
+                    Ok(forwards) => Ok(forwards.into_iter().map(Forward::from).collect()),
+                    Err(message) => Err(PortChangeError::Refused {
                         forwarder: self.name(),
                         message,
-                    }),
-                    other => Err(PortChangeError::Refused {
-                        forwarder: self.name(),
-                        message: format!("unexpected reply {other:?}"),
                     }),
                 }
             }
@@ -377,7 +373,7 @@ mod inprocess {
     use std::os::fd::OwnedFd;
     use std::thread::JoinHandle;
 
-    use slirp_opts::portctl::Request;
+    use slirp_api::portctl::Request;
     use slirp_opts::rootlessport::Config;
 
     use super::PortForwardError;

@@ -5,28 +5,30 @@
 //! Each session serves `<session_dir>/<pid>.sock` (mode 0600, in a 0700
 //! directory: `$XDG_RUNTIME_DIR/slirpnet`, `/run/slirpnet` for root), removed
 //! when the session ends; a socket left by a crash is removed by the next
-//! [`sessions`] that finds nobody answering. One JSON
-//! `Request` (of `slirp_opts::portctl`) per connection, read to EOF (at
-//! most [`MAX_MESSAGE`] bytes, within [`CLIENT_DEADLINE`]), one JSON
-//! [`Reply`]; only the session's own user is served.
+//! [`sessions`] that finds nobody answering. The socket is slirp-api's
+//! control socket ([`slirp_api::control`]: one JSON request per connection,
+//! read to EOF within [`CLIENT_DEADLINE`], one JSON reply of any size, only
+//! the session's own user served), carrying slirp-api's port requests and
+//! the session's own [`SessionRequest::Session`].
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slirp_opts::portctl::{ForwardEntry, PortKey, Reply, Request, SessionStatus, MAX_MESSAGE};
+use serde::{Deserialize, Deserializer, Serialize};
+use slirp_api::control::{ControlError, ControlReply, ControlServer, ServeError};
+use slirp_api::portctl::{ForwardEntry, PortKey, Reply, Request};
 use slirp_opts::PortMapping;
 
 use crate::setup::Network;
 
-/// How long a client may take to send its request and read the reply.
-pub const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
-/// Clients served at once; more are told so at once.
-const MAX_CLIENTS: usize = 32;
+/// How long a client may take to send its whole request.
+pub const CLIENT_DEADLINE: Duration = slirp_api::control::REQUEST_DEADLINE;
+/// How long a client waits for the whole exchange: the session may itself
+/// wait up to 10 s on its port forwarder.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A failure to serve or reach a session's control socket.
 #[derive(Debug, thiserror::Error)]
@@ -41,37 +43,104 @@ pub enum SessionError {
         error: io::Error,
     },
     /// The socket cannot be bound or served.
-    #[error("cannot serve the session socket {}: {error}", path.display())]
-    Serve {
+    #[error("cannot serve the session socket: {0}")]
+    Serve(ServeError),
+    /// The session could not be asked, or did not answer.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The session refused: nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// The session answered something else than was asked.
+    #[error("unexpected reply from {}: {reply}", path.display())]
+    Unexpected {
         /// The socket.
         path: PathBuf,
-        /// Why.
-        error: io::Error,
+        /// The reply, as JSON.
+        reply: String,
     },
-    /// No session answers there.
-    #[error("no session answers at {} (is it still running?): {error}", path.display())]
-    Gone {
-        /// The socket.
-        path: PathBuf,
-        /// Why.
-        error: io::Error,
-    },
-    /// The session took the request but did not answer in time.
-    #[error("no reply from {}: {error}", path.display())]
-    NoReply {
-        /// The socket.
-        path: PathBuf,
-        /// Why.
-        error: io::Error,
-    },
-    /// The session's reply is not one.
-    #[error("malformed reply from {}: {error}", path.display())]
-    Reply {
-        /// The socket.
-        path: PathBuf,
-        /// Why.
-        error: serde_json::Error,
-    },
+}
+
+/// A request to a session: a port request, or its status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum SessionRequest {
+    /// The session's pid, namespace, handler and forwards (answered with
+    /// [`SessionReply::Session`]).
+    Session,
+    /// List, add or remove ports, as a forwarder's control socket does.
+    #[serde(untagged)]
+    Ports(Request),
+}
+
+impl<'de> Deserialize<'de> for SessionRequest {
+    // By hand, so that a bad port request is told what is wrong with it,
+    // not only that it matches no variant.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        if value.get("op").and_then(serde_json::Value::as_str) == Some("session") {
+            return match value.as_object().map(serde_json::Map::len) {
+                Some(1) => Ok(SessionRequest::Session),
+                _ => Err(serde::de::Error::custom(
+                    "a session request has no field but `op`",
+                )),
+            };
+        }
+        Request::deserialize(value)
+            .map(SessionRequest::Ports)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A session's reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum SessionReply {
+    /// The session's status.
+    Session(SessionStatus),
+    /// The answer to a port request, or a refusal.
+    #[serde(untagged)]
+    Ports(Reply),
+}
+
+impl<'de> Deserialize<'de> for SessionReply {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut value = serde_json::Value::deserialize(d)?;
+        if let Some(status) = value.get_mut("session").map(serde_json::Value::take) {
+            return SessionStatus::deserialize(status)
+                .map(SessionReply::Session)
+                .map_err(serde::de::Error::custom);
+        }
+        Reply::deserialize(value)
+            .map(SessionReply::Ports)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl ControlReply for SessionReply {
+    fn error(message: String) -> Self {
+        SessionReply::Ports(Reply::Error { message })
+    }
+}
+
+/// What a running slirpnet session reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SessionStatus {
+    /// The session's pid (`slirpnet run` or `slirpnet attach`).
+    pub pid: u32,
+    /// The network namespace it serves.
+    pub netns: String,
+    /// `rootlesskit` or `slirp4netns`.
+    pub port_handler: String,
+    /// The port forwarder (a binary's path, `in-process`), when one runs.
+    pub forwarder: Option<String>,
+    /// slirp4netns's pid.
+    pub slirp4netns_pid: u32,
+    /// Every forward now.
+    pub forwards: Vec<ForwardEntry>,
 }
 
 /// Where this user's session sockets live: `$XDG_RUNTIME_DIR/slirpnet`,
@@ -128,165 +197,58 @@ pub type SharedNetwork = Arc<Mutex<Option<Network>>>;
 /// Serves a session's control socket on threads of its own. Dropping it
 /// stops serving and removes the socket.
 #[derive(Debug)]
-pub struct SessionServer {
-    path: PathBuf,
-    waker: UnixListener,
-}
+pub struct SessionServer(ControlServer);
 
 impl SessionServer {
     /// Serves [`session_socket(pid)`](session_socket) for `network`, the
-    /// session of process `pid` (ours).
+    /// session of process `pid` (ours). A socket left there by a killed
+    /// session of a reused pid is replaced; anything else there is an
+    /// error.
     ///
     /// # Errors
     ///
     /// The directory or the socket cannot be made.
     pub fn start(network: SharedNetwork, pid: u32) -> Result<Self, SessionError> {
-        let dir = session_dir();
-        ensure_dir(&dir)?;
-        let path = session_socket(pid);
-        let fail = |error| SessionError::Serve {
-            path: path.clone(),
-            error,
-        };
-        // Bound and made private under a name `sessions` skips, then renamed
-        // into place (replacing a socket left by a killed session of a
-        // reused pid): a `ps` meanwhile never finds it bound but not yet
-        // listening, which it would take for a dead session's and remove.
-        let staging = dir.join(format!(".{pid}.sock.new"));
-        let _ = std::fs::remove_file(&staging);
-        let listener = UnixListener::bind(&staging).map_err(fail)?;
-        let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
-            .and_then(|()| std::fs::rename(&staging, &path));
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&staging);
-            return Err(fail(e));
-        }
-        let server = SessionServer {
-            path: path.clone(),
-            waker: listener.try_clone().map_err(fail)?,
-        };
-        let me = nix::unistd::geteuid().as_raw();
-        std::thread::Builder::new()
-            .name("slirpnet-session".into())
-            .spawn(move || accept_loop(listener, network, pid, me))
-            .map_err(fail)?;
-        Ok(server)
+        ensure_dir(&session_dir())?;
+        ControlServer::start(&session_socket(pid), "session", move |req| {
+            respond(req, &network, pid)
+        })
+        .map(SessionServer)
+        .map_err(SessionError::Serve)
     }
 
     /// The socket's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 }
 
-impl Drop for SessionServer {
-    fn drop(&mut self) {
-        // Wakes the accept loop (EINVAL), which then ends.
-        let _ = nix::sys::socket::shutdown(
-            std::os::fd::AsRawFd::as_raw_fd(&self.waker),
-            nix::sys::socket::Shutdown::Both,
-        );
-        let _ = std::fs::remove_file(&self.path);
-    }
+fn error(message: impl Into<String>) -> SessionReply {
+    SessionReply::error(message.into())
 }
 
-fn accept_loop(listener: UnixListener, network: SharedNetwork, pid: u32, me: u32) {
-    let busy = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        let mut conn = match conn {
-            Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.raw_os_error() == Some(nix::libc::EMFILE) => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            // Shut down by the server's drop.
-            Err(_) => return,
-        };
-        let _ = conn.set_read_timeout(Some(CLIENT_DEADLINE));
-        let _ = conn.set_write_timeout(Some(CLIENT_DEADLINE));
-        if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
-            busy.fetch_sub(1, Ordering::AcqRel);
-            write_reply(&mut conn, &error("too many requests at once; try again"));
-            continue;
-        }
-        let (network, busy) = (network.clone(), busy.clone());
-        let spawned = std::thread::Builder::new()
-            .name("slirpnet-session-client".into())
-            .stack_size(256 << 10)
-            .spawn(move || {
-                let reply = respond(&mut conn, &network, pid, me);
-                write_reply(&mut conn, &reply);
-                busy.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            tracing::warn!("cannot start a thread for a session client");
-        }
-    }
-}
-
-fn error(message: impl Into<String>) -> Reply {
-    Reply::Error {
-        message: message.into(),
-    }
-}
-
-fn write_reply(conn: &mut UnixStream, reply: &Reply) {
-    // A reply is plain data; serializing it cannot fail.
-    let _ = conn.write_all(&serde_json::to_vec(reply).unwrap_or_default());
-}
-
-/// Reads one request (to EOF, bounded) and answers it.
-fn respond(conn: &mut UnixStream, network: &SharedNetwork, pid: u32, me: u32) -> Reply {
-    match nix::sys::socket::getsockopt(&*conn, nix::sys::socket::sockopt::PeerCredentials) {
-        Ok(peer) if peer.uid() == me => {}
-        Ok(peer) => {
-            tracing::warn!(
-                uid = peer.uid(),
-                "a session request from another user refused"
-            );
-            return error(format!(
-                "user {} may not use this session (it belongs to uid {me})",
-                peer.uid()
-            ));
-        }
-        Err(e) => return error(format!("cannot tell who is asking: {e}")),
-    }
-    let mut body = Vec::new();
-    match (&mut *conn)
-        .take(MAX_MESSAGE as u64 + 1)
-        .read_to_end(&mut body)
-    {
-        Ok(_) if body.len() > MAX_MESSAGE => {
-            return error(format!("request larger than {MAX_MESSAGE} bytes"))
-        }
-        Ok(_) => {}
-        Err(e) => return error(format!("cannot read the request: {e}")),
-    }
-    let request: Request = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(format!("malformed request: {e}")),
-    };
+/// Answers one request.
+fn respond(request: SessionRequest, network: &SharedNetwork, pid: u32) -> SessionReply {
     let mut guard = network.lock().unwrap_or_else(|p| p.into_inner());
     let Some(net) = guard.as_mut() else {
         return error("the session is ending");
     };
     let result = match request {
-        Request::Session => {
+        SessionRequest::Session => {
             return match net.forwards() {
-                Ok(_) => Reply::Session(status(net, pid)),
+                Ok(_) => SessionReply::Session(status(net, pid)),
                 Err(e) => error(e.to_string()),
             }
         }
-        Request::List => net.forwards().map(drop),
-        Request::Add { mappings } => add(net, &mappings),
-        Request::Remove { ports } => remove(net, &ports),
+        SessionRequest::Ports(Request::List) => net.forwards().map(drop),
+        SessionRequest::Ports(Request::Add { mappings }) => add(net, &mappings),
+        SessionRequest::Ports(Request::Remove { ports }) => remove(net, &ports),
         _ => return error("unsupported request"),
     };
     match result {
-        Ok(()) => Reply::Ok {
+        Ok(()) => SessionReply::Ports(Reply::Ok {
             forwards: entries(net),
-        },
+        }),
         Err(e) => error(e.to_string()),
     }
 }
@@ -313,66 +275,40 @@ fn status(net: &Network, pid: u32) -> SessionStatus {
         crate::ForwarderInfo::Binary { path, .. } => path.display().to_string(),
         _ => "in-process".to_owned(),
     });
-    SessionStatus::new(
+    SessionStatus {
         pid,
-        net.target().netns_path().display().to_string(),
-        info.port_handler.clone(),
+        netns: net.target().netns_path().display().to_string(),
+        port_handler: info.port_handler.clone(),
         forwarder,
-        info.pid,
-        entries(net),
-    )
+        slirp4netns_pid: info.pid,
+        forwards: entries(net),
+    }
 }
 
-/// Sends `req` to the session socket at `path`; the reply, within
-/// [`CLIENT_DEADLINE`].
+/// Sends `req` to the session socket at `path`; its reply, within
+/// [`REPLY_TIMEOUT`].
 ///
 /// # Errors
 ///
-/// Nobody answers there, or the reply is malformed.
-pub fn request(path: &Path, req: &Request) -> Result<Reply, SessionError> {
-    let gone = |error| SessionError::Gone {
-        path: path.to_owned(),
-        error,
-    };
-    let mut conn = UnixStream::connect(path).map_err(gone)?;
-    let no_reply = |error| SessionError::NoReply {
-        path: path.to_owned(),
-        error,
-    };
-    conn.set_read_timeout(Some(CLIENT_DEADLINE))
-        .map_err(no_reply)?;
-    conn.set_write_timeout(Some(CLIENT_DEADLINE))
-        .map_err(no_reply)?;
-    // A request is plain data; serializing it cannot fail.
-    let sent = conn
-        .write_all(&serde_json::to_vec(req).unwrap_or_default())
-        .and_then(|()| conn.shutdown(std::net::Shutdown::Write));
-    // A session may answer without reading the request (another user's,
-    // too many at once) and close with it unread: our write then fails
-    // (EPIPE) or the read after its reply is reset (ECONNRESET). The reply
-    // still counts; only a write that timed out means no reply will come.
-    let sent = match sent {
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            return Err(no_reply(e))
-        }
-        other => other,
-    };
-    let mut body = Vec::new();
-    let read = (&conn).take(MAX_MESSAGE as u64).read_to_end(&mut body);
-    match serde_json::from_slice(&body) {
-        Ok(reply) => Ok(reply),
-        Err(error) => match sent.and(read) {
-            Err(e) => Err(no_reply(e)),
-            Ok(_) => Err(SessionError::Reply {
-                path: path.to_owned(),
-                error,
-            }),
-        },
+/// Nobody answers there, no reply came in time, or it is malformed.
+pub fn request(path: &Path, req: &SessionRequest) -> Result<SessionReply, ControlError> {
+    slirp_api::control::request(path, req, REPLY_TIMEOUT)
+}
+
+/// Sends the port request `req` to the session socket at `path`; every
+/// forward after it.
+///
+/// # Errors
+///
+/// The errors of [`request`], [`SessionError::Refused`] with the
+/// session's own words when nothing changed.
+pub fn ports(path: &Path, req: &Request) -> Result<Vec<ForwardEntry>, SessionError> {
+    match request(path, &SessionRequest::Ports(req.clone()))? {
+        SessionReply::Ports(reply) => reply.into_forwards().map_err(SessionError::Refused),
+        other => Err(SessionError::Unexpected {
+            path: path.to_owned(),
+            reply: serde_json::to_string(&other).unwrap_or_default(),
+        }),
     }
 }
 
@@ -393,11 +329,16 @@ pub fn sessions() -> Vec<SessionStatus> {
         if !is_session {
             continue;
         }
-        match request(&path, &Request::Session) {
-            Ok(Reply::Session(status)) => out.push(status),
-            // Refused or missing: nobody listens (a killed session). A
-            // session that is only slow is left alone.
-            Err(SessionError::Gone { .. }) => {
+        match request(&path, &SessionRequest::Session) {
+            Ok(SessionReply::Session(status)) => out.push(status),
+            // Refused: nobody listens (a killed session). A session that is
+            // only slow is left alone, and so is anything but a socket.
+            Err(ControlError::Connect { error, .. })
+                if error.raw_os_error() == Some(nix::libc::ECONNREFUSED)
+                    && std::fs::symlink_metadata(&path).is_ok_and(|m| {
+                        std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
+                    }) =>
+            {
                 tracing::debug!(path = %path.display(), "removing a dead session's socket");
                 let _ = std::fs::remove_file(&path);
             }
@@ -406,4 +347,61 @@ pub fn sessions() -> Vec<SessionStatus> {
     }
     out.sort_by_key(|s| s.pid);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Reply, Request, SessionReply, SessionRequest, SessionStatus};
+
+    #[test]
+    fn the_wire_is_the_port_protocol_plus_the_session_request() {
+        let cases = [
+            (SessionRequest::Session, r#"{"op":"session"}"#),
+            (SessionRequest::Ports(Request::List), r#"{"op":"list"}"#),
+            (
+                SessionRequest::Ports(Request::Remove { ports: Vec::new() }),
+                r#"{"op":"remove","ports":[]}"#,
+            ),
+        ];
+        for (req, text) in cases {
+            assert_eq!(serde_json::to_string(&req).unwrap(), text);
+            assert_eq!(serde_json::from_str::<SessionRequest>(text).unwrap(), req);
+        }
+        let err = serde_json::from_str::<SessionRequest>(r#"{"op":"remove","ports":[],"x":1}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `x`"), "{err}");
+        let err = serde_json::from_str::<SessionRequest>(r#"{"op":"session","x":1}"#).unwrap_err();
+        assert!(err.to_string().contains("no field but `op`"), "{err}");
+
+        let status = SessionStatus {
+            pid: 1,
+            netns: "/n".into(),
+            port_handler: "rootlesskit".into(),
+            forwarder: None,
+            slirp4netns_pid: 2,
+            forwards: Vec::new(),
+        };
+        let replies = [
+            (
+                SessionReply::Session(status),
+                r#"{"session":{"pid":1,"netns":"/n","port_handler":"rootlesskit","forwarder":null,"slirp4netns_pid":2,"forwards":[]}}"#,
+            ),
+            (
+                SessionReply::Ports(Reply::Ok {
+                    forwards: Vec::new(),
+                }),
+                r#"{"ok":{"forwards":[]}}"#,
+            ),
+            (
+                SessionReply::Ports(Reply::Error {
+                    message: "no".into(),
+                }),
+                r#"{"error":{"message":"no"}}"#,
+            ),
+        ];
+        for (reply, text) in replies {
+            assert_eq!(serde_json::to_string(&reply).unwrap(), text);
+            assert_eq!(serde_json::from_str::<SessionReply>(text).unwrap(), reply);
+        }
+    }
 }

@@ -361,12 +361,7 @@ impl Plan {
             netns_util::Netns::open(netns)?;
         }
         let api_dir = if self.private_api_socket() {
-            Some(
-                tempfile::Builder::new()
-                    .prefix("slirpnet-")
-                    .tempdir_in(runtime_dir())
-                    .map_err(SetupError::ApiDir)?,
-            )
+            Some(crate::dirs::private_dir("slirpnet-").map_err(SetupError::ApiDir)?)
         } else {
             None
         };

@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use slirp_opts::portctl::{ForwardEntry, SessionStatus};
+use slirp_opts::portctl::ForwardEntry;
 use slirp_opts::Protocol;
+use slirpnet::session::SessionStatus;
 use slirpnet_tests::{
-    free_port_both, free_tcp_port, payload, require, require_slirp, rootless_possible,
+    free_port_both, free_run, free_tcp_port, payload, require, require_slirp, rootless_possible,
     rootlessport_bin, slirpnet_bin, world_runnable, PersistentNetns,
 };
 
@@ -1388,4 +1389,181 @@ fn an_ipv6_loopback_port_is_added_and_removed() {
     let line = s4.port("add", ["-p", &spec]).own_failure();
     assert!(line.contains("IPv4"), "{line}");
     assert!(s4.ls().is_empty());
+}
+
+/// A 3000-port tcp,udp range added to a running session (6000 forwards,
+/// replies of some 470 KB on both control sockets) is listed in full by
+/// `port ls` and `ps`, and removed by `port rm`: one port, then the rest in
+/// one request.
+#[test]
+fn a_six_thousand_forward_table_is_listed_and_changed() {
+    if !require_slirp("a_six_thousand_forward_table_is_listed_and_changed") {
+        return;
+    }
+    let root = User::root_private();
+    let session = Session::run(&root, "rootlesskit", NO_PORTS);
+    let first = free_run(3000);
+    let last = first + 2999;
+    session.add([format!("127.0.0.1:{first}-{last}:10000-12999/tcp,udp")]);
+    let all = session.ls();
+    assert_eq!(all.len(), 6000);
+    let expected: Vec<ForwardEntry> = [Protocol::Tcp, Protocol::Udp]
+        .into_iter()
+        .flat_map(|proto| (0..3000).map(move |i| fwd(proto, LOCAL, first + i, 10000 + i)))
+        .collect();
+    assert_eq!(all, sorted(expected));
+    let listed = root.ps();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(sorted(listed[0].forwards.clone()), all);
+
+    session.rm([first.to_string()]);
+    let now = session.ls();
+    assert_eq!(now.len(), 5998);
+    assert!(now.iter().all(|f| f.host_port != first));
+    // The rest in one request (some 340 KB).
+    session.rm([format!(
+        "127.0.0.1:{}-{last}:10001-12999/tcp,udp",
+        first + 1
+    )]);
+    assert!(session.ls().is_empty());
+    // Closing 6000 listeners is not this test's business (nor how soon):
+    // that the ports are no longer served is.
+    for port in [first, last] {
+        let deadline = Instant::now() + STEP;
+        while TcpListener::bind(local(port)).is_err() {
+            assert!(Instant::now() < deadline, "{port} still bound");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A client that trickles its request (a byte a second, never 5 s apart)
+/// holds its slot only until the whole request's deadline, 5 s: others are
+/// served meanwhile, each trickler is cut off with an error reply, and 32
+/// of them (as many as a session serves at once) lock nobody out for
+/// longer.
+#[test]
+fn trickling_clients_are_cut_off_at_the_deadline() {
+    if !require_slirp("trickling_clients_are_cut_off_at_the_deadline") {
+        return;
+    }
+    let root = User::root_private();
+    let port = free_tcp_port();
+    let session = Session::run(&root, "slirp4netns", [format!("127.0.0.1:{port}:7000")]);
+    let (connected, tricklers) = mpsc::channel();
+    let trickle = |socket: PathBuf| {
+        let connected = connected.clone();
+        std::thread::spawn(move || -> (Duration, Vec<u8>) {
+            let mut conn = UnixStream::connect(&socket).unwrap();
+            let started = Instant::now();
+            conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let _ = conn.write_all(b"{");
+            connected.send(()).unwrap();
+            let mut reply = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Given up on well after any deadline: the test then fails.
+            while started.elapsed() < Duration::from_secs(15) {
+                match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => reply.extend_from_slice(&buf[..n]),
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        let _ = conn.write_all(b" ");
+                    }
+                    Err(_) => break,
+                }
+            }
+            (started.elapsed(), reply)
+        })
+    };
+    let mut threads: Vec<_> = (0..8).map(|_| trickle(session.socket())).collect();
+    for _ in 0..8 {
+        tricklers.recv_timeout(STEP).unwrap();
+    }
+    let asked = Instant::now();
+    assert_eq!(session.ls(), vec![tcp(port, 7000)]);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "port ls took {:?} while clients trickled",
+        asked.elapsed()
+    );
+    threads.extend((8..32).map(|_| trickle(session.socket())));
+    for thread in threads {
+        let (took, reply) = thread.join().unwrap();
+        assert!(
+            took < Duration::from_secs(9),
+            "a trickling client was held for {took:?}"
+        );
+        let reply: Value = serde_json::from_slice(&reply)
+            .unwrap_or_else(|e| panic!("no reply ({e}): {:?}", String::from_utf8_lossy(&reply)));
+        assert!(
+            error_message(&reply).contains("cannot read the request"),
+            "{reply}"
+        );
+    }
+    // Every slot is free again.
+    assert_eq!(session.ls(), vec![tcp(port, 7000)]);
+    assert_tcp_echo(local(port), 1);
+}
+
+/// The private directories a session makes for its sockets are 0700 and
+/// its own: the forwarder's control socket's (rootlesskit) and the
+/// slirp4netns API socket's (slirp4netns).
+#[test]
+fn private_socket_directories_are_0700() {
+    if !require_slirp("private_socket_directories_are_0700") {
+        return;
+    }
+    let root = User::root_private();
+    let port = free_tcp_port();
+    let with_forwarder = Session::run(&root, "rootlesskit", [format!("127.0.0.1:{port}:7000")]);
+    let with_api = Session::run(&root, "slirp4netns", NO_PORTS);
+    let forwarder = child_named(with_forwarder.pid(), "rootlessport");
+    let environ = std::fs::read(format!("/proc/{forwarder}/environ")).unwrap();
+    let control = environ
+        .split(|b| *b == 0)
+        .find_map(|v| v.strip_prefix(b"ROOTLESSPORT_CONTROL_SOCKET="))
+        .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned()))
+        .expect("the forwarder has a control socket");
+    let slirp = child_named(with_api.pid(), "slirp4netns");
+    let cmdline = std::fs::read(format!("/proc/{slirp}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let api = args
+        .iter()
+        .position(|a| *a == b"--api-socket")
+        .map(|i| PathBuf::from(String::from_utf8_lossy(args[i + 1]).into_owned()))
+        .expect("slirp4netns has an API socket");
+    for socket in [control, api] {
+        let dir = socket.parent().unwrap();
+        let meta = std::fs::symlink_metadata(dir).unwrap();
+        assert!(meta.is_dir(), "{}", dir.display());
+        assert_eq!(meta.mode() & 0o7777, 0o700, "{}", dir.display());
+        assert_eq!(meta.uid(), root.owner(), "{}", dir.display());
+    }
+}
+
+/// The pid of the child of `parent` whose command is `name`.
+fn child_named(parent: u32, name: &str) -> u32 {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let found = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    return false;
+                };
+                // pid (comm) state ppid ...
+                let Some((comm, rest)) =
+                    stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+                else {
+                    return false;
+                };
+                comm == name && rest.split(' ').nth(1) == Some(&parent.to_string())
+            });
+        if let Some(pid) = found {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no {name} child of {parent}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
