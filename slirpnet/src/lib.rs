@@ -38,17 +38,21 @@
 //! ```
 
 mod binary;
+mod child;
 pub mod control;
 mod dirs;
 mod portfwd;
+mod run;
 pub mod session;
 mod setup;
 
 pub use binary::{detect_features, find_binary, BinaryError, HELP_TIMEOUT};
+pub use child::{NsChild, NsCommand, NsOptions, NsStep, SpawnError};
 pub use portfwd::{
     resolve_forwarder, ForwarderChoice, ForwarderInfo, PortChangeError, PortForwardError,
     PortForwarder,
 };
+pub use run::{RunError, RunningCommand};
 pub use setup::{plan, setup, ForwardInfo, Network, Plan, SetupError, SetupInfo, SetupOptions};
 
 // What public signatures mention, so users need no second dependency to
