@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
 use crate::child::{NsChild, NsCommand, NsOptions, SpawnError};
-use crate::setup::{Network, Plan, SetupError};
+use crate::setup::{Network, Plan, SetupError, SetupInfo};
 
 /// A failure of [`Plan::run`]. Nothing it started is left running.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,11 @@ impl RunningCommand {
     /// The namespace's init, as this process sees it (see [`NsChild::pid`]).
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// What the network's setup made: addresses, forwards.
+    pub fn info(&self) -> &SetupInfo {
+        self.network.info()
     }
 
     /// The network: its addresses and forwards, ports to add or remove.
