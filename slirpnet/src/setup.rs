@@ -275,7 +275,7 @@ pub struct Plan {
 pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
     let binary = find_binary(opts.binary.as_deref())?;
     let features = detect_features(&binary, opts.help_timeout)?;
-    check_privilege(opts, features)?;
+    check_privilege(opts, features, privileged())?;
     let subnet = Subnet::from_cidr(opts.network.cidr);
     let (guest, gateway, dns) = (subnet.guest()?, subnet.gateway()?, subnet.dns()?);
     let forwards = expand_all(&opts.ports)?;
@@ -342,8 +342,12 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
 
 /// Refuses, before anything starts, what an unprivileged process cannot do,
 /// naming the setting to change.
-fn check_privilege(opts: &SetupOptions, features: Features) -> Result<(), SetupError> {
-    if privileged() {
+fn check_privilege(
+    opts: &SetupOptions,
+    features: Features,
+    privileged: bool,
+) -> Result<(), SetupError> {
+    if privileged {
         return Ok(());
     }
     let sandbox = !opts.network.no_pivot_root && features.enable_sandbox;
@@ -739,5 +743,57 @@ impl Network {
         let exit = slirp.stop(Duration::from_secs(2));
         drop(_api_dir);
         exit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> SetupOptions {
+        let network =
+            NetworkOptions::parse(&[] as &[&str], false, &[] as &[&str], |_| false).unwrap();
+        SetupOptions::new(network)
+    }
+
+    #[test]
+    fn what_needs_privilege_is_refused_naming_the_setting() {
+        let all = Features::all();
+        let mut opts = options();
+        opts.network.no_pivot_root = false;
+        let e = check_privilege(&opts, all, false).unwrap_err().to_string();
+        assert!(e.contains("sandbox") && e.contains("no_pivot_root = true"), "{e}");
+        assert!(check_privilege(&opts, all, true).is_ok());
+
+        opts.network.no_pivot_root = true;
+        opts.toggle_accept_dad = true;
+        let e = check_privilege(&opts, all, false).unwrap_err().to_string();
+        assert!(e.contains("toggle_accept_dad = false"), "{e}");
+        opts.toggle_accept_dad = false;
+        assert!(check_privilege(&opts, all, false).is_ok());
+    }
+
+    #[test]
+    fn new_options_fit_this_process() {
+        let opts = options();
+        let privileged = privileged();
+        assert_eq!(opts.toggle_accept_dad, privileged);
+        assert_eq!(opts.sandbox_mount_ns, privileged);
+        assert_eq!(opts.network.no_pivot_root, !privileged);
+        // The defaults pass their own check, whoever runs them.
+        assert!(check_privilege(&opts, Features::all(), privileged).is_ok());
+    }
+
+    #[cfg(feature = "in-process")]
+    #[test]
+    fn in_process_forwarding_is_refused_without_privilege() {
+        let mut opts = options();
+        opts.network.no_pivot_root = true;
+        opts.toggle_accept_dad = false;
+        opts.forwarder = ForwarderChoice::InProcess;
+        let e = check_privilege(&opts, Features::all(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ForwarderChoice::Rootlessport"), "{e}");
     }
 }
