@@ -21,18 +21,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if argv.is_empty() {
         // The namespace has its own tap0 with a default route, and its own
         // resolv.conf.
-        argv = ["sh", "-c", "grep -q '^tap0' /proc/net/route && cat /etc/resolv.conf"]
-            .map(OsString::from)
-            .to_vec();
+        argv = [
+            "sh",
+            "-c",
+            "grep -q '^tap0' /proc/net/route && cat /etc/resolv.conf",
+        ]
+        .map(OsString::from)
+        .to_vec();
     }
 
     // Ports through slirp4netns itself: no forwarder binary needed.
-    let network = NetworkOptions::parse(
-        &[] as &[&str],
-        false,
-        &["port_handler=slirp4netns"],
-        |_| false,
-    )?;
+    let network =
+        NetworkOptions::parse(&[] as &[&str], false, &["port_handler=slirp4netns"], |_| {
+            false
+        })?;
     // The defaults fit this process: root or not.
     let mut opts = SetupOptions::new(network);
     let host_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();

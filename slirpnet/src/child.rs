@@ -442,9 +442,9 @@ fn resolv_conf(nameservers: &[IpAddr]) -> io::Result<tempfile::NamedTempFile> {
 fn status_of(ws: WaitStatus) -> Option<ExitStatus> {
     match ws {
         WaitStatus::Exited(_, code) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
-        WaitStatus::Signaled(_, sig, core) => {
-            Some(ExitStatus::from_raw(sig as i32 | if core { 0x80 } else { 0 }))
-        }
+        WaitStatus::Signaled(_, sig, core) => Some(ExitStatus::from_raw(
+            sig as i32 | if core { 0x80 } else { 0 },
+        )),
         _ => None,
     }
 }
@@ -464,12 +464,14 @@ impl NsChild {
     #[allow(unsafe_code)]
     pub fn spawn(command: &NsCommand, ns: &NsOptions) -> Result<NsChild, SpawnError> {
         let env = command.environment();
-        let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
-        let program = find_program(&command.program, path_var).ok_or_else(|| {
-            SpawnError::NotFound {
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_os_str());
+        let program =
+            find_program(&command.program, path_var).ok_or_else(|| SpawnError::NotFound {
                 program: PathBuf::from(&command.program),
-            }
-        })?;
+            })?;
         let args: Vec<CString> = std::iter::once(&command.program)
             .chain(&command.args)
             .map(|a| cstring(a.as_bytes(), "argument"))
@@ -550,7 +552,8 @@ impl NsChild {
             envp,
             cwd,
         };
-        let mut flags = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+        let mut flags =
+            CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
         if ns.user_namespace {
             flags |= CloneFlags::CLONE_NEWUSER;
         }
@@ -757,7 +760,11 @@ impl Drop for NsChild {
 fn read_record(from: &mut File) -> Option<(u8, u8, i32)> {
     let mut rec = [0u8; 6];
     from.read_exact(&mut rec).ok()?;
-    Some((rec[0], rec[1], i32::from_ne_bytes([rec[2], rec[3], rec[4], rec[5]])))
+    Some((
+        rec[0],
+        rec[1],
+        i32::from_ne_bytes([rec[2], rec[3], rec[4], rec[5]]),
+    ))
 }
 
 /// The errno of the last failed call.
@@ -868,7 +875,12 @@ fn init(p: &Prepared) -> isize {
         if dad_fd >= 0 {
             // SAFETY: pread(2) into a local array of its length.
             let n = unsafe {
-                libc::pread(dad_fd, dad_original.as_mut_ptr().cast(), dad_original.len(), 0)
+                libc::pread(
+                    dad_fd,
+                    dad_original.as_mut_ptr().cast(),
+                    dad_original.len(),
+                    0,
+                )
             };
             // SAFETY: pwrite(2) from a static string.
             if n <= 0 || unsafe { libc::pwrite(dad_fd, c"0".as_ptr().cast(), 1, 0) } != 1 {
@@ -933,7 +945,8 @@ fn init(p: &Prepared) -> isize {
     // locks that another thread of the original process may have held.
     // SAFETY: clone(2) with only the exit signal and no new stack behaves
     // as fork: the child continues here on its copy of this stack.
-    let command = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) };
+    let command =
+        unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) };
     if command < 0 {
         report(EXEC_FD, TAG_ERROR, NsStep::Fork, errno());
         return 125;
@@ -1068,7 +1081,13 @@ fn serve(sigfd: RawFd, command: libc::pid_t) -> isize {
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: read(2) into a local struct of its size.
-        let n = unsafe { libc::read(sigfd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        let n = unsafe {
+            libc::read(
+                sigfd,
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
         if n != size as isize {
             continue;
         }

@@ -606,7 +606,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     // rootless settings when it lacks CAP_SYS_ADMIN).
     let mut opts = setup_options(&args.net, network, ports);
     opts.toggle_accept_dad = false; // the namespace's init does it from inside
-    // Everything that can be checked is checked before anything starts.
+                                    // Everything that can be checked is checked before anything starts.
     let checked = plan(&opts)?;
     let mut ns = checked.ns_options();
     if args.no_resolv_conf {

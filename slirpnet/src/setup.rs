@@ -762,7 +762,10 @@ mod tests {
         let mut opts = options();
         opts.network.no_pivot_root = false;
         let e = check_privilege(&opts, all, false).unwrap_err().to_string();
-        assert!(e.contains("sandbox") && e.contains("no_pivot_root = true"), "{e}");
+        assert!(
+            e.contains("sandbox") && e.contains("no_pivot_root = true"),
+            "{e}"
+        );
         assert!(check_privilege(&opts, all, true).is_ok());
 
         opts.network.no_pivot_root = true;

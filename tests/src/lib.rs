@@ -461,7 +461,10 @@ pub fn unique_sleeps() -> (u64, u64) {
 
 /// The host pids of the live (not zombie) processes whose argv is `argv`.
 pub fn live_pids_with_argv(argv: &[&str]) -> Vec<u32> {
-    let wanted: Vec<u8> = argv.iter().flat_map(|a| [a.as_bytes(), b"\0"].concat()).collect();
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -298,19 +298,18 @@ impl<'a> Session<'a> {
         }
         // The command printed its pid in its own PID namespace; slirpnet's
         // child is that namespace's init, whose pid there is 1.
-        session.command_pid = std::fs::read_to_string(format!(
-            "/proc/{0}/task/{0}/children",
-            session.pid()
-        ))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse::<u32>().ok())
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|s| {
-                s.lines()
-                    .any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
-            })
-        });
+        session.command_pid =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", session.pid()))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .find(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|s| {
+                        s.lines().any(|l| {
+                            l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1")
+                        })
+                    })
+                });
         if session.command_pid.is_none() {
             session.died("no namespace init among slirpnet's children");
         }

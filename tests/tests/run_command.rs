@@ -11,8 +11,8 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use slirpnet_tests::{
-    built_example, live_pids_with_argv, require, require_slirp, rootless_possible,
-    unique_sleeps, wait_until, world_runnable,
+    built_example, live_pids_with_argv, require, require_slirp, rootless_possible, unique_sleeps,
+    wait_until, world_runnable,
 };
 
 fn example() -> PathBuf {
