@@ -138,3 +138,126 @@ fn a_killed_rootless_program_leaves_none_of_the_commands_processes() {
     let (_dir, bins) = world_runnable(&[&example()]).unwrap();
     killed_program_leaves_nothing(&bins[0], Some(65534));
 }
+
+/// A pipe: (read end as a File, write end).
+fn pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    (std::fs::File::from(r), w)
+}
+
+/// No network needed: the namespaces alone, from this multi-threaded test
+/// process.
+fn bare() -> slirpnet::NsOptions {
+    let mut ns = slirpnet::NsOptions::new();
+    ns.nameservers.push("192.0.2.53".parse().unwrap());
+    ns
+}
+
+#[test]
+fn ns_child_runs_the_command_as_asked() {
+    if !require(
+        "ns_child_runs_the_command_as_asked",
+        slirpnet_tests::can_admin_net(),
+    ) {
+        return;
+    }
+    use std::io::Read;
+    let (mut out, w) = pipe();
+    let mut command = slirpnet::NsCommand::new("sh");
+    command
+        .args(["-c", "echo \"$GREETING $(pwd) $$\"; cat /etc/resolv.conf; readlink /proc/self/ns/net; exit 3"])
+        .env("GREETING", "hello")
+        .current_dir("/usr")
+        .stdout(w);
+    let mut child = slirpnet::NsChild::spawn(&command, &bare()).unwrap();
+    drop(command); // our copy of the pipe's write end
+    assert!(Path::new(&format!("/proc/{}/ns/net", child.pid())).exists());
+    child.go().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3));
+    let mut text = String::new();
+    out.read_to_string(&mut text).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"hello /usr 2"), "{text}");
+    assert!(text.contains("nameserver 192.0.2.53"), "{text}");
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(
+        lines.last().copied(),
+        Some(&*ours.to_string_lossy()),
+        "{text}"
+    );
+}
+
+#[test]
+fn ns_child_reports_what_cannot_run() {
+    if !require(
+        "ns_child_reports_what_cannot_run",
+        slirpnet_tests::can_admin_net(),
+    ) {
+        return;
+    }
+    let e = slirpnet::NsChild::spawn(&slirpnet::NsCommand::new("no-such-program-here"), &bare())
+        .unwrap_err();
+    assert!(matches!(e, slirpnet::SpawnError::NotFound { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "failed to run no-such-program-here: not found in PATH"
+    );
+    // Found, but not executable: the exec fails inside, 126 as a shell's.
+    let mut child =
+        slirpnet::NsChild::spawn(&slirpnet::NsCommand::new("/etc/hostname"), &bare()).unwrap();
+    let e = child.go().unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("failed to run /etc/hostname: execute the command: "),
+        "{e}"
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(126));
+}
+
+#[test]
+fn ns_child_passes_signals_on_and_ends_everything() {
+    if !require(
+        "ns_child_passes_signals_on_and_ends_everything",
+        slirpnet_tests::can_admin_net(),
+    ) {
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    // A plain sleep is pid 2, not pid 1: SIGTERM ends it.
+    let mut command = slirpnet::NsCommand::new("sleep");
+    command.arg("300");
+    let mut child = slirpnet::NsChild::spawn(&command, &bare()).unwrap();
+    child.go().unwrap();
+    child.signal(Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(15));
+
+    // Dropping the child ends what the command left in the background.
+    let (a, b) = unique_sleeps();
+    let (mut out, w) = pipe();
+    let mut command = slirpnet::NsCommand::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("sleep {a} & sleep {b} & echo ready; wait"))
+        .stdout(w);
+    let mut child = slirpnet::NsChild::spawn(&command, &bare()).unwrap();
+    drop(command);
+    child.go().unwrap();
+    let mut line = String::new();
+    BufReader::new(&mut out).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let (a, b) = (a.to_string(), b.to_string());
+    let sleeps = || {
+        [&a, &b]
+            .iter()
+            .flat_map(|s| live_pids_with_argv(&["sleep", s]))
+            .collect::<Vec<u32>>()
+    };
+    assert!(wait_until(Duration::from_secs(10), || sleeps().len() == 2));
+    drop(child);
+    assert!(
+        sleeps().is_empty(),
+        "the command's children outlived its NsChild: {:?}",
+        sleeps()
+    );
+}
