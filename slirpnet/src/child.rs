@@ -7,7 +7,7 @@
 //! [`NsChild::spawn`] clones one process straight into new network, mount
 //! and PID namespaces (`clone(2)`; rootless also a new user namespace that
 //! maps the caller to root). That process is pid 1 of the new PID
-//! namespace, its init, and never execs. It writes the user namespace's
+//! namespace, its init (named `slirpnet-init`), and never execs. It writes the user namespace's
 //! maps, makes every mount private, holds IPv6 `accept_dad` at 0, mounts a
 //! `/proc` for the new PID namespace, binds a resolv.conf over
 //! `/etc/resolv.conf`, and reports on a pipe. The caller networks the
@@ -815,6 +815,9 @@ fn init(p: &Prepared) -> isize {
         libc::sigfillset(&mut all);
         libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
     }
+    // Its own name in ps and pgrep, not a second copy of the caller's.
+    // SAFETY: prctl(PR_SET_NAME) reads a static NUL-terminated string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"slirpnet-init".as_ptr()) };
     if let Err(e) = place_fds(&p.fds) {
         report(p.fds[3].0, TAG_ERROR, NsStep::Fds, e);
         return 125;
