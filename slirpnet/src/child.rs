@@ -318,7 +318,7 @@ pub enum SpawnError {
     /// An argument, environment variable or path holds a NUL byte.
     #[error("the command's {what} holds a NUL byte")]
     Nul {
-        /// Which: program, argument, environment, directory.
+        /// Which: program, argument, environment, directory, resolv.conf path.
         what: &'static str,
     },
     /// A pipe to the namespace child.
@@ -500,8 +500,8 @@ impl NsChild {
             // over its target.
             Some(file) => match std::fs::canonicalize("/etc/resolv.conf") {
                 Ok(target) => Some((
-                    cstring(file.path().as_os_str().as_bytes(), "directory")?,
-                    cstring(target.into_os_string().into_vec(), "directory")?,
+                    cstring(file.path().as_os_str().as_bytes(), "resolv.conf path")?,
+                    cstring(target.into_os_string().into_vec(), "resolv.conf path")?,
                 )),
                 Err(e) => {
                     warnings.push(format!(

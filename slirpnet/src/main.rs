@@ -605,8 +605,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     // SetupOptions::new chose what this process's privilege allows (the
     // rootless settings when it lacks CAP_SYS_ADMIN).
     let mut opts = setup_options(&args.net, network, ports);
-    opts.toggle_accept_dad = false; // the namespace's init does it from inside
-                                    // Everything that can be checked is checked before anything starts.
+    // The namespace's init holds accept_dad from inside.
+    opts.toggle_accept_dad = false;
+    // Everything that can be checked is checked before anything starts.
     let checked = plan(&opts)?;
     let mut ns = checked.ns_options();
     if args.no_resolv_conf {
@@ -614,7 +615,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     }
     if args.net.dry_run {
         // The namespaces do not exist yet: show where they will be.
-        let shown = slirp_opts::Target::Path {
+        let shown = Target::Path {
             netns: "/proc/PID/ns/net".into(),
             userns: ns.user_namespace.then(|| "/proc/PID/ns/user".into()),
         };
