@@ -80,7 +80,12 @@ const TAG_WARNING: u8 = b'W';
 /// The command to run: program, arguments, environment, working directory
 /// and standard streams, like `std::process::Command` (which cannot be
 /// used: see the module docs). The program is looked up in PATH (the
-/// command's own PATH, when set) before anything starts.
+/// command's own PATH, when set) before anything starts. The command gets
+/// no other file descriptor of this process.
+///
+/// It keeps the fds given for the standard streams (it can be spawned
+/// again): drop it after spawning to see EOF on a pipe once the command
+/// ends.
 #[derive(Debug)]
 pub struct NsCommand {
     program: OsString,
