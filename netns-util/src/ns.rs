@@ -266,11 +266,14 @@ impl Netns {
     fn join_current_thread(&self) -> Result<(), NetnsError> {
         let action = || format!("joining network namespace {}", self.path.display());
         setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|errno| match errno {
+            // setns(2) into a network namespace checks both the target's
+            // owner and the caller's own user namespace: owning the target
+            // (rootless) is not enough without the second.
             Errno::EPERM if !has_cap(Capability::CAP_SYS_ADMIN) => {
                 NetnsError::Privilege(PrivilegeError::new(
                     action(),
                     Capability::CAP_SYS_ADMIN,
-                    "in the namespace's owning user namespace",
+                    "in this process's own user namespace as well as in the namespace's owning one (a process that owns the namespace but lacks it there cannot join it; a helper process that first joins the owning user namespace can)",
                 ))
             }
             Errno::EPERM => NetnsError::Privilege(PrivilegeError::new(

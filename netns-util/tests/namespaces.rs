@@ -139,7 +139,7 @@ fn run_works_inside_or_says_which_privilege_is_missing() {
         assert_eq!(p.cap, Capability::CAP_SYS_ADMIN);
         assert_eq!(
             err.to_string(),
-            "joining network namespace /proc/thread-self/ns/net needs CAP_SYS_ADMIN in the namespace's owning user namespace"
+            "joining network namespace /proc/thread-self/ns/net needs CAP_SYS_ADMIN in this process's own user namespace as well as in the namespace's owning one (a process that owns the namespace but lacks it there cannot join it; a helper process that first joins the owning user namespace can)"
         );
         assert!(err.source().is_none());
 

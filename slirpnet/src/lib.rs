@@ -39,17 +39,45 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+//! A command can also get a network namespace of its own, as `slirpnet run`
+//! gives it, from any program: [`Plan::run`] starts it in new network,
+//! mount and PID namespaces ([`NsChild`]; a user namespace too when this
+//! process lacks CAP_SYS_ADMIN: [`SetupOptions::new`] and
+//! [`NsOptions::new`] pick the rootless settings themselves), networks
+//! them, and lets it run. When the command ends, when the
+//! [`RunningCommand`] is dropped, or when this process dies (even by
+//! SIGKILL), every process in the namespace is killed: nothing the command
+//! started outlives it.
+//!
+//! ```no_run
+//! use slirpnet::{plan, NetworkOptions, NsCommand, SetupOptions};
+//!
+//! let network = NetworkOptions::parse(&[] as &[&str], false, &["port_handler=slirp4netns"], |_| false)?;
+//! let checked = plan(&SetupOptions::new(network))?;
+//! let mut command = NsCommand::new("sh");
+//! command.args(["-c", "ip addr; cat /etc/resolv.conf"]);
+//! let ns = checked.ns_options();
+//! let running = checked.run(&command, &ns)?;
+//! let status = running.wait()?; // the network is torn down
+//! println!("the command ended: {status}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 mod binary;
+mod child;
 mod dirs;
 mod portfwd;
+mod run;
 pub mod session;
 mod setup;
 
 pub use binary::{detect_features, find_binary, BinaryError, HELP_TIMEOUT};
+pub use child::{NsChild, NsCommand, NsOptions, NsStep, SpawnError};
 pub use portfwd::{
     resolve_forwarder, ForwarderChoice, ForwarderInfo, PortChangeError, PortForwardError,
     PortForwarder,
 };
+pub use run::{RunError, RunningCommand};
 pub use setup::{plan, setup, ForwardInfo, Network, Plan, SetupError, SetupInfo, SetupOptions};
 
 // What public signatures mention, so users need no second dependency to

@@ -1,7 +1,6 @@
 //! `slirpnet`: give a command, or an existing network namespace, user-mode
 //! networking through slirp4netns.
 
-mod child;
 mod output;
 
 use std::ffi::OsString;
@@ -13,20 +12,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use caps::Capability;
 use clap::{Args, Parser, Subcommand};
-use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::unistd::Pid;
 use slirp_api::portctl::{ForwardEntry, PortKey, Request as PortRequest};
 use slirp_opts::{
     parse_port_spec, NetworkOptions, PortMapping, PortSide, Protocol, SpecProblem, Target,
 };
 use slirpnet::session::{SessionServer, SharedNetwork};
-use slirpnet::{plan, ForwarderChoice, Network, Plan, SetupOptions};
+use slirpnet::{
+    plan, ForwarderChoice, Network, NsChild, NsCommand, Plan, SetupOptions, SpawnError,
+};
 use std::sync::{Arc, Mutex};
-
-use crate::child::NsChild;
 
 /// Our own failure (bad input, setup failed), as podman and runc use it.
 const EXIT_OWN_FAILURE: u8 = 125;
@@ -58,9 +55,6 @@ enum Cmd {
     /// List, add or remove the forwarded ports of a running session.
     #[command(subcommand)]
     Port(PortCmd),
-    /// Internal: the child `run` starts inside the new namespaces.
-    #[command(name = "__child", hide = true)]
-    Child(child::ChildArgs),
 }
 
 #[derive(Debug, Args)]
@@ -189,10 +183,6 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Cmd::Child(args) = cli.command {
-        // Before anything else: unshare needs a single-threaded process.
-        return child::main(args);
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -206,7 +196,6 @@ fn main() -> ExitCode {
         Cmd::Stats(args) => stats(args).map(|()| ExitCode::SUCCESS),
         Cmd::Ps(args) => ps(args).map(|()| ExitCode::SUCCESS),
         Cmd::Port(cmd) => port(cmd).map(|()| ExitCode::SUCCESS),
-        Cmd::Child(_) => unreachable!("handled above"),
     };
     result.unwrap_or_else(|e| {
         // A closed stderr must not turn a failure into a panic.
@@ -271,10 +260,6 @@ fn free_host_port(m: &PortMapping) -> Result<u16> {
     bail!("found no host port free for {}", m.protocol)
 }
 
-fn can_admin() -> bool {
-    netns_util::has_cap(Capability::CAP_SYS_ADMIN)
-}
-
 /// Prints the report of a setup that is running. Its reader may be gone
 /// already (a pipe closed after the JSON, `| head`): the network is up and
 /// the session goes on, so a failed write is only logged.
@@ -335,9 +320,8 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
         netns: args.netns.clone(),
         userns: args.userns.clone(),
     };
-    let mut opts = setup_options(&args.net, network, ports);
-    opts.toggle_accept_dad = can_admin();
-    opts.sandbox_mount_ns = can_admin();
+    // SetupOptions::new chose what this process's privilege allows.
+    let opts = setup_options(&args.net, network, ports);
     let checked = plan(&opts)?;
     if args.net.dry_run {
         return dry_run(&args.net, &checked, &target);
@@ -613,72 +597,62 @@ fn next_signal(fd: &SignalFd) -> Result<Signal> {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
-    let (mut network, ports) = parse_net(&args.net)?;
-    let rootless = !can_admin();
-    if rootless {
-        // slirp4netns runs as us, outside the new user namespace: it cannot
-        // make the mount namespace its sandbox needs.
-        network.no_pivot_root = true;
-    }
+    let (network, ports) = parse_net(&args.net)?;
+    // SetupOptions::new chose what this process's privilege allows (the
+    // rootless settings when it lacks CAP_SYS_ADMIN).
     let mut opts = setup_options(&args.net, network, ports);
-    opts.toggle_accept_dad = false; // the child does it from inside
-    opts.sandbox_mount_ns = !rootless;
+    // The namespace's init holds accept_dad from inside.
+    opts.toggle_accept_dad = false;
     // Everything that can be checked is checked before anything starts.
     let checked = plan(&opts)?;
+    let mut ns = checked.ns_options();
+    if args.no_resolv_conf {
+        ns.nameservers.clear();
+    }
     if args.net.dry_run {
         // The namespaces do not exist yet: show where they will be.
         let shown = Target::Path {
             netns: "/proc/PID/ns/net".into(),
-            userns: rootless.then(|| "/proc/PID/ns/user".into()),
+            userns: ns.user_namespace.then(|| "/proc/PID/ns/user".into()),
         };
         return dry_run(&args.net, &checked, &shown);
     }
-
-    let resolv = if args.no_resolv_conf {
-        None
-    } else {
-        let mut file = tempfile::Builder::new()
-            .prefix("slirpnet-resolv-")
-            .tempfile()
-            .context("failed to create the resolv.conf for the namespace")?;
-        writeln!(file, "nameserver {}", checked.info.dns)?;
-        if let Some(dns6) = checked.info.dns_v6 {
-            writeln!(file, "nameserver {dns6}")?;
-        }
-        file.flush()?;
-        std::fs::set_permissions(
-            file.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o644),
-        )?;
-        Some(file)
-    };
+    let mut command = NsCommand::new(&args.command[0]);
+    command.args(&args.command[1..]);
 
     let signals = block_signals()?;
-    let mut child = NsChild::spawn(
-        &args.command,
-        rootless,
-        checked.info.ipv6,
-        resolv.as_ref().map(|f| f.path()),
-    )?;
-    child.wait_namespaces()?;
-    let net = match checked.start(Target::of_process(child.pid(), rootless)) {
-        Ok(net) => net,
-        Err(e) => {
-            child.abort();
-            return Err(e.into());
+    // The library's way, step by step, so that the report and the session's
+    // control socket come before the command runs.
+    let mut child = match NsChild::spawn(&command, &ns) {
+        Ok(child) => child,
+        Err(e @ SpawnError::NotFound { .. }) => {
+            let _ = writeln!(std::io::stderr(), "slirpnet: {e}");
+            return Ok(ExitCode::from(127));
         }
+        Err(e) => return Err(e.into()),
     };
+    let net = checked.start(child.target())?; // on failure the child is killed
     if args.net.json || std::env::var_os("SLIRPNET_QUIET").is_none() {
         report_setup(&args.net, net.info(), &mut std::io::stderr().lock());
     }
     let session = Session::serve(net);
-    child.go()?;
-    let code = supervise(&signals, &mut child, session)?;
-    drop(resolv);
-    Ok(code)
+    match child.go() {
+        Ok(()) => {}
+        // It exits 127 or 126, which becomes ours below.
+        Err(e @ SpawnError::Command { .. }) => {
+            let _ = writeln!(std::io::stderr(), "slirpnet: {e}");
+        }
+        Err(e) => {
+            session.end();
+            return Err(e.into());
+        }
+    }
+    supervise(&signals, &mut child, session)
 }
 
 /// Waits for the command, passing on signals sent to us, then tears down.
+/// The command's namespace ends with it: whatever it left running is killed
+/// by the kernel when the namespace's init exits.
 fn supervise(signals: &SignalFd, child: &mut NsChild, session: Session) -> Result<ExitCode> {
     let mut warned = false;
     loop {
@@ -717,9 +691,10 @@ fn supervise(signals: &SignalFd, child: &mut NsChild, session: Session) -> Resul
             continue;
         }
         // A terminal's signal already reached the command (same process
-        // group); pass on only what a process sent to us.
+        // group); pass on only what a process sent to us. The namespace's
+        // init passes it on to the command.
         if from_process {
-            let _ = kill(Pid::from_raw(child.pid() as i32), sig);
+            let _ = child.signal(sig);
         }
     }
 }

@@ -39,7 +39,9 @@ pub struct SetupOptions {
     /// the caller's use: ports are forwarded by one handler, never both.
     pub api_socket: Option<PathBuf>,
     /// Turn IPv6 accept_dad off in the namespace while slirp4netns starts.
-    /// Needs the right to enter the namespace; off when the caller does it.
+    /// Needs the right to enter the namespace (CAP_SYS_ADMIN in this
+    /// process's own user namespace too); off when the caller does it from
+    /// inside, as [`Plan::run`] does.
     pub toggle_accept_dad: bool,
     /// Start slirp4netns in a new mount namespace when the sandbox is on
     /// (needs CAP_SYS_ADMIN).
@@ -50,7 +52,11 @@ pub struct SetupOptions {
     pub help_timeout: Duration,
     /// Signal slirp4netns gets if the thread that started it dies.
     pub parent_death_signal: Option<Signal>,
-    /// Who forwards ports with port_handler=rootlesskit.
+    /// Who forwards ports with port_handler=rootlesskit. In-process
+    /// forwarding joins the network namespace from a thread of this
+    /// process, which needs CAP_SYS_ADMIN in this process's own user
+    /// namespace as well as in the namespace's owner: rootless, keep the
+    /// default (our rootlessport binary joins the user namespace first).
     pub forwarder: ForwarderChoice,
     /// With port_handler=rootlesskit, the service sees each client's own
     /// address (as slirp4netns's own handler shows it), except loopback
@@ -62,16 +68,25 @@ pub struct SetupOptions {
 
 impl SetupOptions {
     /// Options with the usual defaults: slirp4netns from PATH, no ports,
-    /// accept_dad toggled, a sandbox mount namespace, 30 s to be ready, 10 s
-    /// for `--help`, our rootlessport for ports.
-    pub fn new(network: NetworkOptions) -> Self {
+    /// 30 s to be ready, 10 s for `--help`, our rootlessport for ports; and
+    /// what this process's privilege allows, as the `slirpnet` program
+    /// chooses it. With CAP_SYS_ADMIN (root): accept_dad toggled from
+    /// outside, slirp4netns's sandbox (unless `network.no_pivot_root`) in a
+    /// mount namespace of its own. Without (rootless): none of these, as
+    /// they need it: `toggle_accept_dad` and `sandbox_mount_ns` off and
+    /// `network.no_pivot_root` on.
+    pub fn new(mut network: NetworkOptions) -> Self {
+        let privileged = privileged();
+        if !privileged {
+            network.no_pivot_root = true;
+        }
         SetupOptions {
             binary: None,
             network,
             ports: Vec::new(),
             api_socket: None,
-            toggle_accept_dad: true,
-            sandbox_mount_ns: true,
+            toggle_accept_dad: privileged,
+            sandbox_mount_ns: privileged,
             ready_timeout: Duration::from_secs(30),
             help_timeout: crate::binary::HELP_TIMEOUT,
             parent_death_signal: None,
@@ -79,6 +94,13 @@ impl SetupOptions {
             keep_source_ip: true,
         }
     }
+}
+
+/// Whether this process has CAP_SYS_ADMIN in its own user namespace: what
+/// entering a namespace, unsharing a mount namespace and slirp4netns's
+/// sandbox need.
+fn privileged() -> bool {
+    netns_util::has_cap(caps::Capability::CAP_SYS_ADMIN)
 }
 
 /// A failed setup. Nothing it started is left running.
@@ -110,6 +132,15 @@ pub enum SetupError {
         addr: IpAddr,
         /// The mapping, in `-p` syntax.
         mapping: String,
+    },
+    /// A setting needs CAP_SYS_ADMIN in this process's own user namespace,
+    /// which this process lacks (rootless).
+    #[error("{what} needs CAP_SYS_ADMIN in this process's own user namespace, which it lacks (rootless); {fix}")]
+    Unprivileged {
+        /// The setting.
+        what: &'static str,
+        /// What to change, in the library's terms.
+        fix: &'static str,
     },
     /// The temporary directory for the API socket.
     #[error("failed to create a directory for the slirp4netns API socket: {0}")]
@@ -238,10 +269,13 @@ pub struct Plan {
 ///
 /// The binary is missing or its `--help` fails, an address falls outside
 /// the subnet, a port mapping is invalid (or names an IPv6 host address for
-/// port_handler=slirp4netns), or the port forwarder cannot be found.
+/// port_handler=slirp4netns), the port forwarder cannot be found, or a
+/// setting needs a privilege this process lacks
+/// ([`SetupError::Unprivileged`] says which setting to change).
 pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
     let binary = find_binary(opts.binary.as_deref())?;
     let features = detect_features(&binary, opts.help_timeout)?;
+    check_privilege(opts, features, privileged())?;
     let subnet = Subnet::from_cidr(opts.network.cidr);
     let (guest, gateway, dns) = (subnet.guest()?, subnet.gateway()?, subnet.dns()?);
     let forwards = expand_all(&opts.ports)?;
@@ -306,7 +340,49 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
     })
 }
 
+/// Refuses, before anything starts, what an unprivileged process cannot do,
+/// naming the setting to change.
+fn check_privilege(
+    opts: &SetupOptions,
+    features: Features,
+    privileged: bool,
+) -> Result<(), SetupError> {
+    if privileged {
+        return Ok(());
+    }
+    let sandbox = !opts.network.no_pivot_root && features.enable_sandbox;
+    if sandbox {
+        return Err(SetupError::Unprivileged {
+            what: "slirp4netns's sandbox (--enable-sandbox)",
+            fix: "set network.no_pivot_root = true (SetupOptions::new does so for a process without it)",
+        });
+    }
+    if opts.toggle_accept_dad && opts.network.enable_ipv6 {
+        return Err(SetupError::Unprivileged {
+            what: "toggling IPv6 accept_dad from outside the namespace",
+            fix: "set SetupOptions::toggle_accept_dad = false (SetupOptions::new does so for a process without it; NsOptions::hold_accept_dad does it from inside)",
+        });
+    }
+    #[cfg(feature = "in-process")]
+    if opts.forwarder == ForwarderChoice::InProcess
+        && opts.network.port_handler == PortHandler::Rootlesskit
+    {
+        return Err(SetupError::Unprivileged {
+            what: "in-process port forwarding (ForwarderChoice::InProcess), which joins the network namespace from this process,",
+            fix: "use ForwarderChoice::Rootlessport (the default: the rootlessport binary joins the namespace's user namespace first) or port_handler=slirp4netns",
+        });
+    }
+    Ok(())
+}
+
 impl Plan {
+    /// For a namespace whose own process holds accept_dad (an [`NsChild`](crate::NsChild)):
+    /// no toggle from outside.
+    pub(crate) fn accept_dad_from_inside(mut self) -> Self {
+        self.opts.toggle_accept_dad = false;
+        self
+    }
+
     /// Whether starting makes a private API socket (port_handler=slirp4netns
     /// without one named).
     fn private_api_socket(&self) -> bool {
@@ -669,5 +745,60 @@ impl Network {
         let exit = slirp.stop(Duration::from_secs(2));
         drop(_api_dir);
         exit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> SetupOptions {
+        let network =
+            NetworkOptions::parse(&[] as &[&str], false, &[] as &[&str], |_| false).unwrap();
+        SetupOptions::new(network)
+    }
+
+    #[test]
+    fn what_needs_privilege_is_refused_naming_the_setting() {
+        let all = Features::all();
+        let mut opts = options();
+        opts.network.no_pivot_root = false;
+        let e = check_privilege(&opts, all, false).unwrap_err().to_string();
+        assert!(
+            e.contains("sandbox") && e.contains("no_pivot_root = true"),
+            "{e}"
+        );
+        assert!(check_privilege(&opts, all, true).is_ok());
+
+        opts.network.no_pivot_root = true;
+        opts.toggle_accept_dad = true;
+        let e = check_privilege(&opts, all, false).unwrap_err().to_string();
+        assert!(e.contains("toggle_accept_dad = false"), "{e}");
+        opts.toggle_accept_dad = false;
+        assert!(check_privilege(&opts, all, false).is_ok());
+    }
+
+    #[test]
+    fn new_options_fit_this_process() {
+        let opts = options();
+        let privileged = privileged();
+        assert_eq!(opts.toggle_accept_dad, privileged);
+        assert_eq!(opts.sandbox_mount_ns, privileged);
+        assert_eq!(opts.network.no_pivot_root, !privileged);
+        // The defaults pass their own check, whoever runs them.
+        assert!(check_privilege(&opts, Features::all(), privileged).is_ok());
+    }
+
+    #[cfg(feature = "in-process")]
+    #[test]
+    fn in_process_forwarding_is_refused_without_privilege() {
+        let mut opts = options();
+        opts.network.no_pivot_root = true;
+        opts.toggle_accept_dad = false;
+        opts.forwarder = ForwarderChoice::InProcess;
+        let e = check_privilege(&opts, Features::all(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ForwarderChoice::Rootlessport"), "{e}");
     }
 }

@@ -279,6 +279,30 @@ pub fn built_bin(package: &str, bin: &str) -> PathBuf {
     dir.join(bin)
 }
 
+/// Example `name` of workspace package `package`, freshly built (once per
+/// test process, as [`built_bin`] builds binaries).
+pub fn built_example(package: &str, name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", package, "--example", name]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(
+            status.success(),
+            "cargo build -p {package} --example {name} failed"
+        );
+        built.push(name.to_owned());
+    }
+    dir.join("examples").join(name)
+}
+
 /// Copies programs into a fresh directory every user can read and run, for
 /// tests that run them as an unprivileged user. Returns the directory and
 /// the copies' paths, in order.
@@ -467,6 +491,50 @@ pub fn is_mounted(path: &Path) -> bool {
 /// Whether a process with this pid exists (zombies count).
 pub fn pid_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Two `sleep` durations (in seconds) no other process is likely to use,
+/// so that a command's background sleeps can be found on the host by
+/// their argv, whatever PID namespace they run in.
+pub fn unique_sleeps() -> (u64, u64) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+    let base = 400_000 + u64::from(std::process::id() % 100_000) * 16 + n;
+    (base, base + 1)
+}
+
+/// The host pids of the live (not zombie) processes whose argv is `argv`.
+pub fn live_pids_with_argv(argv: &[&str]) -> Vec<u32> {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+        .filter(|pid| {
+            !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+                .unwrap_or(true)
+        })
+        .collect()
+}
+
+/// Waits up to `limit` until `done` holds; whether it did.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A deterministic pseudo-random payload.

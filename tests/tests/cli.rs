@@ -11,8 +11,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use slirpnet_tests::{
-    fake_slirp, free_tcp_port, is_mounted, payload, pid_exists, require, require_slirp,
-    rootless_possible, slirpnet_bin, world_runnable, PersistentNetns,
+    fake_slirp, free_tcp_port, is_mounted, live_pids_with_argv, payload, pid_exists, require,
+    require_slirp, rootless_possible, slirpnet_bin, unique_sleeps, wait_until, world_runnable,
+    PersistentNetns,
 };
 
 const ECHO: &str = env!("CARGO_BIN_EXE_tcp-echo");
@@ -628,18 +629,14 @@ fn dry_run_prints_the_plan_and_starts_nothing() {
 /// Kills `slirpnet run` with SIGKILL and checks that the command, slirp4netns
 /// and rootlessport do not outlive it. `as_user` runs it rootless.
 fn killed_run_leaves_nothing(slirpnet: &Path, as_user: Option<u32>) {
-    let dir = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let pidfile = dir.path().join("command.pid");
+    let (secs, _) = unique_sleeps();
+    let secs = secs.to_string();
     let mut cmd = slirpnet_as(slirpnet, as_user);
     let port = free_tcp_port();
     let mut child = cmd
         .args(["run", "--json", "-p"])
         .arg(format!("127.0.0.1:{port}:7000"))
-        .arg("--")
-        .args(["sh", "-c"])
-        .arg(format!("echo $$ > {}; exec sleep 60", pidfile.display()))
+        .args(["--", "sleep", &secs])
         .current_dir("/")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -648,19 +645,17 @@ fn killed_run_leaves_nothing(slirpnet: &Path, as_user: Option<u32>) {
     // `run` reports its setup on stderr (stdout is the command's).
     let info = first_json_from(child.stderr.take().unwrap(), "the setup report");
     let slirp_pid = info["pid"].as_u64().unwrap() as u32;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let command_pid: u32 = loop {
-        if let Some(pid) = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "the command never started");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    // slirp4netns, rootlessport and the command (which its `__child`
-    // became by exec) are all slirpnet's children.
+    // The command runs in a PID namespace of its own: find it on the host
+    // by its argv.
+    let mut command = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            command = live_pids_with_argv(&["sleep", &secs]);
+            !command.is_empty()
+        }),
+        "the command never started"
+    );
+    // slirp4netns and rootlessport are slirpnet's children.
     let forwarder =
         std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
             .unwrap_or_default()
@@ -675,7 +670,7 @@ fn killed_run_leaves_nothing(slirpnet: &Path, as_user: Option<u32>) {
     let _ = child.wait();
     let deadline = Instant::now() + Duration::from_secs(5);
     for (what, pid) in [
-        ("the command", command_pid),
+        ("the command", command[0]),
         ("slirp4netns", slirp_pid),
         ("rootlessport", forwarder),
     ] {
@@ -686,6 +681,80 @@ fn killed_run_leaves_nothing(slirpnet: &Path, as_user: Option<u32>) {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// `slirpnet run -- sh -c 'sleep A & sleep B & echo ready; wait'`, then
+/// `sig` to slirpnet: its status is the command's (or SIGKILL's), and
+/// neither sleep, which the command left in the background, survives.
+fn session_end_leaves_no_descendants(slirpnet: &Path, as_user: Option<u32>, sig: Signal) {
+    let (a, b) = unique_sleeps();
+    let mut child = slirpnet_as(slirpnet, as_user)
+        .args(["run", "--", "sh", "-c"])
+        .arg(format!("sleep {a} & sleep {b} & echo ready; wait"))
+        .current_dir("/")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "the command did not start");
+    let (a, b) = (a.to_string(), b.to_string());
+    let sleeps = || {
+        [&a, &b]
+            .iter()
+            .flat_map(|s| live_pids_with_argv(&["sleep", s]))
+            .collect::<Vec<u32>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || sleeps().len() == 2),
+        "the background sleeps did not start: {:?}",
+        sleeps()
+    );
+    kill(Pid::from_raw(child.id() as i32), sig).unwrap();
+    let status = wait_limited(&mut child, Duration::from_secs(20));
+    use std::os::unix::process::ExitStatusExt;
+    match sig {
+        Signal::SIGKILL => assert_eq!(status.signal(), Some(9)),
+        // The shell (the command) dies of it: 128 + N becomes ours.
+        _ => assert_eq!(
+            status.code(),
+            Some(128 + sig as i32),
+            "{sig} reaches the command and its death is our status"
+        ),
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || sleeps().is_empty()),
+        "after {sig} to slirpnet{}, the command's children still run: {:?}",
+        if as_user.is_some() { " (rootless)" } else { "" },
+        sleeps()
+    );
+}
+
+#[test]
+fn a_session_leaves_none_of_the_commands_descendants() {
+    if !require_slirp("a_session_leaves_none_of_the_commands_descendants") {
+        return;
+    }
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGKILL] {
+        session_end_leaves_no_descendants(&slirpnet_bin(), None, sig);
+    }
+}
+
+#[test]
+fn a_rootless_session_leaves_none_of_the_commands_descendants() {
+    if !require(
+        "a_rootless_session_leaves_none_of_the_commands_descendants",
+        rootless_possible(),
+    ) {
+        return;
+    }
+    let (_dir, bins) = world_runnable(&[&slirpnet_bin()]).unwrap();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGKILL] {
+        session_end_leaves_no_descendants(&bins[0], Some(65534), sig);
     }
 }
 

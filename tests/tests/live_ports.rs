@@ -249,7 +249,8 @@ struct Session<'a> {
     child: Child,
     /// `run`: the command's stdin (closing it ends the session normally).
     stdin: Option<ChildStdin>,
-    /// `run`: the command's pid (its namespaces are the session's).
+    /// `run`: the pid, as the host sees it, of the command's namespace's
+    /// init (its namespaces are the session's).
     command_pid: Option<u32>,
     /// What slirpnet wrote on stderr so far.
     stderr: Arc<Mutex<String>>,
@@ -294,11 +295,27 @@ impl<'a> Session<'a> {
         let pid = line
             .trim()
             .strip_prefix("listening ")
-            .and_then(|p| p.parse().ok());
+            .and_then(|p| p.parse::<u32>().ok());
         if got.is_err() || pid.is_none() {
             session.died("the command did not start");
         }
-        session.command_pid = pid;
+        // The command printed its pid in its own PID namespace; slirpnet's
+        // child is that namespace's init, whose pid there is 1.
+        session.command_pid =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", session.pid()))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .find(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|s| {
+                        s.lines().any(|l| {
+                            l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1")
+                        })
+                    })
+                });
+        if session.command_pid.is_none() {
+            session.died("no namespace init among slirpnet's children");
+        }
         session.wait_answers();
         session
     }

@@ -12,12 +12,8 @@ use serde_json::json;
 use slirp_api::portctl::{PortKey, Reply, Request};
 use slirp_proc::{Helper, HelperCommand, HelperError, HelperStderr};
 use slirpnet_tests::{
-    can_admin_net, free_run, free_tcp_port, require, rootlessport_bin, PersistentNetns,
+    free_run, free_tcp_port, require_net_admin, rootlessport_bin, PersistentNetns,
 };
-
-fn prerequisites(test: &str) -> bool {
-    require(test, can_admin_net())
-}
 
 /// rootlessport started as slirpnet starts it, with its control socket at
 /// `control`.
@@ -49,7 +45,7 @@ fn ask(control: &Path, req: &Request) -> Reply {
 /// the path, and is left exactly as it was; the port is not held.
 #[test]
 fn only_a_socket_at_the_control_path_is_replaced() {
-    if !prerequisites("only_a_socket_at_the_control_path_is_replaced") {
+    if !require_net_admin("only_a_socket_at_the_control_path_is_replaced", &[]) {
         return;
     }
     let ns = PersistentNetns::with_veth("rp-ctl-path");
@@ -146,7 +142,7 @@ fn only_a_socket_at_the_control_path_is_replaced() {
 /// than a SEQPACKET record can carry), listed and changed.
 #[test]
 fn six_thousand_forwards_are_listed_and_changed() {
-    if !prerequisites("six_thousand_forwards_are_listed_and_changed") {
+    if !require_net_admin("six_thousand_forwards_are_listed_and_changed", &[]) {
         return;
     }
     let ns = PersistentNetns::with_veth("rp-ctl-big");
