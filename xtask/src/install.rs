@@ -513,11 +513,18 @@ fn check_forwarding(layout: &Layout) -> Result<String> {
     ))
 }
 
-/// The exit status of `child` if it ended, for messages.
+/// The exit status of `child` once it ends (its output may close a moment
+/// before), for messages.
 fn exit_of(child: &mut Child) -> String {
-    match child.try_wait() {
-        Ok(Some(status)) => status.to_string(),
-        _ => "still running".into(),
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.to_string(),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => return "still running".into(),
+        }
     }
 }
 

@@ -179,8 +179,8 @@ const SECTIONS: &[Section] = &[
             ),
             Block::Item(
                 "ROOTLESSPORT_SANDBOX",
-                "0 turns the confinement described under CONFINEMENT off; unset or any other \
-                 value leaves it on.",
+                "0 turns the confinement described under CONFINEMENT off; it is on by \
+                 default.",
             ),
         ],
     },
