@@ -1,6 +1,7 @@
 //! `slirpnet`: give a command, or an existing network namespace, user-mode
 //! networking through slirp4netns.
 
+mod manual;
 mod output;
 
 use std::ffi::OsString;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use slirp_api::portctl::{ForwardEntry, PortKey, Request as PortRequest};
@@ -33,6 +34,7 @@ const EXIT_OWN_FAILURE: u8 = 125;
     name = "slirpnet",
     version,
     about = "User-mode networking for network namespaces, through slirp4netns",
+    long_about = "User-mode networking for network namespaces, through slirp4netns.\n\nslirpnet gives a command (run) or an existing network namespace (attach) user-mode networking: it starts slirp4netns for the namespace, waits until it is ready, and forwards host ports into it, through rootlessport (the default, port_handler=rootlesskit) or through slirp4netns itself (port_handler=slirp4netns). The ports of a running session can be listed and changed without restarting it (ps, port).",
     after_help = "Logs go to stderr; set RUST_LOG=debug for more. Exit status: 0 ok, 125 slirpnet's own failure, otherwise the command's."
 )]
 struct Cli {
@@ -57,6 +59,36 @@ enum Cmd {
     Port(PortCmd),
 }
 
+// The hidden subcommands: parsed with `Cli`'s, but kept out of
+// `Cli::command()`, from which the man pages and completions are made. (A
+// doc comment here would become the program's about text.)
+#[derive(Debug, Subcommand)]
+enum Internal {
+    /// Internal: write the man pages and shell completions (for
+    /// `cargo xtask install`).
+    #[command(name = "__generate", hide = true)]
+    Generate(manual::GenerateArgs),
+}
+
+/// What the command line asks for.
+enum Invocation {
+    Public(Cli),
+    Internal(Internal),
+}
+
+/// Parses the command line: the public subcommands and the hidden ones.
+fn parse() -> Result<Invocation, clap::Error> {
+    let mut cmd = Internal::augment_subcommands(Cli::command());
+    let matches = cmd.try_get_matches_from_mut(std::env::args_os())?;
+    let parsed = match matches.subcommand_name() {
+        Some(name) if Internal::has_subcommand(name) => {
+            Internal::from_arg_matches(&matches).map(Invocation::Internal)
+        }
+        _ => Cli::from_arg_matches(&matches).map(Invocation::Public),
+    };
+    parsed.map_err(|e| e.format(&mut cmd))
+}
+
 #[derive(Debug, Args)]
 struct NetArgs {
     /// Publish a port, podman syntax: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/PROTO[,PROTO]]
@@ -71,7 +103,8 @@ struct NetArgs {
     slirp4netns: Option<PathBuf>,
     /// The port forwarder binary for port_handler=rootlesskit, started as
     /// podman starts its rootlessport helper (default: our rootlessport next
-    /// to slirpnet, else on PATH; podman's own is used only when named here)
+    /// to slirpnet, else in ../libexec/slirpnet/ from it, else on PATH;
+    /// podman's own is used only when named here)
     #[arg(long = "rootlessport", value_name = "PATH")]
     rootlessport: Option<PathBuf>,
     /// With the rootlesskit port handler, show every client to the
@@ -172,8 +205,11 @@ struct StatsArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let cli = match parse() {
+        Ok(Invocation::Public(cli)) => cli,
+        Ok(Invocation::Internal(Internal::Generate(args))) => {
+            return finish(manual::generate(&args, Cli::command()).map(|()| ExitCode::SUCCESS))
+        }
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
@@ -197,6 +233,11 @@ fn main() -> ExitCode {
         Cmd::Ps(args) => ps(args).map(|()| ExitCode::SUCCESS),
         Cmd::Port(cmd) => port(cmd).map(|()| ExitCode::SUCCESS),
     };
+    finish(result)
+}
+
+/// The exit status of `result`, with a failure reported on stderr.
+fn finish(result: Result<ExitCode>) -> ExitCode {
     result.unwrap_or_else(|e| {
         // A closed stderr must not turn a failure into a panic.
         let _ = writeln!(std::io::stderr(), "slirpnet: {}", error_text(&e));

@@ -14,8 +14,10 @@ use slirp_proc::{Helper, HelperCommand, HelperError};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ForwarderChoice {
-    /// Our `rootlessport` binary, next to the running program or on PATH.
-    /// podman's helper directories are never searched: another project's
+    /// Our `rootlessport` binary: next to the running program, else in
+    /// `../libexec/slirpnet/` from it (where `cargo xtask install` puts
+    /// it), else on PATH. podman's helper directories are never searched:
+    /// another project's
     /// forwarder runs only when named with [`ForwarderChoice::Binary`].
     #[default]
     Rootlessport,
@@ -49,8 +51,9 @@ pub enum ForwarderInfo {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PortForwardError {
-    /// No rootlessport binary next to the program or on PATH.
-    #[error("rootlessport not found next to this program or in PATH; build it (cargo build -p rootlessport), name a forwarder binary (slirpnet --rootlessport PATH), or use -o port_handler=slirp4netns")]
+    /// No rootlessport binary next to the program, in its
+    /// `../libexec/slirpnet/` or on PATH.
+    #[error("rootlessport not found next to this program, in its ../libexec/slirpnet/ or in PATH; build it (cargo build -p rootlessport) or install both (cargo xtask install), name a forwarder binary (slirpnet --rootlessport PATH), or use -o port_handler=slirp4netns")]
     NotFound,
     /// The named binary is not an executable file.
     #[error("port forwarder {} is not an executable file", .0.display())]
@@ -91,8 +94,9 @@ pub enum PortForwardError {
 /// # Errors
 ///
 /// [`PortForwardError::NotFound`] when our rootlessport is neither next to
-/// this program nor on PATH, [`PortForwardError::NotExecutable`] for a named
-/// binary that is not an executable file.
+/// this program, nor in its `../libexec/slirpnet/`, nor on PATH;
+/// [`PortForwardError::NotExecutable`] for a named binary that is not an
+/// executable file.
 pub fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, PortForwardError> {
     match choice {
         ForwarderChoice::Binary(path) => {
@@ -106,16 +110,15 @@ pub fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, Port
             }
         }
         ForwarderChoice::Rootlessport => {
-            let beside = std::env::current_exe()
-                .ok()
-                .and_then(|exe| exe.parent().map(Path::to_owned));
+            let installed = std::env::current_exe()
+                .map(|exe| rootlessport_candidates(&exe))
+                .unwrap_or_default();
             let path_dirs = std::env::var_os("PATH")
                 .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
                 .unwrap_or_default();
-            beside
+            installed
                 .into_iter()
-                .chain(path_dirs)
-                .map(|dir| dir.join("rootlessport"))
+                .chain(path_dirs.iter().map(|dir| dir.join("rootlessport")))
                 .find(|p| crate::binary::is_executable(p))
                 .map(|path| ForwarderInfo::Binary { path, pid: None })
                 .ok_or(PortForwardError::NotFound)
@@ -123,6 +126,22 @@ pub fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, Port
         #[cfg(feature = "in-process")]
         ForwarderChoice::InProcess => Ok(ForwarderInfo::InProcess),
     }
+}
+
+/// Where our rootlessport is looked for, relative to the program `exe`,
+/// before PATH: next to it (a build directory, `target/release/`), then
+/// where `cargo xtask install` puts it (`PREFIX/bin/slirpnet` and
+/// `PREFIX/libexec/slirpnet/rootlessport`). A directory of its own, so
+/// podman's helper directories (`libexec/podman`) are never searched.
+fn rootlessport_candidates(exe: &Path) -> Vec<PathBuf> {
+    let Some(dir) = exe.parent() else {
+        return Vec::new();
+    };
+    let mut candidates = vec![dir.join("rootlessport")];
+    if let Some(prefix) = dir.parent() {
+        candidates.push(prefix.join("libexec/slirpnet/rootlessport"));
+    }
+    candidates
 }
 
 /// Why the forwarded ports could not be changed. Nothing was changed.
@@ -439,5 +458,26 @@ mod inprocess {
         fn drop(&mut self) {
             self.stop_inner();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rootlessport_candidates;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn rootlessport_is_looked_for_beside_then_in_libexec() {
+        assert_eq!(
+            rootlessport_candidates(Path::new("/usr/local/bin/slirpnet")),
+            [
+                PathBuf::from("/usr/local/bin/rootlessport"),
+                PathBuf::from("/usr/local/libexec/slirpnet/rootlessport"),
+            ]
+        );
+        assert_eq!(
+            rootlessport_candidates(Path::new("/slirpnet")),
+            [PathBuf::from("/rootlessport")]
+        );
     }
 }

@@ -8,19 +8,21 @@ use anyhow::{bail, ensure, Context, Result};
 
 mod bench;
 mod examples;
+mod install;
+mod manual;
 mod packaging;
 mod podman;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  setup   install what the project needs (slirp4netns, iproute2, util-linux)
-          when missing, and make /dev/net/tun usable by unprivileged users
+  setup   install what the project needs (slirp4netns, iproute2, util-linux,
+          man-db and groff-base) when missing, and make /dev/net/tun usable by unprivileged users
   test    setup, msrv, cargo fmt --check, clippy -D warnings (and
           missing_errors_doc on the libraries), cargo doc -D warnings, the publishable
           crates built without default features and packaged (cargo package,
           verified), then every test, the examples, the library tests as an
-          unprivileged user, and the podman runs below
+          unprivileged user, install-check and the podman runs below
   msrv    check that each publishable crate's rust-version is at least what
           every locked dependency needs (its rust-version, or its edition's)
   examples
@@ -29,6 +31,15 @@ commands:
           an unprivileged user (needs root)
   package build the publishable crates without default features, then
           cargo package them, verified (publish = false members left out)
+  install [--prefix DIR] [--destdir DIR]: a release build, then
+          PREFIX/bin/slirpnet, its forwarder PREFIX/libexec/slirpnet/rootlessport,
+          the man pages (share/man/man1) and the bash, zsh and fish
+          completions, all under DESTDIR when given (default prefix /usr/local)
+  install-check
+          install into a temporary DESTDIR and a temporary prefix; every man
+          page renders without a warning, the bash completion loads, and the
+          installed slirpnet forwards a port through the installed forwarder
+          (needs root)
   bench   [--rounds N] [--seconds S] [--only keep-source-ip]: our
           rootlessport against pasta, podman's Go helper and direct loopback,
           then ours with ROOTLESSPORT_KEEP_SOURCE_IP=1 against =0 for a client
@@ -61,6 +72,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("util-linux", "unshare"),
     ("util-linux", "nsenter"),
+    // For install-check: the man pages are rendered with warnings on.
+    ("man-db", "man"),
+    ("groff-base", "groff"),
 ];
 
 fn main() -> Result<()> {
@@ -70,6 +84,22 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("msrv") => packaging::msrv(&workspace_root()),
         Some("package") => packaging::package(&workspace_root()),
+        Some("install") => {
+            let opts = install::InstallOptions::parse(&args[1..])?;
+            install::install(&workspace_root(), &opts).map(drop)
+        }
+        Some("install-check") => {
+            setup()?;
+            let t = install::install_check(&workspace_root())?;
+            println!(
+                "\nxtask install-check: {} passed, {} failed",
+                t.passed, t.failed
+            );
+            ensure!(t.failed == 0, "install checks failed");
+            Ok(())
+        }
+        // The server the installed slirpnet runs in install-check.
+        Some("install-serve") => install::serve(&args[1..]),
         Some("examples") => {
             setup()?;
             let mut t = examples::run_examples(&workspace_root())?;
@@ -323,6 +353,13 @@ fn test() -> Result<()> {
         total.add(podman::podman(&workspace_root())?);
     } else {
         eprintln!("skipped the podman runs: they need root (they make a user)");
+    }
+    // Last: installed as a user installs it (a release build); root, like
+    // the examples.
+    if is_root() || std::env::var("CI").is_ok_and(|v| v == "true") {
+        total.add(install::install_check(&workspace_root())?);
+    } else {
+        eprintln!("skipped install-check: it needs root (it runs slirpnet)");
     }
     println!(
         "\nxtask test: {} passed, {} failed",
