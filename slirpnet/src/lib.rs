@@ -37,13 +37,18 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod autopublish;
 mod binary;
 pub mod control;
 mod dirs;
+mod listening;
 mod portfwd;
 pub mod session;
 mod setup;
 
+pub use autopublish::{
+    parse_port_list, AutoPublish, AutoPublishError, AutoPublisher, DEFAULT_INTERVAL, RETRY_AFTER,
+};
 pub use binary::{detect_features, find_binary, BinaryError, HELP_TIMEOUT};
 pub use portfwd::{
     resolve_forwarder, ForwarderChoice, ForwarderInfo, PortChangeError, PortForwardError,

@@ -23,7 +23,7 @@ use slirp_opts::{
     parse_port_spec, NetworkOptions, PortMapping, PortSide, Protocol, SpecProblem, Target,
 };
 use slirpnet::session::{SessionServer, SharedNetwork};
-use slirpnet::{plan, ForwarderChoice, Network, Plan, SetupOptions};
+use slirpnet::{plan, AutoPublish, AutoPublisher, ForwarderChoice, Network, Plan, SetupOptions};
 use std::sync::{Arc, Mutex};
 
 use crate::child::NsChild;
@@ -85,6 +85,21 @@ struct NetArgs {
     /// instead of its real address
     #[arg(long)]
     hide_source_ip: bool,
+    /// Forward every port the namespace listens on (TCP listeners, bound
+    /// UDP sockets; wildcard or the namespace's own address) to the same
+    /// port on the host at HOST_IP (default 127.0.0.1), while it listens
+    #[arg(
+        long = "publish-auto",
+        value_name = "HOST_IP",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "127.0.0.1"
+    )]
+    publish_auto: Option<IpAddr>,
+    /// Ports --publish-auto leaves alone: ports and ranges (22,8000-8010);
+    /// may be repeated
+    #[arg(long = "publish-auto-exclude", value_name = "PORTS", requires = "publish_auto")]
+    publish_auto_exclude: Vec<String>,
     /// Print the setup as JSON instead of a table
     #[arg(long)]
     json: bool,
@@ -295,7 +310,11 @@ fn print_setup(net: &NetArgs, info: &slirpnet::SetupInfo, out: &mut dyn Write) -
 }
 
 /// The setup options every subcommand shares.
-fn setup_options(net: &NetArgs, network: NetworkOptions, ports: Vec<PortMapping>) -> SetupOptions {
+fn setup_options(
+    net: &NetArgs,
+    network: NetworkOptions,
+    ports: Vec<PortMapping>,
+) -> Result<SetupOptions> {
     let mut opts = SetupOptions::new(network);
     opts.binary = net.slirp4netns.clone();
     opts.ports = ports;
@@ -303,7 +322,14 @@ fn setup_options(net: &NetArgs, network: NetworkOptions, ports: Vec<PortMapping>
         opts.forwarder = ForwarderChoice::Binary(path.clone());
     }
     opts.keep_source_ip = !net.hide_source_ip;
-    opts
+    if let Some(host_ip) = net.publish_auto {
+        let mut auto = AutoPublish::new(host_ip);
+        for list in &net.publish_auto_exclude {
+            auto.exclude.extend(slirpnet::parse_port_list(list)?);
+        }
+        opts.publish_auto = Some(auto);
+    }
+    Ok(opts)
 }
 
 fn dry_run(net: &NetArgs, plan: &Plan, target: &Target) -> Result<ExitCode> {
@@ -335,7 +361,7 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
         netns: args.netns.clone(),
         userns: args.userns.clone(),
     };
-    let mut opts = setup_options(&args.net, network, ports);
+    let mut opts = setup_options(&args.net, network, ports)?;
     opts.toggle_accept_dad = can_admin();
     opts.sandbox_mount_ns = can_admin();
     let checked = plan(&opts)?;
@@ -346,7 +372,7 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
     let signals = block_signals()?;
     let net = checked.start(target)?;
     report_setup(&args.net, net.info(), &mut std::io::stdout().lock());
-    let session = Session::serve(net);
+    let session = Session::serve(net)?;
     loop {
         let sig = next_signal(&signals)?;
         if sig == Signal::SIGCHLD {
@@ -371,12 +397,16 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
 struct Session {
     shared: SharedNetwork,
     server: Option<SessionServer>,
+    /// `--publish-auto`'s thread.
+    auto: Option<AutoPublisher>,
 }
 
 impl Session {
     /// Serves the session's control socket; without it the session still
-    /// runs (its ports just cannot be changed), with a warning.
-    fn serve(net: Network) -> Self {
+    /// runs (its ports just cannot be changed), with a warning. Starts
+    /// `--publish-auto`'s thread; when it cannot start, the network is torn
+    /// down and the error returned.
+    fn serve(net: Network) -> Result<Self> {
         let shared: SharedNetwork = Arc::new(Mutex::new(Some(net)));
         let server = match SessionServer::start(shared.clone(), std::process::id()) {
             Ok(server) => Some(server),
@@ -385,7 +415,19 @@ impl Session {
                 None
             }
         };
-        Session { shared, server }
+        let mut session = Session {
+            shared,
+            server,
+            auto: None,
+        };
+        match AutoPublisher::start(&session.shared) {
+            Ok(auto) => session.auto = auto,
+            Err(e) => {
+                session.end();
+                return Err(e.into());
+            }
+        }
+        Ok(session)
     }
 
     /// Runs `f` on the network (while the session runs).
@@ -398,6 +440,7 @@ impl Session {
     /// network down: forwarder first, then slirp4netns.
     fn end(mut self) -> Option<slirp_proc::Exit> {
         drop(self.server.take());
+        drop(self.auto.take());
         let net = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take();
         net.map(Network::teardown)
     }
@@ -624,7 +667,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         // make the mount namespace its sandbox needs.
         network.no_pivot_root = true;
     }
-    let mut opts = setup_options(&args.net, network, ports);
+    let mut opts = setup_options(&args.net, network, ports)?;
     opts.toggle_accept_dad = false; // the child does it from inside
     opts.sandbox_mount_ns = !rootless;
     // Everything that can be checked is checked before anything starts.
@@ -675,7 +718,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     if args.net.json || std::env::var_os("SLIRPNET_QUIET").is_none() {
         report_setup(&args.net, net.info(), &mut std::io::stderr().lock());
     }
-    let session = Session::serve(net);
+    let session = match Session::serve(net) {
+        Ok(session) => session,
+        Err(e) => {
+            child.abort();
+            return Err(e);
+        }
+    };
     child.go()?;
     let code = supervise(&signals, &mut child, session)?;
     drop(resolv);
@@ -738,6 +787,7 @@ mod tests {
             host_ip: ip.map(|i| i.parse().unwrap()),
             host_port,
             container_port: 80,
+            auto: false,
         }
     }
 

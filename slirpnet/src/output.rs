@@ -128,14 +128,15 @@ pub fn shell_words(binary: &Path, args: &[OsString]) -> String {
 
 /// Forwards as a short table.
 pub fn forwards(forwards: &[ForwardEntry], out: &mut dyn Write) -> io::Result<()> {
-    writeln!(out, "{:<5} {:<24} CONTAINER", "PROTO", "HOST")?;
+    writeln!(out, "{:<5} {:<24} {:<9} BY", "PROTO", "HOST", "CONTAINER")?;
     for f in forwards {
         writeln!(
             out,
-            "{:<5} {:<24} {}",
+            "{:<5} {:<24} {:<9} {}",
             f.proto,
             host(f.host_ip, f.host_port),
-            f.container_port
+            f.container_port,
+            if f.auto { "auto" } else { "request" }
         )?;
     }
     Ok(())
@@ -154,10 +155,11 @@ pub fn sessions(sessions: &[SessionStatus], out: &mut dyn Write) -> io::Result<(
             .iter()
             .map(|f| {
                 format!(
-                    "{}->{}/{}",
+                    "{}->{}/{}{}",
                     host(f.host_ip, f.host_port),
                     f.container_port,
-                    f.proto
+                    f.proto,
+                    if f.auto { " (auto)" } else { "" }
                 )
             })
             .collect();

@@ -1,5 +1,6 @@
 //! The setup: plan, start, forward, undo on failure.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use slirp_opts::{
 };
 use slirp_proc::{Exit, Slirp, SlirpCommand, StartError};
 
+use crate::autopublish::AutoPublish;
 use crate::binary::{detect_features, find_binary, BinaryError};
 use crate::dirs::runtime_dir;
 use crate::portfwd::{
@@ -58,6 +60,10 @@ pub struct SetupOptions {
     /// default; where the namespace refuses, the forwarder warns once and
     /// forwards as before.
     pub keep_source_ip: bool,
+    /// Forward every port the namespace listens on to the same host port
+    /// (`--publish-auto`), once [`AutoPublisher::start`](crate::AutoPublisher::start)
+    /// runs for the network. `None`: only the ports asked for.
+    pub publish_auto: Option<AutoPublish>,
 }
 
 impl SetupOptions {
@@ -77,6 +83,7 @@ impl SetupOptions {
             parent_death_signal: None,
             forwarder: ForwarderChoice::default(),
             keep_source_ip: true,
+            publish_auto: None,
         }
     }
 }
@@ -145,6 +152,8 @@ pub struct ForwardInfo {
     pub container_port: u16,
     /// The slirp4netns forward id, with port_handler=slirp4netns.
     pub id: Option<u32>,
+    /// Made by automatic publishing (`--publish-auto`), not asked for.
+    pub auto: bool,
 }
 
 impl ForwardInfo {
@@ -155,6 +164,7 @@ impl ForwardInfo {
             host_port: f.host_port,
             container_port: f.container_port,
             id,
+            auto: false,
         }
     }
 
@@ -252,6 +262,12 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
         None
     };
     if handler == PortHandler::Slirp4netns {
+        if let Some(addr @ IpAddr::V6(_)) = opts.publish_auto.as_ref().map(|a| a.host_ip) {
+            return Err(SetupError::Ipv6HostAddress {
+                addr,
+                mapping: "--publish-auto".into(),
+            });
+        }
         for m in &opts.ports {
             if let Some(addr @ IpAddr::V6(_)) = m.host_addr()? {
                 return Err(SetupError::Ipv6HostAddress {
@@ -265,7 +281,7 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
     let mut warnings = Vec::new();
     if handler == PortHandler::Slirp4netns
         && !opts.network.allow_host_loopback
-        && forwards.iter().any(|f| f.proto == Protocol::Udp)
+        && (opts.publish_auto.is_some() || forwards.iter().any(|f| f.proto == Protocol::Udp))
     {
         // libslirp does not translate the namespace's UDP replies to the
         // host while host loopback is disabled (podman issue #4586).
@@ -380,6 +396,8 @@ impl Plan {
             target: target.clone(),
             ready_timeout: self.opts.ready_timeout,
             choice: self.opts.forwarder.clone(),
+            auto: self.opts.publish_auto.clone(),
+            auto_keys: HashSet::new(),
         };
         match (&self.opts.network.port_handler, net.info.api_socket.clone()) {
             (PortHandler::Slirp4netns, Some(sock)) if !self.forwards.is_empty() => {
@@ -409,6 +427,9 @@ pub struct Network {
     target: Target,
     ready_timeout: Duration,
     choice: ForwarderChoice,
+    /// `--publish-auto`, and the forwards it made.
+    auto: Option<AutoPublish>,
+    auto_keys: HashSet<PortKey>,
 }
 
 /// Plans with `opts`, then starts for `target`: [`plan`] and
@@ -549,12 +570,14 @@ impl Network {
                     host_port: e.host_port,
                     container_port: e.guest_port,
                     id: Some(e.id),
+                    auto: false,
                 })
                 .collect();
         } else if let Some(fwd) = &self.ports {
             let now = fwd.list()?;
             self.info.forwards = now.iter().map(|f| ForwardInfo::of(f, None)).collect();
         }
+        self.mark_auto();
         Ok(&self.info.forwards)
     }
 
@@ -581,6 +604,7 @@ impl Network {
         if let Some(api) = self.api() {
             let added = add_via_api(&api, &forwards).map_err(|e| e.1)?;
             self.info.forwards.extend(added);
+            self.mark_auto();
             return Ok(&self.info.forwards);
         }
         match &self.ports {
@@ -598,6 +622,7 @@ impl Network {
                 self.info.forwards = forwards.iter().map(|f| ForwardInfo::of(f, None)).collect();
             }
         }
+        self.mark_auto();
         Ok(&self.info.forwards)
     }
 
@@ -626,13 +651,61 @@ impl Network {
                 }
                 self.info.forwards.remove(pos);
             }
+            self.mark_auto();
             return Ok(&self.info.forwards);
         }
         if let Some(fwd) = &self.ports {
             let now = fwd.remove(ports)?;
             self.info.forwards = now.iter().map(|f| ForwardInfo::of(f, None)).collect();
         }
+        self.mark_auto();
         Ok(&self.info.forwards)
+    }
+
+    /// Marks the automatic forwards in `info.forwards`, forgetting those
+    /// that are gone (removed by hand).
+    fn mark_auto(&mut self) {
+        let keys = &mut self.auto_keys;
+        for f in &mut self.info.forwards {
+            f.auto = keys.contains(&f.key());
+        }
+        let now: HashSet<PortKey> = self.info.forwards.iter().map(ForwardInfo::key).collect();
+        keys.retain(|k| now.contains(k));
+    }
+
+    /// What automatic publishing this network was set up with.
+    pub fn auto_publish(&self) -> Option<&AutoPublish> {
+        self.auto.as_ref()
+    }
+
+    /// The forwards made by automatic publishing.
+    pub(crate) fn auto_forwards(&self) -> impl Iterator<Item = PortKey> + '_ {
+        self.auto_keys.iter().copied()
+    }
+
+    /// [`Network::add_ports`], marking what it adds as automatic.
+    pub(crate) fn add_auto(&mut self, mappings: &[PortMapping]) -> Result<(), PortChangeError> {
+        let added: HashSet<(Protocol, u16)> = expand_all(mappings)?
+            .iter()
+            .map(|f| (f.proto, f.host_port))
+            .collect();
+        self.add_ports(mappings)?;
+        // As the handler names them (slirp4netns reports 0.0.0.0 as all).
+        let keys: Vec<PortKey> = self
+            .info
+            .forwards
+            .iter()
+            .filter(|f| added.contains(&(f.proto, f.host_port)))
+            .map(ForwardInfo::key)
+            .collect();
+        self.auto_keys.extend(keys);
+        self.mark_auto();
+        Ok(())
+    }
+
+    /// [`Network::remove_ports`] for automatic forwards.
+    pub(crate) fn remove_auto(&mut self, ports: &[PortKey]) -> Result<(), PortChangeError> {
+        self.remove_ports(ports).map(drop)
     }
 
     /// The namespace it serves.
