@@ -98,7 +98,11 @@ struct NetArgs {
     publish_auto: Option<IpAddr>,
     /// Ports --publish-auto leaves alone: ports and ranges (22,8000-8010);
     /// may be repeated
-    #[arg(long = "publish-auto-exclude", value_name = "PORTS", requires = "publish_auto")]
+    #[arg(
+        long = "publish-auto-exclude",
+        value_name = "PORTS",
+        requires = "publish_auto"
+    )]
     publish_auto_exclude: Vec<String>,
     /// Print the setup as JSON instead of a table
     #[arg(long)]

@@ -33,6 +33,12 @@ pub fn table(info: &SetupInfo, out: &mut dyn Write) -> io::Result<()> {
         v6(info.gateway_v6)
     )?;
     writeln!(out, "  {:<8} {:<16} {}", "dns", info.dns, v6(info.dns_v6))?;
+    if let Some(ip) = info.publish_auto {
+        writeln!(
+            out,
+            "publishing every port the namespace listens on, at {ip} on the host"
+        )?;
+    }
     if info.forwards.is_empty() {
         return Ok(());
     }

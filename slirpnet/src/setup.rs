@@ -223,6 +223,9 @@ pub struct SetupInfo {
     pub api_socket: Option<PathBuf>,
     /// The forwards.
     pub forwards: Vec<ForwardInfo>,
+    /// With automatic publishing (`--publish-auto`): the host address the
+    /// namespace's listening ports are forwarded on.
+    pub publish_auto: Option<IpAddr>,
     /// What will not work as the options stand, and how to fix it.
     pub warnings: Vec<String>,
 }
@@ -311,6 +314,7 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
         keep_source_ip: handler == PortHandler::Slirp4netns || opts.keep_source_ip,
         api_socket: opts.api_socket.clone(),
         forwards: forwards.iter().map(|f| ForwardInfo::of(f, None)).collect(),
+        publish_auto: opts.publish_auto.as_ref().map(|a| a.host_ip),
         warnings,
     };
     Ok(Plan {
@@ -665,12 +669,23 @@ impl Network {
     /// Marks the automatic forwards in `info.forwards`, forgetting those
     /// that are gone (removed by hand).
     fn mark_auto(&mut self) {
-        let keys = &mut self.auto_keys;
+        // 0.0.0.0 and "all addresses" are one forward (slirp4netns lists
+        // the one as the other).
+        let plain = |k: &PortKey| {
+            let ip = k
+                .host_ip
+                .filter(|ip| *ip != IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            (k.proto, ip, k.host_port)
+        };
+        let wanted: HashSet<_> = self.auto_keys.iter().map(plain).collect();
+        let mut now = HashSet::new();
         for f in &mut self.info.forwards {
-            f.auto = keys.contains(&f.key());
+            f.auto = wanted.contains(&plain(&f.key()));
+            if f.auto {
+                now.insert(f.key());
+            }
         }
-        let now: HashSet<PortKey> = self.info.forwards.iter().map(ForwardInfo::key).collect();
-        keys.retain(|k| now.contains(k));
+        self.auto_keys = now;
     }
 
     /// What automatic publishing this network was set up with.

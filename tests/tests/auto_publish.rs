@@ -57,8 +57,7 @@ impl User {
 
     fn nobody() -> Self {
         let (bins, paths) =
-            world_runnable(&[&slirpnet_bin(), &rootlessport_bin(), Path::new(LISTEN_CTL)])
-                .unwrap();
+            world_runnable(&[&slirpnet_bin(), &rootlessport_bin(), Path::new(LISTEN_CTL)]).unwrap();
         User {
             slirpnet: paths[0].clone(),
             listen_ctl: paths[2].clone(),
@@ -284,9 +283,8 @@ fn free_low_ports(n: u16) -> u16 {
         x ^= x >> 7;
         x ^= x << 17;
         let first = 20000 + (x % u64::from(12000 - n)) as u16;
-        let free = (first..first + n).all(|p| {
-            TcpListener::bind((LOCAL, p)).is_ok() && UdpSocket::bind((LOCAL, p)).is_ok()
-        });
+        let free = (first..first + n)
+            .all(|p| TcpListener::bind((LOCAL, p)).is_ok() && UdpSocket::bind((LOCAL, p)).is_ok());
         if free {
             return first;
         }
@@ -592,7 +590,15 @@ fn listen_to_reachable_latency() {
         let mut s = Session::run(&root, handler, &["--publish-auto".to_owned()]);
         let base = free_low_ports(40);
         let mut took = Vec::new();
+        let mut x: u32 = 0x9e37_79b9;
         for port in base..base + 40 {
+            // Not in step with the scans: each listen() comes at another
+            // point of the scan interval (a measurement's jitter, not a
+            // wait for anything).
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            std::thread::sleep(Duration::from_millis(u64::from(x % 50)));
             s.cmd(&format!("tcp 0.0.0.0 {port}"));
             let listened = Instant::now();
             let (tx, rx) = mpsc::channel();
