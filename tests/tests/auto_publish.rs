@@ -271,8 +271,11 @@ impl Drop for Session<'_> {
 }
 
 /// `n` consecutive ports in 20000-32000, free on 127.0.0.1 for TCP and UDP
-/// a moment ago.
+/// a moment ago and given to no other test of this process (the tests run
+/// at once, and a port is bound on the host only once it is published).
 fn free_low_ports(n: u16) -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -283,9 +286,13 @@ fn free_low_ports(n: u16) -> u16 {
         x ^= x >> 7;
         x ^= x << 17;
         let first = 20000 + (x % u64::from(12000 - n)) as u16;
-        let free = (first..first + n)
-            .all(|p| TcpListener::bind((LOCAL, p)).is_ok() && UdpSocket::bind((LOCAL, p)).is_ok());
+        let free = (first..first + n).all(|p| {
+            !given.contains(&p)
+                && TcpListener::bind((LOCAL, p)).is_ok()
+                && UdpSocket::bind((LOCAL, p)).is_ok()
+        });
         if free {
+            given.extend(first..first + n);
             return first;
         }
     }
@@ -368,13 +375,10 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
         "-p".to_owned(),
         format!("127.0.0.1:{}:{}", p[7], p[7]),
     ];
-    let t0 = Instant::now();
-    let stage = |what: &str| eprintln!("[{:>7.2?}] {what}", t0.elapsed());
     let taken = TcpListener::bind(local(p[6])).unwrap();
     let mut s = Session::run(user, handler, &extra);
     assert!(s.auto().is_empty());
 
-    stage("What must not be ");
     // What must not be published opens first: the scan that finds the last
     // of the others has seen these too.
     s.cmd(&format!("tcp 0.0.0.0 {}", p[3]));
@@ -414,7 +418,6 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
         assert!(tcp_refused(q), "{q} is reachable on the host");
     }
 
-    stage("ps and port ls ma");
     // ps and port ls mark the automatic ones.
     let table = user.ok(&["port", "ls", "--pid", &s.pid()]);
     let line = table
@@ -435,7 +438,6 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
         "{ps_table}"
     );
 
-    stage("Explicit port add");
     // Explicit port add and rm beside them.
     let spec = format!("127.0.0.1:{}:{}", p[8], p[1]);
     user.ok(&["port", "add", "--pid", &s.pid(), "-p", &spec]);
@@ -445,7 +447,6 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
     assert!(tcp_refused(p[8]));
     assert_eq!(s.auto(), want);
 
-    stage("A listener closes");
     // A listener closes: its host port closes, an open connection carries on.
     let mut open = connect(p[0]).unwrap();
     open.write_all(b"before").unwrap();
@@ -460,7 +461,6 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
     assert_eq!(&buf, b"after!");
     drop(open);
 
-    stage("The host lets go");
     // The host lets go of the taken port: it is published on a later scan.
     drop(taken);
     s.wait_for("the freed port to be published", |s| {
@@ -474,7 +474,6 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
         s.stderr()
     );
 
-    stage("100 listeners");
     // 100 listeners at once, then all closed.
     let many = free_low_ports(100);
     s.cmd(&format!("many 0.0.0.0 {many} 100"));
@@ -491,7 +490,6 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
         s.auto().is_disjoint(&hundred)
     });
 
-    stage("The session ends");
     // The session ends: nothing is left listening on the host.
     let stderr_before = s.stderr();
     let status = s.end();
