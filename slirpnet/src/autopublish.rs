@@ -14,8 +14,11 @@
 //! namespace's ephemeral range (`ip_local_port_range`, where its own
 //! outgoing connections and UDP clients bind), ports published explicitly
 //! (as host or as namespace port), and ports that cannot be had on the host
-//! (one warning each, retried every second). A scan takes no lock; the
-//! network is locked only when something is to change.
+//! (one warning each, retried every second). An automatic forward removed
+//! by hand stays removed while its socket stays open; one published by hand
+//! as it is becomes the caller's ([`Network::add_ports`]). A scan takes no
+//! lock; the network is locked only when something changed, and once a
+//! second to follow changes made by hand.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -201,6 +204,11 @@ struct State {
     warned_v6: HashSet<Port>,
     /// When the network was last compared with the scan.
     synced: Instant,
+    /// What this publisher forwarded (and saw forwarded last time).
+    published: BTreeSet<Port>,
+    /// Automatic forwards removed by hand (`port rm`): not made again while
+    /// their socket stays open.
+    withdrawn: BTreeSet<Port>,
 }
 
 impl State {
@@ -213,6 +221,8 @@ impl State {
             warned: HashSet::new(),
             warned_v6: HashSet::new(),
             synced: Instant::now(),
+            published: BTreeSet::new(),
+            withdrawn: BTreeSet::new(),
         }
     }
 
@@ -292,6 +302,16 @@ impl State {
     /// Makes the network's automatic forwards those of `self.wanted`.
     fn sync(&mut self, net: &mut Network, now: Instant) {
         let current: Vec<PortKey> = net.auto_forwards().collect();
+        let current_ports: BTreeSet<Port> =
+            current.iter().map(|k| (k.proto, k.host_port)).collect();
+        // Forwarded by us, gone, and still listened on: removed by hand.
+        for p in self.published.difference(&current_ports) {
+            if self.wanted.contains(p) {
+                self.withdrawn.insert(*p);
+            }
+        }
+        self.published = current_ports;
+        self.withdrawn.retain(|p| self.wanted.contains(p));
         let gone: Vec<PortKey> = current
             .iter()
             .filter(|k| !self.wanted.contains(&(k.proto, k.host_port)))
@@ -299,7 +319,12 @@ impl State {
             .collect();
         if !gone.is_empty() {
             match net.remove_auto(&gone) {
-                Ok(()) => tracing::debug!(?gone, "stopped publishing"),
+                Ok(()) => {
+                    tracing::debug!(?gone, "stopped publishing");
+                    for k in &gone {
+                        self.published.remove(&(k.proto, k.host_port));
+                    }
+                }
                 Err(e) => tracing::warn!("cannot stop publishing: {e}"),
             }
         }
@@ -317,7 +342,7 @@ impl State {
             .iter()
             .copied()
             .filter(|p| {
-                !current.iter().any(|k| (k.proto, k.host_port) == *p) && !explicit.contains(p)
+                !self.published.contains(p) && !explicit.contains(p) && !self.withdrawn.contains(p)
             })
             .filter(|p| retry.get(p).is_none_or(|&at| at <= now))
             .collect();
@@ -332,6 +357,7 @@ impl State {
             tracing::debug!(?new, "published");
             for p in &new {
                 self.retry.remove(p);
+                self.published.insert(*p);
             }
             return;
         }
@@ -340,6 +366,7 @@ impl State {
                 Ok(()) => {
                     self.retry.remove(p);
                     self.warned.remove(p);
+                    self.published.insert(*p);
                 }
                 Err(e) => {
                     self.retry.insert(*p, now + RETRY_AFTER);

@@ -599,6 +599,24 @@ impl Network {
         mappings: &[PortMapping],
     ) -> Result<&[ForwardInfo], PortChangeError> {
         let forwards = expand_all(mappings)?;
+        // Asked for exactly as automatic publishing made them: they become
+        // the caller's, and stay when their socket closes.
+        let automatic = |f: &Forward| {
+            let key = PortKey::from(f);
+            self.auto_keys.contains(&key)
+                && self
+                    .info
+                    .forwards
+                    .iter()
+                    .any(|i| i.key() == key && i.container_port == f.container_port)
+        };
+        if !forwards.is_empty() && forwards.iter().all(automatic) {
+            for f in &forwards {
+                self.auto_keys.remove(&PortKey::from(f));
+            }
+            self.mark_auto();
+            return Ok(&self.info.forwards);
+        }
         for f in &forwards {
             let key = PortKey::from(f);
             if self.info.forwards.iter().any(|i| i.key() == key) {

@@ -357,6 +357,15 @@ fn assert_udp_echo(port: u16) {
     }
 }
 
+/// What `ss` says listens on TCP `port` (for a failure's message).
+fn who_listens(port: u16) -> String {
+    Command::new("ss")
+        .args(["-Htlnp", &format!("sport = :{port}")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("(ss: {e})"))
+}
+
 fn tcp_refused(port: u16) -> bool {
     matches!(connect(port), Err(e) if e.kind() == ErrorKind::ConnectionRefused)
 }
@@ -365,9 +374,10 @@ fn tcp_refused(port: u16) -> bool {
 fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
     // Ports: 0 v4, 1 dual-stack, 2 udp, 3 excluded, 4 loopback only,
     // 5 IPv6 only, 6 taken on the host, 7 published explicitly, 8 added by
-    // hand later.
-    let base = free_low_ports(9);
-    let p: Vec<u16> = (base..base + 9).collect();
+    // hand later, 9 TCP and 10 UDP on the namespace's own address, 11 opened
+    // later.
+    let base = free_low_ports(12);
+    let p: Vec<u16> = (base..base + 12).collect();
     let extra = vec![
         "--publish-auto".to_owned(),
         "--publish-auto-exclude".to_owned(),
@@ -391,10 +401,14 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
     s.cmd(&format!("tcp 0.0.0.0 {}", p[0]));
     s.cmd(&format!("tcp :: {}", p[1]));
     s.cmd(&format!("udp 0.0.0.0 {}", p[2]));
+    s.cmd(&format!("tcp 10.0.2.100 {}", p[9]));
+    s.cmd(&format!("udp 10.0.2.100 {}", p[10]));
     let want: BTreeSet<_> = [
         (Protocol::Tcp, p[0]),
         (Protocol::Tcp, p[1]),
         (Protocol::Udp, p[2]),
+        (Protocol::Tcp, p[9]),
+        (Protocol::Udp, p[10]),
     ]
     .into();
     s.wait_for("the listeners to be published", |s| s.auto() == want);
@@ -414,6 +428,8 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
     assert_tcp_echo(p[1], 2);
     assert_tcp_echo(p[7], 3);
     assert_udp_echo(p[2]);
+    assert_tcp_echo(p[9], 8);
+    assert_udp_echo(p[10]);
     for q in [p[3], p[4], p[5]] {
         assert!(tcp_refused(q), "{q} is reachable on the host");
     }
@@ -429,7 +445,7 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
     assert_eq!(ps.len(), 1);
     assert_eq!(
         ps[0].forwards.iter().filter(|f| f.auto).count(),
-        3,
+        5,
         "{ps:?}"
     );
     let ps_table = user.ok(&["ps"]);
@@ -446,6 +462,38 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
     user.ok(&["port", "rm", "--pid", &s.pid(), "-p", &spec]);
     assert!(tcp_refused(p[8]));
     assert_eq!(s.auto(), want);
+
+    // An automatic forward removed by hand stays removed while its socket
+    // listens; one published by hand as it is becomes explicit and stays
+    // when its socket closes. The publisher's pass that publishes a
+    // listener opened after these changes has seen them all (it holds the
+    // session while it runs).
+    let pid = s.pid();
+    user.ok(&[
+        "port",
+        "rm",
+        "--pid",
+        &pid,
+        "-p",
+        &format!("127.0.0.1:{}/tcp", p[1]),
+    ]);
+    let as_it_is = format!("127.0.0.1:{0}:{0}/tcp", p[9]);
+    user.ok(&["port", "add", "--pid", &pid, "-p", &as_it_is]);
+    s.cmd(&format!("close {}", p[9]));
+    s.cmd(&format!("tcp 0.0.0.0 {}", p[11]));
+    s.wait_for("a later listener to be published", |s| {
+        s.auto().contains(&(Protocol::Tcp, p[11]))
+    });
+    let ls = s.ls();
+    assert!(
+        !ls.iter().any(|f| f.host_port == p[1]),
+        "a forward removed by hand came back: {ls:?}"
+    );
+    assert!(
+        ls.iter().any(|f| f.host_port == p[9] && !f.auto),
+        "the forward published by hand went with its socket: {ls:?}"
+    );
+    assert!(tcp_refused(p[1]));
 
     // A listener closes: its host port closes, an open connection carries on.
     let mut open = connect(p[0]).unwrap();
@@ -497,8 +545,8 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
     for q in [p[1], p[6], p[7], many] {
         assert!(
             tcp_refused(q),
-            "{q} still accepts after the session ({:?}; ports {p:?}, many {many})",
-            connect(q).map(|c| c.peer_addr())
+            "{q} still accepts after the session; ports {p:?}, many {many}; ss: {}",
+            who_listens(q)
         );
         TcpListener::bind(local(q)).unwrap_or_else(|e| panic!("{q} still bound: {e}"));
     }
