@@ -22,7 +22,7 @@ use slirp_opts::portctl::{ForwardEntry, SessionStatus};
 use slirp_opts::Protocol;
 use slirpnet_tests::{
     payload, require, require_slirp, rootless_possible, rootlessport_bin, slirpnet_bin,
-    world_runnable,
+    world_runnable, PersistentNetns,
 };
 
 const LISTEN_CTL: &str = env!("CARGO_BIN_EXE_listen-ctl");
@@ -121,6 +121,8 @@ struct Session<'a> {
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     stderr: Arc<Mutex<String>>,
+    /// `attach`: listen-ctl, started in the namespace apart from slirpnet.
+    ctl: Option<Child>,
 }
 
 impl<'a> Session<'a> {
@@ -136,8 +138,36 @@ impl<'a> Session<'a> {
             .arg(&user.listen_ctl)
             .env("SLIRPNET_QUIET", "1")
             .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        Session::start(user, cmd, None)
+    }
+
+    /// `slirpnet attach --netns NETNS --publish-auto` (root), with
+    /// listen-ctl started in that namespace.
+    fn attach(user: &'a User, handler: &str, netns: &Path) -> Self {
+        let ctl = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .arg(&user.listen_ctl)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .spawn()
+            .unwrap();
+        let mut cmd = user.slirpnet();
+        cmd.arg("attach")
+            .arg("--netns")
+            .arg(netns)
+            .arg("-o")
+            .arg(format!("port_handler={handler}"))
+            .args(["-o", "allow_host_loopback=true", "--publish-auto"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        Session::start(user, cmd, Some(ctl))
+    }
+
+    /// Starts `cmd` (slirpnet); listen-ctl is `ctl`, or else slirpnet's
+    /// command.
+    fn start(user: &'a User, mut cmd: Command, mut ctl: Option<Child>) -> Self {
+        cmd.stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().unwrap();
@@ -153,12 +183,17 @@ impl<'a> Session<'a> {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
+        let (stdin, stdout) = match &mut ctl {
+            Some(ctl) => (ctl.stdin.take(), ctl.stdout.take()),
+            None => (child.stdin.take(), child.stdout.take()),
+        };
         let mut session = Session {
             user,
-            stdin: child.stdin.take(),
-            stdout: BufReader::new(child.stdout.take().unwrap()),
+            stdin,
+            stdout: BufReader::new(stdout.unwrap()),
             child,
             stderr,
+            ctl,
         };
         session.wait_for("the control socket to answer", |s| s.try_ls().is_some());
         session
@@ -243,6 +278,10 @@ impl<'a> Session<'a> {
     /// slirpnet's exit status.
     fn end(mut self) -> ExitStatus {
         drop(self.stdin.take());
+        if let Some(mut ctl) = self.ctl.take() {
+            assert!(ctl.wait().unwrap().success());
+            kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        }
         let deadline = Instant::now() + STEP;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -266,6 +305,10 @@ impl Drop for Session<'_> {
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if let Some(mut ctl) = self.ctl.take() {
+            let _ = ctl.kill();
+            let _ = ctl.wait();
         }
     }
 }
@@ -364,6 +407,23 @@ fn who_listens(port: u16) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_else(|e| format!("(ss: {e})"))
+}
+
+/// Nothing of a session listens on TCP `port` any more. The machine may
+/// run other tests meanwhile, and one may have taken the port since: only
+/// slirpnet's own programs listening there count.
+fn assert_left_nothing(port: u16) {
+    if tcp_refused(port) {
+        return;
+    }
+    let who = who_listens(port);
+    for ours in ["slirpnet", "slirp4netns", "rootlessport"] {
+        assert!(
+            !who.contains(&format!("((\"{ours}\",")),
+            "{port} still accepts after the session: {who}"
+        );
+    }
+    eprintln!("{port} was taken by another program after the session: {who}");
 }
 
 fn tcp_refused(port: u16) -> bool {
@@ -542,13 +602,8 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
     let stderr_before = s.stderr();
     let status = s.end();
     assert_eq!(status.code(), Some(0), "{stderr_before}");
-    for q in [p[1], p[6], p[7], many] {
-        assert!(
-            tcp_refused(q),
-            "{q} still accepts after the session; ports {p:?}, many {many}; ss: {}",
-            who_listens(q)
-        );
-        TcpListener::bind(local(q)).unwrap_or_else(|e| panic!("{q} still bound: {e}"));
+    for q in [p[1], p[6], p[7], p[9], many] {
+        assert_left_nothing(q);
     }
     UdpSocket::bind(local(p[2])).unwrap_or_else(|e| panic!("UDP {} still bound: {e}", p[2]));
     assert!(
@@ -590,6 +645,36 @@ fn rootless_slirp4netns() {
         return;
     }
     publishes_what_the_namespace_listens_on(&User::nobody(), "slirp4netns");
+}
+
+/// `attach` publishes too: a listener of an existing namespace is
+/// forwarded and withdrawn, through each handler, and nothing is left once
+/// the session ends.
+#[test]
+fn attach_publishes_what_the_namespace_listens_on() {
+    if !require_slirp("attach_publishes_what_the_namespace_listens_on") {
+        return;
+    }
+    let root = User::root();
+    for handler in ["rootlesskit", "slirp4netns"] {
+        let netns = PersistentNetns::new(&format!("auto-{handler}")).unwrap();
+        let mut s = Session::attach(&root, handler, &netns.path);
+        let port = free_low_ports(2);
+        s.cmd(&format!("tcp 0.0.0.0 {port}"));
+        s.cmd(&format!("udp :: {}", port + 1));
+        let want: BTreeSet<_> = [(Protocol::Tcp, port), (Protocol::Udp, port + 1)].into();
+        s.wait_for("the listeners to be published", |s| s.auto() == want);
+        assert_tcp_echo(port, 9);
+        assert_udp_echo(port + 1);
+        s.cmd(&format!("close {port}"));
+        s.wait_for("the closed listener to be withdrawn", |s| {
+            !s.auto().contains(&(Protocol::Tcp, port)) && tcp_refused(port)
+        });
+        assert_eq!(s.end().code(), Some(0), "{handler}");
+        assert_left_nothing(port);
+        UdpSocket::bind(local(port + 1))
+            .unwrap_or_else(|e| panic!("{handler}: UDP {} still bound: {e}", port + 1));
+    }
 }
 
 /// An IPv6 host address through slirp4netns is refused before anything
