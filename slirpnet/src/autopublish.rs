@@ -130,6 +130,24 @@ pub enum AutoPublishError {
 /// Publishes a session's listening ports while it runs (see the module
 /// docs). Dropping it stops the thread; the forwards it made stay until the
 /// network is torn down.
+///
+/// ```no_run
+/// use std::sync::{Arc, Mutex};
+/// use slirpnet::{plan, AutoPublish, AutoPublisher, NetworkOptions, SetupOptions, Target};
+///
+/// let network = NetworkOptions::parse(&[] as &[&str], false, &[] as &[&str], |_| false)?;
+/// let mut opts = SetupOptions::new(network);
+/// opts.publish_auto = Some(AutoPublish::new("127.0.0.1".parse()?));
+/// let net = plan(&opts)?.start(Target::Path { netns: "/run/netns/demo".into(), userns: None })?;
+/// let shared = Arc::new(Mutex::new(Some(net)));
+/// let publisher = AutoPublisher::start(&shared)?;
+/// // ... the namespace's listeners are published while `publisher` lives ...
+/// drop(publisher);
+/// if let Some(net) = shared.lock().unwrap().take() {
+///     net.teardown();
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct AutoPublisher {
     stop: Option<mpsc::Sender<()>>,

@@ -588,7 +588,8 @@ impl Network {
     /// Forwards `mappings` too, at once and through the session's handler:
     /// all of them, or none when one cannot be (a port in use, forwarded
     /// already, ...). With the rootlesskit handler and no forwarder yet, one
-    /// is started. Returns every forward now.
+    /// is started. Forwards that automatic publishing made exactly so are
+    /// taken over instead (no longer automatic). Returns every forward now.
     ///
     /// # Errors
     ///
