@@ -116,12 +116,19 @@ pub enum AutoPublishError {
     /// A port list is not one.
     #[error("invalid port list {0:?} (expected ports and ranges such as 22,8000-8010)")]
     Exclude(String),
-    /// The namespace's sockets cannot be scanned.
-    #[error("cannot watch the namespace's listening sockets: {0}")]
-    Scan(#[source] netns_util::NetnsError),
+    /// The socket that lists the namespace's sockets cannot be made inside
+    /// it (the inner message names the namespace; no source, as it is
+    /// printed here).
+    #[error("cannot watch what the namespace listens on: {0}")]
+    Scan(netns_util::NetnsError),
     /// The first scan failed.
-    #[error("cannot list the namespace's listening sockets: {0}")]
-    Dump(std::io::Error),
+    #[error("cannot list the listening sockets of network namespace {}: {error}", netns.display())]
+    Dump {
+        /// The namespace.
+        netns: std::path::PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
     /// The thread could not be started.
     #[error("cannot start the thread that publishes ports: {0}")]
     Thread(std::io::Error),
@@ -177,9 +184,13 @@ impl AutoPublisher {
             (opts.clone(), net.target().clone(), net.info().guest)
         };
         let mut scanner = Scanner::open(&target).map_err(AutoPublishError::Scan)?;
+        let dump = |error| AutoPublishError::Dump {
+            netns: target.netns_path(),
+            error,
+        };
         let mut first = Vec::new();
-        scanner.scan(&mut first).map_err(AutoPublishError::Dump)?;
-        scanner.ephemeral_range().map_err(AutoPublishError::Dump)?;
+        scanner.scan(&mut first).map_err(dump)?;
+        scanner.ephemeral_range().map_err(dump)?;
         let (stop, stopped) = mpsc::channel();
         let shared = network.clone();
         let thread = std::thread::Builder::new()
@@ -247,6 +258,7 @@ impl State {
     fn run(&mut self, scanner: &mut Scanner, network: &SharedNetwork, stop: &mpsc::Receiver<()>) {
         let mut found = Vec::new();
         let mut first = true;
+        let mut failing = false;
         loop {
             if !first {
                 match stop.recv_timeout(self.opts.interval) {
@@ -256,9 +268,14 @@ impl State {
             }
             first = false;
             if let Err(e) = scanner.scan(&mut found) {
-                tracing::warn!("cannot list the namespace's listening sockets: {e}");
+                // Once, not every 50 ms.
+                if !failing {
+                    tracing::warn!("cannot list the namespace's listening sockets: {e}");
+                }
+                failing = true;
                 continue;
             }
+            failing = false;
             let ephemeral = scanner.ephemeral_range().unwrap_or((32768, 60999));
             let wanted = self.forwardable(&found, ephemeral);
             let now = Instant::now();

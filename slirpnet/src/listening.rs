@@ -20,7 +20,9 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::inet::nlas::Nla;
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
-use netlink_packet_sock_diag::{SockDiagMessage, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use netlink_packet_sock_diag::{
+    SockDiagMessage, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, TCP_CLOSE, TCP_LISTEN,
+};
 use netns_util::{Inside, Netns};
 use nix::sys::socket::{recv, send, MsgFlags};
 use slirp_opts::{Protocol, Target};
@@ -65,7 +67,7 @@ impl Scanner {
     /// given and this process lacks CAP_SYS_ADMIN).
     pub(crate) fn open(target: &Target) -> Result<Self, netns_util::NetnsError> {
         let netns = Netns::open(target.netns_path())?;
-        let mut made = netns.open_inside(
+        let made = netns.open_inside(
             target.userns_path(),
             &[
                 Inside::Socket {
@@ -76,8 +78,15 @@ impl Scanner {
                 Inside::ReadOnly(c"/proc/sys/net/ipv4/ip_local_port_range"),
             ],
         )?;
-        let port_range = made.pop().expect("two made");
-        let diag = made.pop().expect("two made");
+        // open_inside returns one descriptor per item, in order.
+        let mut made = made.into_iter();
+        let (Some(diag), Some(port_range)) = (made.next(), made.next()) else {
+            return Err(netns_util::NetnsError::Inside {
+                path: netns.path().to_owned(),
+                what: "the sock_diag socket".into(),
+                error: io::Error::other("fewer descriptors than asked for"),
+            });
+        };
         let requests = [
             (AF_INET, IPPROTO_TCP),
             (AF_INET6, IPPROTO_TCP),
@@ -222,10 +231,9 @@ fn request(family: u8, protocol: u8) -> Vec<u8> {
 
 fn listener(r: &netlink_packet_sock_diag::inet::InetResponse) -> Option<Listener> {
     let proto = match r.header.state {
-        // TCP_LISTEN
-        10 => Protocol::Tcp,
-        // TCP_CLOSE: a UDP socket that is not connected
-        7 => Protocol::Udp,
+        TCP_LISTEN => Protocol::Tcp,
+        // A UDP socket that is not connected.
+        TCP_CLOSE => Protocol::Udp,
         _ => return None,
     };
     let port = r.header.socket_id.source_port;
