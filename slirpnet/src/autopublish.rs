@@ -231,6 +231,8 @@ struct State {
     warned: HashSet<Port>,
     /// Ports warned about as IPv6 only: once each while they are.
     warned_v6: HashSet<Port>,
+    /// Ports whose forward could not be removed, warned about once.
+    warned_remove: HashSet<Port>,
     /// When the network was last compared with the scan.
     synced: Instant,
     /// What this publisher forwarded (and saw forwarded last time).
@@ -249,6 +251,7 @@ impl State {
             retry: HashMap::new(),
             warned: HashSet::new(),
             warned_v6: HashSet::new(),
+            warned_remove: HashSet::new(),
             synced: Instant::now(),
             published: BTreeSet::new(),
             withdrawn: BTreeSet::new(),
@@ -347,6 +350,7 @@ impl State {
         }
         self.published = current_ports;
         self.withdrawn.retain(|p| self.wanted.contains(p));
+        self.warned_remove.retain(|p| self.published.contains(p));
         let gone: Vec<PortKey> = current
             .iter()
             .filter(|k| !self.wanted.contains(&(k.proto, k.host_port)))
@@ -360,7 +364,15 @@ impl State {
                         self.published.remove(&(k.proto, k.host_port));
                     }
                 }
-                Err(e) => tracing::warn!("cannot stop publishing: {e}"),
+                Err(e) => {
+                    let mut new = false;
+                    for k in &gone {
+                        new |= self.warned_remove.insert((k.proto, k.host_port));
+                    }
+                    if new {
+                        tracing::warn!("cannot stop publishing (tried again every second): {e}");
+                    }
+                }
             }
         }
         // Published explicitly already, as the host or the namespace port.
