@@ -677,6 +677,41 @@ fn attach_publishes_what_the_namespace_listens_on() {
     }
 }
 
+/// `--publish-auto=::1` publishes on the host's IPv6 loopback (through
+/// rootlessport; slirp4netns listens on IPv4 only, see below).
+#[test]
+fn an_ipv6_host_address() {
+    if !require_slirp("an_ipv6_host_address") {
+        return;
+    }
+    let v6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    if TcpListener::bind((v6, 0)).is_err() {
+        require(
+            "an_ipv6_host_address",
+            Err(anyhow::anyhow!("the host has no ::1")),
+        );
+        return;
+    }
+    let root = User::root();
+    let mut s = Session::run(&root, "rootlesskit", &["--publish-auto=::1".to_owned()]);
+    let port = free_low_ports(1);
+    s.cmd(&format!("tcp :: {port}"));
+    s.wait_for("the listener to be published on ::1", |s| {
+        s.ls()
+            .iter()
+            .any(|f| f.auto && f.host_ip == Some(v6) && f.host_port == port)
+    });
+    let mut conn = TcpStream::connect_timeout(&SocketAddr::new(v6, port), STEP).unwrap();
+    conn.set_read_timeout(Some(STEP)).unwrap();
+    conn.write_all(b"over v6").unwrap();
+    let mut back = [0u8; 7];
+    conn.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"over v6");
+    assert!(tcp_refused(port), "published on 127.0.0.1 too");
+    drop(conn);
+    assert_eq!(s.end().code(), Some(0));
+}
+
 /// An IPv6 host address through slirp4netns is refused before anything
 /// starts; a bad exclusion list too.
 #[test]
