@@ -32,53 +32,11 @@ use slirp_opts::{parse_port_spec, PortMapping, Protocol};
 
 use crate::listening::{Listener, Reach, Scanner};
 use crate::session::SharedNetwork;
-use crate::setup::Network;
+use crate::setup::{AutoPublish, Network};
 
-/// How often the namespace is scanned by default: a new listener is
-/// forwarded within about this long (two scans, at worst, for the 100 ms
-/// the issue asks).
-pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a port that could not be forwarded (taken on the host) waits
 /// before it is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// What `--publish-auto` forwards, and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct AutoPublish {
-    /// The host address each port is forwarded on (127.0.0.1 by default:
-    /// never wider unless asked).
-    pub host_ip: IpAddr,
-    /// Ports never forwarded automatically.
-    pub exclude: Vec<RangeInclusive<u16>>,
-    /// How often the namespace is scanned.
-    pub interval: Duration,
-}
-
-impl Default for AutoPublish {
-    fn default() -> Self {
-        AutoPublish {
-            host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            exclude: Vec::new(),
-            interval: DEFAULT_INTERVAL,
-        }
-    }
-}
-
-impl AutoPublish {
-    /// Forwards on `host_ip`, excluding nothing, scanning every 50 ms.
-    pub fn new(host_ip: IpAddr) -> Self {
-        AutoPublish {
-            host_ip,
-            ..AutoPublish::default()
-        }
-    }
-
-    /// Whether `port` is excluded.
-    pub fn excludes(&self, port: u16) -> bool {
-        self.exclude.iter().any(|r| r.contains(&port))
-    }
-}
 
 /// Parses a port list such as `22,8000-8010,9090` into ranges.
 ///

@@ -46,15 +46,16 @@ mod portfwd;
 pub mod session;
 mod setup;
 
-pub use autopublish::{
-    parse_port_list, AutoPublish, AutoPublishError, AutoPublisher, DEFAULT_INTERVAL, RETRY_AFTER,
-};
+pub use autopublish::{parse_port_list, AutoPublishError, AutoPublisher, RETRY_AFTER};
 pub use binary::{detect_features, find_binary, BinaryError, HELP_TIMEOUT};
 pub use portfwd::{
     resolve_forwarder, ForwarderChoice, ForwarderInfo, PortChangeError, PortForwardError,
     PortForwarder,
 };
-pub use setup::{plan, setup, ForwardInfo, Network, Plan, SetupError, SetupInfo, SetupOptions};
+pub use setup::{
+    plan, setup, AutoPublish, ForwardInfo, Network, Plan, SetupError, SetupInfo, SetupOptions,
+    DEFAULT_INTERVAL,
+};
 
 // What public signatures mention, so users need no second dependency to
 // name it.

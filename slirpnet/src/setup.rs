@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,7 +17,6 @@ use slirp_opts::{
 };
 use slirp_proc::{Exit, Slirp, SlirpCommand, StartError};
 
-use crate::autopublish::AutoPublish;
 use crate::binary::{detect_features, find_binary, BinaryError};
 use crate::dirs::runtime_dir;
 use crate::portfwd::{
@@ -85,6 +85,49 @@ impl SetupOptions {
             keep_source_ip: true,
             publish_auto: None,
         }
+    }
+}
+
+/// How often automatic publishing scans the namespace by default: a new
+/// listener is forwarded within about this long (a scan and the change;
+/// well within 100 ms).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What `--publish-auto` forwards, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AutoPublish {
+    /// The host address each port is forwarded on (127.0.0.1 by default:
+    /// never wider unless asked).
+    pub host_ip: IpAddr,
+    /// Ports never forwarded automatically.
+    pub exclude: Vec<RangeInclusive<u16>>,
+    /// How often the namespace is scanned.
+    pub interval: Duration,
+}
+
+impl Default for AutoPublish {
+    fn default() -> Self {
+        AutoPublish {
+            host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            exclude: Vec::new(),
+            interval: DEFAULT_INTERVAL,
+        }
+    }
+}
+
+impl AutoPublish {
+    /// Forwards on `host_ip`, excluding nothing, scanning every 50 ms.
+    pub fn new(host_ip: IpAddr) -> Self {
+        AutoPublish {
+            host_ip,
+            ..AutoPublish::default()
+        }
+    }
+
+    /// Whether `port` is excluded.
+    pub fn excludes(&self, port: u16) -> bool {
+        self.exclude.iter().any(|r| r.contains(&port))
     }
 }
 
