@@ -51,6 +51,7 @@
 //! on `caps`.
 
 mod iface;
+mod inside;
 mod ns;
 mod persist;
 mod prefork;
@@ -58,6 +59,7 @@ mod privilege;
 
 pub use caps::Capability;
 pub use iface::{interface_info, Counters, IfaceError, InterfaceInfo};
+pub use inside::{Inside, MAX_INSIDE};
 pub use ns::{Netns, NetnsError};
 pub use persist::{create_persistent, remove_persistent, PersistError};
 pub use prefork::join_userns_before_exec;

@@ -68,6 +68,34 @@ pub enum NetnsError {
         /// The error.
         error: io::Error,
     },
+    /// The user namespace that owns it cannot be joined (by the child that
+    /// [`Netns::open_inside`] forks for a rootless caller).
+    #[error("failed to join user namespace {path}: {error}")]
+    JoinUserns {
+        /// The user namespace's path.
+        path: PathBuf,
+        /// The error.
+        error: io::Error,
+    },
+    /// The child that joins the namespaces for [`Netns::open_inside`]
+    /// cannot be made, or ended without an answer.
+    #[error("failed to fork a child for network namespace {path}: {error}")]
+    Fork {
+        /// The network namespace's path.
+        path: PathBuf,
+        /// The error.
+        error: io::Error,
+    },
+    /// A socket or file cannot be made inside ([`Netns::open_inside`]).
+    #[error("failed to make {what} in network namespace {path}: {error}")]
+    Inside {
+        /// The network namespace's path.
+        path: PathBuf,
+        /// What was being made.
+        what: String,
+        /// The error.
+        error: io::Error,
+    },
     /// The thread inside the namespace panicked.
     #[error("the thread in network namespace {path} panicked: {message}")]
     Panicked {
@@ -264,8 +292,13 @@ impl Netns {
     /// Moves the calling thread into this namespace for good. Meant for a
     /// thread that lives only to do work there.
     fn join_current_thread(&self) -> Result<(), NetnsError> {
+        setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|errno| self.join_error(errno))
+    }
+
+    /// What a failed `setns` into this namespace means.
+    pub(crate) fn join_error(&self, errno: Errno) -> NetnsError {
         let action = || format!("joining network namespace {}", self.path.display());
-        setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|errno| match errno {
+        match errno {
             // setns(2) into a network namespace checks both the target's
             // owner and the caller's own user namespace: owning the target
             // (rootless) is not enough without the second.
@@ -288,7 +321,7 @@ impl Netns {
                 path: self.path.clone(),
                 error: errno.into(),
             },
-        })
+        }
     }
 
     /// The `(device, inode)` identity of the namespace: two `Netns` are the

@@ -258,3 +258,52 @@ fn privilege_checks_name_the_action_and_the_capability() {
         }
     }
 }
+
+/// `open_inside` hands back what it made inside, in order; an item that
+/// cannot be made is named in the error, and nothing is returned.
+#[test]
+fn open_inside_makes_sockets_and_files() {
+    let ns = Netns::current().unwrap();
+    let items = [
+        netns_util::Inside::Socket {
+            domain: nix::libc::AF_INET,
+            ty: nix::libc::SOCK_DGRAM,
+            protocol: 0,
+        },
+        netns_util::Inside::ReadOnly(c"/proc/sys/net/ipv4/ip_local_port_range"),
+    ];
+    match ns.open_inside(None, &items) {
+        Ok(fds) => {
+            assert!(privileged());
+            assert_eq!(fds.len(), 2);
+            for fd in &fds {
+                let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD);
+                assert_eq!(
+                    flags.unwrap() & nix::libc::FD_CLOEXEC,
+                    nix::libc::FD_CLOEXEC
+                );
+            }
+        }
+        Err(NetnsError::Privilege(_)) => assert!(!privileged()),
+        Err(e) => panic!("{e}"),
+    }
+    if !privileged() {
+        return;
+    }
+    let err = ns
+        .open_inside(None, &[netns_util::Inside::ReadOnly(c"/nonexistent/file")])
+        .unwrap_err();
+    assert!(matches!(err, NetnsError::Inside { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with(
+            "failed to make /nonexistent/file in network namespace /proc/thread-self/ns/net: "
+        ),
+        "{err}"
+    );
+    check_message(&err);
+    let too_many = [items[0]; netns_util::MAX_INSIDE + 1];
+    assert!(matches!(
+        ns.open_inside(None, &too_many),
+        Err(NetnsError::Inside { .. })
+    ));
+}

@@ -70,6 +70,14 @@ pub struct ForwardEntry {
     pub host_port: u16,
     /// The port inside the namespace.
     pub container_port: u16,
+    /// Made by a session's automatic publishing (`--publish-auto`);
+    /// absent on the wire when not.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub auto: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl From<&Forward> for ForwardEntry {
@@ -79,6 +87,7 @@ impl From<&Forward> for ForwardEntry {
             host_ip: f.host_ip,
             host_port: f.host_port,
             container_port: f.container_port,
+            auto: false,
         }
     }
 }

@@ -50,9 +50,9 @@
 //! started outlives it.
 //!
 //! ```no_run
-//! use slirpnet::{plan, NetworkOptions, NsCommand, SetupOptions};
+//! use slirpnet::{plan, NetworkOptions, NsCommand, PortHandler, SetupOptions};
 //!
-//! let network = NetworkOptions::parse(&[] as &[&str], false, &["port_handler=slirp4netns"], |_| false)?;
+//! let network = NetworkOptions::new().with_port_handler(PortHandler::Slirp4netns);
 //! let checked = plan(&SetupOptions::new(network))?;
 //! let mut command = NsCommand::new("sh");
 //! command.args(["-c", "ip addr; cat /etc/resolv.conf"]);
@@ -63,14 +63,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod autopublish;
 mod binary;
 mod child;
 mod dirs;
+mod listening;
 mod portfwd;
 mod run;
 pub mod session;
 mod setup;
 
+pub use autopublish::{parse_port_list, AutoPublishError, AutoPublisher, RETRY_AFTER};
 pub use binary::{detect_features, find_binary, BinaryError, HELP_TIMEOUT};
 pub use child::{NsChild, NsCommand, NsOptions, NsStep, SpawnError};
 pub use portfwd::{
@@ -78,7 +81,10 @@ pub use portfwd::{
     PortForwarder,
 };
 pub use run::{RunError, RunningCommand};
-pub use setup::{plan, setup, ForwardInfo, Network, Plan, SetupError, SetupInfo, SetupOptions};
+pub use setup::{
+    plan, setup, AutoPublish, ForwardInfo, Network, Plan, SetupError, SetupInfo, SetupOptions,
+    DEFAULT_INTERVAL,
+};
 
 // What public signatures mention, so users need no second dependency to
 // name it.

@@ -22,7 +22,8 @@ use slirp_opts::{
 };
 use slirpnet::session::{SessionServer, SharedNetwork};
 use slirpnet::{
-    plan, ForwarderChoice, Network, NsChild, NsCommand, Plan, SetupOptions, SpawnError,
+    plan, AutoPublish, AutoPublisher, ForwarderChoice, Network, NsChild, NsCommand, Plan,
+    SetupOptions, SpawnError,
 };
 use std::sync::{Arc, Mutex};
 
@@ -112,6 +113,25 @@ struct NetArgs {
     /// instead of its real address
     #[arg(long)]
     hide_source_ip: bool,
+    /// Forward every port the namespace listens on (TCP listeners, bound
+    /// UDP sockets; wildcard or the namespace's own address) to the same
+    /// port on the host at HOST_IP (default 127.0.0.1), while it listens
+    #[arg(
+        long = "publish-auto",
+        value_name = "HOST_IP",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "127.0.0.1"
+    )]
+    publish_auto: Option<IpAddr>,
+    /// Ports --publish-auto leaves alone: ports and ranges (22,8000-8010);
+    /// may be repeated
+    #[arg(
+        long = "publish-auto-exclude",
+        value_name = "PORTS",
+        requires = "publish_auto"
+    )]
+    publish_auto_exclude: Vec<String>,
     /// Print the setup as JSON instead of a table
     #[arg(long)]
     json: bool,
@@ -321,7 +341,11 @@ fn print_setup(net: &NetArgs, info: &slirpnet::SetupInfo, out: &mut dyn Write) -
 }
 
 /// The setup options every subcommand shares.
-fn setup_options(net: &NetArgs, network: NetworkOptions, ports: Vec<PortMapping>) -> SetupOptions {
+fn setup_options(
+    net: &NetArgs,
+    network: NetworkOptions,
+    ports: Vec<PortMapping>,
+) -> Result<SetupOptions> {
     let mut opts = SetupOptions::new(network);
     opts.binary = net.slirp4netns.clone();
     opts.ports = ports;
@@ -329,7 +353,14 @@ fn setup_options(net: &NetArgs, network: NetworkOptions, ports: Vec<PortMapping>
         opts.forwarder = ForwarderChoice::Binary(path.clone());
     }
     opts.keep_source_ip = !net.hide_source_ip;
-    opts
+    if let Some(host_ip) = net.publish_auto {
+        let mut auto = AutoPublish::new(host_ip);
+        for list in &net.publish_auto_exclude {
+            auto.exclude.extend(slirpnet::parse_port_list(list)?);
+        }
+        opts.publish_auto = Some(auto);
+    }
+    Ok(opts)
 }
 
 fn dry_run(net: &NetArgs, plan: &Plan, target: &Target) -> Result<ExitCode> {
@@ -362,7 +393,7 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
         userns: args.userns.clone(),
     };
     // SetupOptions::new chose what this process's privilege allows.
-    let opts = setup_options(&args.net, network, ports);
+    let opts = setup_options(&args.net, network, ports)?;
     let checked = plan(&opts)?;
     if args.net.dry_run {
         return dry_run(&args.net, &checked, &target);
@@ -371,7 +402,7 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
     let signals = block_signals()?;
     let net = checked.start(target)?;
     report_setup(&args.net, net.info(), &mut std::io::stdout().lock());
-    let session = Session::serve(net);
+    let session = Session::serve(net)?;
     loop {
         let sig = next_signal(&signals)?;
         if sig == Signal::SIGCHLD {
@@ -396,12 +427,16 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
 struct Session {
     shared: SharedNetwork,
     server: Option<SessionServer>,
+    /// `--publish-auto`'s thread.
+    auto: Option<AutoPublisher>,
 }
 
 impl Session {
     /// Serves the session's control socket; without it the session still
-    /// runs (its ports just cannot be changed), with a warning.
-    fn serve(net: Network) -> Self {
+    /// runs (its ports just cannot be changed), with a warning. Starts
+    /// `--publish-auto`'s thread; when it cannot start, the network is torn
+    /// down and the error returned.
+    fn serve(net: Network) -> Result<Self> {
         let shared: SharedNetwork = Arc::new(Mutex::new(Some(net)));
         let server = match SessionServer::start(shared.clone(), std::process::id()) {
             Ok(server) => Some(server),
@@ -410,7 +445,19 @@ impl Session {
                 None
             }
         };
-        Session { shared, server }
+        let mut session = Session {
+            shared,
+            server,
+            auto: None,
+        };
+        match AutoPublisher::start(&session.shared) {
+            Ok(auto) => session.auto = auto,
+            Err(e) => {
+                session.end();
+                return Err(e.into());
+            }
+        }
+        Ok(session)
     }
 
     /// Runs `f` on the network (while the session runs).
@@ -423,6 +470,7 @@ impl Session {
     /// network down: forwarder first, then slirp4netns.
     fn end(mut self) -> Option<slirp_proc::Exit> {
         drop(self.server.take());
+        drop(self.auto.take());
         let net = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take();
         net.map(Network::teardown)
     }
@@ -641,7 +689,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let (network, ports) = parse_net(&args.net)?;
     // SetupOptions::new chose what this process's privilege allows (the
     // rootless settings when it lacks CAP_SYS_ADMIN).
-    let mut opts = setup_options(&args.net, network, ports);
+    let mut opts = setup_options(&args.net, network, ports)?;
     // The namespace's init holds accept_dad from inside.
     opts.toggle_accept_dad = false;
     // Everything that can be checked is checked before anything starts.
@@ -676,7 +724,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     if args.net.json || std::env::var_os("SLIRPNET_QUIET").is_none() {
         report_setup(&args.net, net.info(), &mut std::io::stderr().lock());
     }
-    let session = Session::serve(net);
+    // On failure the child is dropped, which kills its namespace.
+    let session = Session::serve(net)?;
     match child.go() {
         Ok(()) => {}
         // It exits 127 or 126, which becomes ours below.
@@ -750,6 +799,7 @@ mod tests {
             host_ip: ip.map(|i| i.parse().unwrap()),
             host_port,
             container_port: 80,
+            auto: false,
         }
     }
 

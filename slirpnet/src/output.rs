@@ -34,6 +34,12 @@ pub fn table(info: &SetupInfo, out: &mut dyn Write) -> io::Result<()> {
         v6(info.gateway_v6)
     )?;
     writeln!(out, "  {:<8} {:<16} {}", "dns", info.dns, v6(info.dns_v6))?;
+    if let Some(ip) = info.publish_auto {
+        writeln!(
+            out,
+            "publishing every port the namespace listens on, at {ip} on the host"
+        )?;
+    }
     if info.forwards.is_empty() {
         return Ok(());
     }
@@ -129,14 +135,15 @@ pub fn shell_words(binary: &Path, args: &[OsString]) -> String {
 
 /// Forwards as a short table.
 pub fn forwards(forwards: &[ForwardEntry], out: &mut dyn Write) -> io::Result<()> {
-    writeln!(out, "{:<5} {:<24} CONTAINER", "PROTO", "HOST")?;
+    writeln!(out, "{:<5} {:<24} {:<9} BY", "PROTO", "HOST", "CONTAINER")?;
     for f in forwards {
         writeln!(
             out,
-            "{:<5} {:<24} {}",
+            "{:<5} {:<24} {:<9} {}",
             f.proto,
             host(f.host_ip, f.host_port),
-            f.container_port
+            f.container_port,
+            if f.auto { "auto" } else { "request" }
         )?;
     }
     Ok(())
@@ -155,10 +162,11 @@ pub fn sessions(sessions: &[SessionStatus], out: &mut dyn Write) -> io::Result<(
             .iter()
             .map(|f| {
                 format!(
-                    "{}->{}/{}",
+                    "{}->{}/{}{}",
                     host(f.host_ip, f.host_port),
                     f.container_port,
-                    f.proto
+                    f.proto,
+                    if f.auto { " (auto)" } else { "" }
                 )
             })
             .collect();

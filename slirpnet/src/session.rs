@@ -265,7 +265,10 @@ fn entries(net: &Network) -> Vec<ForwardEntry> {
     net.info()
         .forwards
         .iter()
-        .map(|f| ForwardEntry::from(&f.forward()))
+        .map(|f| ForwardEntry {
+            auto: f.auto,
+            ..ForwardEntry::from(&f.forward())
+        })
         .collect()
 }
 

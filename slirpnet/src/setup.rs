@@ -1,7 +1,9 @@
 //! The setup: plan, start, forward, undo on failure.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -64,6 +66,10 @@ pub struct SetupOptions {
     /// default; where the namespace refuses, the forwarder warns once and
     /// forwards as before.
     pub keep_source_ip: bool,
+    /// Forward every port the namespace listens on to the same host port
+    /// (`--publish-auto`), once [`AutoPublisher::start`](crate::AutoPublisher::start)
+    /// runs for the network. `None`: only the ports asked for.
+    pub publish_auto: Option<AutoPublish>,
 }
 
 impl SetupOptions {
@@ -92,6 +98,7 @@ impl SetupOptions {
             parent_death_signal: None,
             forwarder: ForwarderChoice::default(),
             keep_source_ip: true,
+            publish_auto: None,
         }
     }
 }
@@ -101,6 +108,49 @@ impl SetupOptions {
 /// sandbox need.
 fn privileged() -> bool {
     netns_util::has_cap(caps::Capability::CAP_SYS_ADMIN)
+}
+
+/// How often automatic publishing scans the namespace by default: a new
+/// listener is forwarded within about this long (a scan and the change;
+/// well within 100 ms).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What `--publish-auto` forwards, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AutoPublish {
+    /// The host address each port is forwarded on (127.0.0.1 by default:
+    /// never wider unless asked).
+    pub host_ip: IpAddr,
+    /// Ports never forwarded automatically.
+    pub exclude: Vec<RangeInclusive<u16>>,
+    /// How often the namespace is scanned.
+    pub interval: Duration,
+}
+
+impl Default for AutoPublish {
+    fn default() -> Self {
+        AutoPublish {
+            host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            exclude: Vec::new(),
+            interval: DEFAULT_INTERVAL,
+        }
+    }
+}
+
+impl AutoPublish {
+    /// Forwards on `host_ip`, excluding nothing, scanning every 50 ms.
+    pub fn new(host_ip: IpAddr) -> Self {
+        AutoPublish {
+            host_ip,
+            ..AutoPublish::default()
+        }
+    }
+
+    /// Whether `port` is excluded.
+    pub fn excludes(&self, port: u16) -> bool {
+        self.exclude.iter().any(|r| r.contains(&port))
+    }
 }
 
 /// A failed setup. Nothing it started is left running.
@@ -176,6 +226,8 @@ pub struct ForwardInfo {
     pub container_port: u16,
     /// The slirp4netns forward id, with port_handler=slirp4netns.
     pub id: Option<u32>,
+    /// Made by automatic publishing (`--publish-auto`), not asked for.
+    pub auto: bool,
 }
 
 impl ForwardInfo {
@@ -186,6 +238,7 @@ impl ForwardInfo {
             host_port: f.host_port,
             container_port: f.container_port,
             id,
+            auto: false,
         }
     }
 
@@ -244,6 +297,9 @@ pub struct SetupInfo {
     pub api_socket: Option<PathBuf>,
     /// The forwards.
     pub forwards: Vec<ForwardInfo>,
+    /// With automatic publishing (`--publish-auto`): the host address the
+    /// namespace's listening ports are forwarded on.
+    pub publish_auto: Option<IpAddr>,
     /// What will not work as the options stand, and how to fix it.
     pub warnings: Vec<String>,
 }
@@ -286,6 +342,12 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
         None
     };
     if handler == PortHandler::Slirp4netns {
+        if let Some(addr @ IpAddr::V6(_)) = opts.publish_auto.as_ref().map(|a| a.host_ip) {
+            return Err(SetupError::Ipv6HostAddress {
+                addr,
+                mapping: "--publish-auto".into(),
+            });
+        }
         for m in &opts.ports {
             if let Some(addr @ IpAddr::V6(_)) = m.host_addr()? {
                 return Err(SetupError::Ipv6HostAddress {
@@ -299,7 +361,7 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
     let mut warnings = Vec::new();
     if handler == PortHandler::Slirp4netns
         && !opts.network.allow_host_loopback
-        && forwards.iter().any(|f| f.proto == Protocol::Udp)
+        && (opts.publish_auto.is_some() || forwards.iter().any(|f| f.proto == Protocol::Udp))
     {
         // libslirp does not translate the namespace's UDP replies to the
         // host while host loopback is disabled (podman issue #4586).
@@ -329,6 +391,7 @@ pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
         keep_source_ip: handler == PortHandler::Slirp4netns || opts.keep_source_ip,
         api_socket: opts.api_socket.clone(),
         forwards: forwards.iter().map(|f| ForwardInfo::of(f, None)).collect(),
+        publish_auto: opts.publish_auto.as_ref().map(|a| a.host_ip),
         warnings,
     };
     Ok(Plan {
@@ -458,6 +521,8 @@ impl Plan {
             target: target.clone(),
             ready_timeout: self.opts.ready_timeout,
             choice: self.opts.forwarder.clone(),
+            auto: self.opts.publish_auto.clone(),
+            auto_keys: HashSet::new(),
         };
         match (&self.opts.network.port_handler, net.info.api_socket.clone()) {
             (PortHandler::Slirp4netns, Some(sock)) if !self.forwards.is_empty() => {
@@ -487,6 +552,9 @@ pub struct Network {
     target: Target,
     ready_timeout: Duration,
     choice: ForwarderChoice,
+    /// `--publish-auto`, and the forwards it made.
+    auto: Option<AutoPublish>,
+    auto_keys: HashSet<PortKey>,
 }
 
 /// Plans with `opts`, then starts for `target`: [`plan`] and
@@ -627,19 +695,22 @@ impl Network {
                     host_port: e.host_port,
                     container_port: e.guest_port,
                     id: Some(e.id),
+                    auto: false,
                 })
                 .collect();
         } else if let Some(fwd) = &self.ports {
             let now = fwd.list()?;
             self.info.forwards = now.iter().map(|f| ForwardInfo::of(f, None)).collect();
         }
+        self.mark_auto();
         Ok(&self.info.forwards)
     }
 
     /// Forwards `mappings` too, at once and through the session's handler:
     /// all of them, or none when one cannot be (a port in use, forwarded
     /// already, ...). With the rootlesskit handler and no forwarder yet, one
-    /// is started. Returns every forward now.
+    /// is started. Forwards that automatic publishing made exactly so are
+    /// taken over instead (no longer automatic). Returns every forward now.
     ///
     /// # Errors
     ///
@@ -650,6 +721,24 @@ impl Network {
         mappings: &[PortMapping],
     ) -> Result<&[ForwardInfo], PortChangeError> {
         let forwards = expand_all(mappings)?;
+        // Asked for exactly as automatic publishing made them: they become
+        // the caller's, and stay when their socket closes.
+        let automatic = |f: &Forward| {
+            let key = PortKey::from(f);
+            self.auto_keys.contains(&key)
+                && self
+                    .info
+                    .forwards
+                    .iter()
+                    .any(|i| i.key() == key && i.container_port == f.container_port)
+        };
+        if !forwards.is_empty() && forwards.iter().all(automatic) {
+            for f in &forwards {
+                self.auto_keys.remove(&PortKey::from(f));
+            }
+            self.mark_auto();
+            return Ok(&self.info.forwards);
+        }
         for f in &forwards {
             let key = PortKey::from(f);
             if self.info.forwards.iter().any(|i| i.key() == key) {
@@ -659,6 +748,7 @@ impl Network {
         if let Some(api) = self.api() {
             let added = add_via_api(&api, &forwards).map_err(|e| e.1)?;
             self.info.forwards.extend(added);
+            self.mark_auto();
             return Ok(&self.info.forwards);
         }
         match &self.ports {
@@ -676,6 +766,7 @@ impl Network {
                 self.info.forwards = forwards.iter().map(|f| ForwardInfo::of(f, None)).collect();
             }
         }
+        self.mark_auto();
         Ok(&self.info.forwards)
     }
 
@@ -704,13 +795,72 @@ impl Network {
                 }
                 self.info.forwards.remove(pos);
             }
+            self.mark_auto();
             return Ok(&self.info.forwards);
         }
         if let Some(fwd) = &self.ports {
             let now = fwd.remove(ports)?;
             self.info.forwards = now.iter().map(|f| ForwardInfo::of(f, None)).collect();
         }
+        self.mark_auto();
         Ok(&self.info.forwards)
+    }
+
+    /// Marks the automatic forwards in `info.forwards`, forgetting those
+    /// that are gone (removed by hand).
+    fn mark_auto(&mut self) {
+        // 0.0.0.0 and "all addresses" are one forward (slirp4netns lists
+        // the one as the other).
+        let plain = |k: &PortKey| {
+            let ip = k
+                .host_ip
+                .filter(|ip| *ip != IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            (k.proto, ip, k.host_port)
+        };
+        let wanted: HashSet<_> = self.auto_keys.iter().map(plain).collect();
+        let mut now = HashSet::new();
+        for f in &mut self.info.forwards {
+            f.auto = wanted.contains(&plain(&f.key()));
+            if f.auto {
+                now.insert(f.key());
+            }
+        }
+        self.auto_keys = now;
+    }
+
+    /// What automatic publishing this network was set up with.
+    pub fn auto_publish(&self) -> Option<&AutoPublish> {
+        self.auto.as_ref()
+    }
+
+    /// The forwards made by automatic publishing.
+    pub(crate) fn auto_forwards(&self) -> impl Iterator<Item = PortKey> + '_ {
+        self.auto_keys.iter().copied()
+    }
+
+    /// [`Network::add_ports`], marking what it adds as automatic.
+    pub(crate) fn add_auto(&mut self, mappings: &[PortMapping]) -> Result<(), PortChangeError> {
+        let added: HashSet<(Protocol, u16)> = expand_all(mappings)?
+            .iter()
+            .map(|f| (f.proto, f.host_port))
+            .collect();
+        self.add_ports(mappings)?;
+        // As the handler names them (slirp4netns reports 0.0.0.0 as all).
+        let keys: Vec<PortKey> = self
+            .info
+            .forwards
+            .iter()
+            .filter(|f| added.contains(&(f.proto, f.host_port)))
+            .map(ForwardInfo::key)
+            .collect();
+        self.auto_keys.extend(keys);
+        self.mark_auto();
+        Ok(())
+    }
+
+    /// [`Network::remove_ports`] for automatic forwards.
+    pub(crate) fn remove_auto(&mut self, ports: &[PortKey]) -> Result<(), PortChangeError> {
+        self.remove_ports(ports).map(drop)
     }
 
     /// The namespace it serves.

@@ -524,6 +524,7 @@ fn fwd(proto: Protocol, host_ip: IpAddr, host_port: u16, container_port: u16) ->
         host_ip: Some(host_ip),
         host_port,
         container_port,
+        auto: false,
     }
 }
 
