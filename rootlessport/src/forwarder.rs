@@ -17,7 +17,7 @@ use crate::ports::{Command, ForwarderHandle, Ports};
 use crate::reload::{ReloadError, ReloadGuard, ReloadServer};
 use crate::source_ip::{Ports as PublishedPorts, SourceIps, SourceIpsGuard};
 use crate::target::Target;
-use crate::tcp;
+use crate::{tcp, udp};
 use slirp_opts::rootlessport::{ConfigError, ValidConfig};
 
 /// Pooled pipes and namespace sockets are closed after this long unused...
@@ -227,8 +227,14 @@ impl Forwarder {
         drop(handle);
         runtime.block_on(async {
             let pipes = tcp::PipePool::default();
-            let mut ports =
-                Ports::new(target.clone(), factory.clone(), pipes.clone(), keep.clone());
+            let flows = udp::FlowTable::default();
+            let mut ports = Ports::new(
+                target.clone(),
+                factory.clone(),
+                pipes.clone(),
+                keep.clone(),
+                flows.clone(),
+            );
             ports
                 .serve(listeners)
                 .map_err(|e| io::Error::other(e.to_string()))?;
@@ -251,6 +257,7 @@ impl Forwarder {
                         tick.tick().await;
                         pipes.trim_if_idle(POOL_IDLE);
                         factory.trim_if_idle(POOL_IDLE);
+                        flows.sweep();
                         if let Some(keep) = &keep {
                             keep.sweep(target.ip());
                         }

@@ -101,7 +101,58 @@ impl PipePool {
     }
 }
 
-/// Serves one host listener until the task is dropped.
+/// A pipe held back for accepting when the fd table is full. With no fd
+/// left, accept(2) fails with EMFILE and leaves the connection queued, where
+/// its client waits for nothing; closing the spare frees an fd to accept it
+/// with, and reset it, so the client hears at once. Shared by every
+/// listener of a forwarder.
+#[derive(Debug, Clone)]
+pub(crate) struct SpareFd(Arc<Mutex<Option<(OwnedFd, OwnedFd)>>>);
+
+impl Default for SpareFd {
+    fn default() -> Self {
+        SpareFd(Arc::new(Mutex::new(Self::open())))
+    }
+}
+
+impl SpareFd {
+    fn open() -> Option<(OwnedFd, OwnedFd)> {
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()
+    }
+
+    /// Takes one queued connection off `listener` with the spare's fds and
+    /// resets it; `false` when there was no spare to give up (it is taken
+    /// again for next time).
+    fn shed(&self, listener: &TcpListener) -> bool {
+        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.take().is_none() {
+            *spare = Self::open();
+            return false;
+        }
+        // Straight on the socket: a WouldBlock here only makes the next
+        // accept() find the queue empty and wait.
+        if let Ok((conn, _)) = SockRef::from(listener).accept() {
+            let _ = conn.set_linger(Some(Duration::ZERO));
+            drop(conn);
+        }
+        *spare = Self::open();
+        true
+    }
+}
+
+/// Out of fds: this process's (EMFILE) or the system's (ENFILE).
+fn out_of_fds(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+    )
+}
+
+/// The pause after an accept that failed for want of resources, when no
+/// connection could be shed: the loop never spins on a queued connection.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(20);
+
+/// Serves one host listener until the task is dropped (which closes it).
 pub async fn serve(
     listener: TcpListener,
     container_port: u16,
@@ -109,14 +160,36 @@ pub async fn serve(
     factory: SocketFactory,
     pipes: PipePool,
     keep: Option<SourceIps>,
+    spare: SpareFd,
 ) {
+    // Warn once per run of failures, not once per connection.
+    let mut failing = false;
     loop {
         let (conn, peer) = match listener.accept().await {
-            Ok(c) => c,
+            Ok(c) => {
+                failing = false;
+                c
+            }
+            Err(e) if out_of_fds(&e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "out of file descriptors: resetting connections that cannot be accepted");
+                    failing = true;
+                }
+                if !spare.shed(&listener) {
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                }
+                continue;
+            }
+            // The client gave up while queued: nothing to serve.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
             Err(e) => {
-                // EMFILE and friends: back off a little instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // ENOBUFS, ENOMEM and the like: back off a little instead
+                // of spinning.
+                if !failing {
+                    tracing::warn!(error = %e, "accept failed");
+                    failing = true;
+                }
+                tokio::time::sleep(ACCEPT_PAUSE).await;
                 continue;
             }
         };
