@@ -1379,3 +1379,67 @@ fn an_ipv6_loopback_port_is_added_and_removed() {
     assert!(line.contains("IPv4"), "{line}");
     assert!(s4.ls().is_empty());
 }
+
+/// `n` consecutive ports on 127.0.0.1, free for TCP and UDP, from `base`
+/// up: below the ephemeral range (32768 and up), so no other test's
+/// client takes one between the check and the add.
+fn quiet_range(base: u16, n: u16) -> u16 {
+    let mut first = base;
+    while first + n <= 32768 {
+        match (first..first + n)
+            .find(|&p| TcpListener::bind(local(p)).is_err() || UdpSocket::bind(local(p)).is_err())
+        {
+            None => return first,
+            Some(taken) => first = taken + 1,
+        }
+    }
+    panic!("found no {n} consecutive free ports from {base}");
+}
+
+/// `slirpnet port rm` returns only once the listeners are closed: a
+/// connection right after it is refused, for 1 port (many times, as the
+/// race is narrow), 100 and 2,000 ports at once.
+#[test]
+fn removed_ports_refuse_the_instant_port_rm_returns() {
+    if !require_slirp("removed_ports_refuse_the_instant_port_rm_returns") {
+        return;
+    }
+    let root = User::root();
+    let sizes: &[(&str, u16, usize)] = &[
+        ("rootlesskit", 1, 40),
+        ("rootlesskit", 100, 3),
+        ("rootlesskit", 2000, 2),
+        ("slirp4netns", 1, 20),
+    ];
+    for &(handler, n, rounds) in sizes {
+        let session = Session::run(&root, handler, NO_PORTS);
+        let first = quiet_range(29000, n);
+        let last = first + (n - 1);
+        let spec = if n == 1 {
+            format!("127.0.0.1:{first}:7000")
+        } else {
+            format!("127.0.0.1:{first}-{last}:10000-{}", 10000 + (n - 1))
+        };
+        for round in 0..rounds {
+            session.add([&spec]);
+            assert!(
+                connect(local(last)).is_ok(),
+                "{handler}: {last} does not listen"
+            );
+            session.rm([&spec]);
+            // The last ports first: a forwarder that closes late closes in order.
+            let open: Vec<u16> = (first..=last)
+                .rev()
+                .filter(|&p| {
+                    !matches!(connect(local(p)), Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+                })
+                .collect();
+            assert!(
+                open.is_empty(),
+                "{handler}: {} of {n} ports still took a connection after port rm returned (round {round}): {:?}",
+                open.len(),
+                &open[..open.len().min(10)]
+            );
+        }
+    }
+}
