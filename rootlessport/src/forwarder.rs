@@ -56,6 +56,7 @@ pub struct Forwarder {
     keep: Option<(SourceIps, SourceIpsGuard)>,
     reload: Option<ReloadGuard>,
     runtime: tokio::runtime::Runtime,
+    spare: tcp::SpareFd,
     commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
     handle: ForwarderHandle,
 }
@@ -130,13 +131,15 @@ impl Forwarder {
             }
             None => None,
         };
-        // Made before ready, so that a ready forwarder holds every fd it
-        // will hold while idle.
+        // Made before ready (the event loop, and the spare fds that accepts
+        // fall back on when the fd table is full), so that a ready
+        // forwarder holds every fd it will hold while idle.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()
             .map_err(StartError::Runtime)?;
+        let spare = tcp::SpareFd::default();
         tracing::info!(ports = listeners.len(), %child_ip, keep_source_ip = keep.is_some(), "listening");
         let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
         Ok(Forwarder {
@@ -146,6 +149,7 @@ impl Forwarder {
             keep,
             reload,
             runtime,
+            spare,
             commands,
             handle: ForwarderHandle::new(tx),
         })
@@ -216,6 +220,7 @@ impl Forwarder {
             keep,
             reload,
             runtime,
+            spare,
             mut commands,
             handle,
         } = self;
@@ -234,6 +239,7 @@ impl Forwarder {
                 pipes.clone(),
                 keep.clone(),
                 flows.clone(),
+                spare,
             );
             ports
                 .serve(listeners)

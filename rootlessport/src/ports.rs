@@ -144,6 +144,7 @@ impl Ports {
         pipes: tcp::PipePool,
         keep: Option<SourceIps>,
         flows: udp::FlowTable,
+        spare: tcp::SpareFd,
     ) -> Self {
         Ports {
             served: Vec::new(),
@@ -152,7 +153,7 @@ impl Ports {
             pipes,
             keep,
             flows,
-            spare: tcp::SpareFd::default(),
+            spare,
         }
     }
 
