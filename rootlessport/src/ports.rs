@@ -184,7 +184,7 @@ impl Ports {
                 (self.target.clone(), self.factory.clone(), self.keep.clone());
             let task = match listener {
                 Listener::Tcp(l) => tokio::spawn(tcp::serve(
-                    l,
+                    tcp::Listening(l),
                     fwd.container_port,
                     target,
                     factory,

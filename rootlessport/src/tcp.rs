@@ -152,9 +152,24 @@ fn out_of_fds(e: &io::Error) -> bool {
 /// connection could be shed: the loop never spins on a queued connection.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(20);
 
+/// A listener that stops listening when dropped, before its fd is closed:
+/// a process forked meanwhile (by a program embedding the forwarder) holds
+/// a copy of the fd until it execs, and would keep the port listening.
+/// Shutting it down leaves LISTEN whoever holds it, and resets connections
+/// still queued. Made before the listener's task is spawned, since a task
+/// aborted before its first poll drops only what it was given.
+#[derive(Debug)]
+pub(crate) struct Listening(pub(crate) TcpListener);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = SockRef::from(&self.0).shutdown(Shutdown::Read);
+    }
+}
+
 /// Serves one host listener until the task is dropped (which closes it).
-pub async fn serve(
-    listener: TcpListener,
+pub(crate) async fn serve(
+    listener: Listening,
     container_port: u16,
     target: Target,
     factory: SocketFactory,
@@ -162,6 +177,7 @@ pub async fn serve(
     keep: Option<SourceIps>,
     spare: SpareFd,
 ) {
+    let listener = &listener.0;
     // Warn once per run of failures, not once per connection.
     let mut failing = false;
     loop {
@@ -175,7 +191,7 @@ pub async fn serve(
                     tracing::warn!(error = %e, "out of file descriptors: resetting connections that cannot be accepted");
                     failing = true;
                 }
-                if !spare.shed(&listener) {
+                if !spare.shed(listener) {
                     tokio::time::sleep(ACCEPT_PAUSE).await;
                 }
                 continue;
