@@ -89,15 +89,29 @@ enum Change {
 /// started serving the new listeners; and the other tests of this process
 /// start programs meanwhile, whose children hold a copy of every fd until
 /// they exec: a listener only closed (not shut down) would keep listening.
-fn remove_refuses_at_once(what: &str, base: u16, mut change: impl FnMut(Change, &[u16])) {
+/// An add that finds a port taken (by a program outside this test) is
+/// tried again on other ports.
+fn remove_refuses_at_once(
+    what: &str,
+    base: u16,
+    mut change: impl FnMut(Change, &[u16]) -> Result<(), String>,
+) {
     for (n, rounds) in ROUNDS {
-        let ports = quiet_ports(base, n);
+        let mut ports = quiet_ports(base, n);
         for round in 0..rounds {
-            change(Change::Add, &ports);
+            let mut tries = 0;
+            while let Err(e) = change(Change::Add, &ports) {
+                tries += 1;
+                assert!(
+                    e.contains("Address already in use") && tries < 5,
+                    "{what}: add failed: {e}"
+                );
+                ports = quiet_ports(base, n);
+            }
             for p in [ports[0], ports[n - 1]] {
                 assert!(!refused(p), "{what}: port {p} does not listen after add");
             }
-            change(Change::Remove, &ports);
+            change(Change::Remove, &ports).unwrap();
             let open = still_open(&ports);
             assert!(
                 open.is_empty(),
@@ -134,11 +148,12 @@ fn a_port_removed_through_the_handle_refuses_the_instant_remove_returns() {
     remove_refuses_at_once("ForwarderHandle::remove", 21001, |change, ports| {
         if change == Change::Add {
             let maps: Vec<_> = ports.iter().map(|&p| tcp_mapping(p, 7001)).collect();
-            handle.add(&maps).unwrap();
+            handle.add(&maps).map(drop).map_err(|e| e.to_string())
         } else {
             let keys: Vec<_> = ports.iter().map(|&p| key(p)).collect();
             let now = handle.remove(&keys).unwrap();
             assert_eq!(now.len(), 1, "only the anchor is left");
+            Ok(())
         }
     });
     drop(stop_write);
@@ -168,11 +183,12 @@ fn network_remove_refuses_at_once(what: &str, forwarder: ForwarderChoice, base: 
     remove_refuses_at_once(what, base + 1, |change, ports| {
         if change == Change::Add {
             let maps: Vec<_> = ports.iter().map(|&p| tcp_mapping(p, 7001)).collect();
-            net.add_ports(&maps).unwrap();
+            net.add_ports(&maps).map(drop).map_err(|e| e.to_string())
         } else {
             let keys: Vec<_> = ports.iter().map(|&p| key(p)).collect();
             let now = net.remove_ports(&keys).unwrap();
             assert_eq!(now.len(), 1, "only the anchor is left");
+            Ok(())
         }
     });
     net.teardown();
