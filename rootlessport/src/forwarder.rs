@@ -67,6 +67,9 @@ impl Forwarder {
     /// returns, the forwarder can be declared ready: connections queue in
     /// the listeners' backlogs. On failure nothing is left listening.
     ///
+    /// Process limits are left alone: UDP flows are bounded by the soft
+    /// `RLIMIT_NOFILE` as it is (see [`raise_fd_limit`](crate::raise_fd_limit)).
+    ///
     /// # Errors
     ///
     /// A host port that cannot be listened on, a namespace that cannot be

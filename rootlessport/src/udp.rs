@@ -317,14 +317,18 @@ impl PortFlows {
     }
 
     /// Room for one more flow, made before its socket is opened, so that
-    /// the table never holds more sockets than the cap.
-    fn reserve(&self) {
+    /// the table never holds more sockets than the cap. Whether flows were
+    /// closed for it: their sockets are only freed once their reply tasks
+    /// have been dropped, which the caller must let the loop do (new flows
+    /// often come without the loop ever waiting: pooled sockets are handed
+    /// out at once).
+    fn reserve(&self) -> bool {
         let cap = {
             let t = self.table.lock();
             flow_cap(nofile(), t.listeners)
         };
         let evicted = self.table.lock().make_room(cap);
-        drop(evicted);
+        !evicted.is_empty()
     }
 }
 
@@ -399,7 +403,11 @@ pub async fn serve(
                     for (from, data) in strangers {
                         if !flows.has(from) {
                             let dest = SocketAddr::new(target.ip(), container_port);
-                            flows.reserve();
+                            if flows.reserve() {
+                                // Let the closed flows' tasks go, and their
+                                // sockets with them, before opening more.
+                                tokio::task::yield_now().await;
+                            }
                             match open_flow(&factory, keep.as_ref(), dest, from, &host, epoch).await
                             {
                                 Ok(flow) => flows.insert(from, flow),

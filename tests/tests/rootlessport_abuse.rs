@@ -352,10 +352,12 @@ fn thousands_of_udp_source_ports_under_nofile_1024_never_stop_tcp() {
         .collect();
     let mut failures = Vec::new();
     let mut seed = 1;
+    let mut most_fds = 0;
     for round in 0..3 {
         for (i, c) in clients.iter().enumerate() {
             let _ = c.send_to(format!("{round}/{i}").as_bytes(), (LOCAL, udp_port));
             if i % 100 == 99 {
+                most_fds = most_fds.max(rp.fds().len());
                 seed += 1;
                 if let Err(e) = tcp_echoes(tcp_port, seed) {
                     failures.push(format!("round {round}, after {} clients: {e}", i + 1));
@@ -370,8 +372,9 @@ fn thousands_of_udp_source_ports_under_nofile_1024_never_stop_tcp() {
         seed - 1,
         &failures[..failures.len().min(5)]
     );
-    let fds = rp.fds().len();
-    assert!(fds < 1024, "the forwarder holds {fds} fds");
+    eprintln!("MOSTFDS {most_fds}");
+    // Flows take at most half of what is left under the limit.
+    assert!(most_fds < 800, "the forwarder held {most_fds} fds");
     // A new UDP client still gets through: old flows made room.
     assert!(
         udp_echoes("127.0.0.5".parse().unwrap(), udp_port),
