@@ -1413,15 +1413,37 @@ fn removed_ports_refuse_the_instant_port_rm_returns() {
     ];
     for &(handler, n, rounds) in sizes {
         let session = Session::run(&root, handler, NO_PORTS);
-        let first = quiet_range(29000, n);
-        let last = first + (n - 1);
-        let spec = if n == 1 {
-            format!("127.0.0.1:{first}:7000")
-        } else {
-            format!("127.0.0.1:{first}-{last}:10000-{}", 10000 + (n - 1))
+        let spec_of = |first: u16| {
+            if n == 1 {
+                format!("127.0.0.1:{first}:7000")
+            } else {
+                format!(
+                    "127.0.0.1:{first}-{}:10000-{}",
+                    first + (n - 1),
+                    10000 + (n - 1)
+                )
+            }
         };
+        let mut first = quiet_range(29000, n);
         for round in 0..rounds {
-            session.add([&spec]);
+            // A port taken meanwhile by a program outside this test: other
+            // ports.
+            let mut tries = 0;
+            loop {
+                let out = session.port("add", publish([spec_of(first)]));
+                if out.code == Some(0) {
+                    break;
+                }
+                tries += 1;
+                assert!(
+                    out.stderr.contains("Address already in use") && tries < 5,
+                    "{}: {}",
+                    out.shown,
+                    out.stderr
+                );
+                first = quiet_range(29000, n);
+            }
+            let (last, spec) = (first + (n - 1), spec_of(first));
             assert!(
                 connect(local(last)).is_ok(),
                 "{handler}: {last} does not listen"
