@@ -15,10 +15,22 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 /// # Errors
 ///
 /// The limit could not be read or set (the soft limit stays as it was).
-pub fn raise_fd_limit() -> Result<u64, nix::Error> {
+pub fn raise_fd_limit() -> std::io::Result<u64> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    if soft >= hard {
+        return Ok(soft);
     }
-    Ok(hard.max(soft))
+    if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Ok(hard);
+    }
+    // An unlimited hard limit: the kernel takes at most fs.nr_open.
+    let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(soft)
+        .min(hard);
+    if most > soft {
+        setrlimit(Resource::RLIMIT_NOFILE, most, hard)?;
+    }
+    Ok(most.max(soft))
 }
