@@ -180,10 +180,13 @@ pub(crate) async fn serve(
     let listener = &listener.0;
     // Warn once per run of failures, not once per connection.
     let mut failing = false;
+    // Whether the pools were emptied since the last accept that failed.
+    let mut released = false;
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(c) => {
                 failing = false;
+                released = false;
                 c
             }
             Err(e) if out_of_fds(&e) => {
@@ -191,6 +194,15 @@ pub(crate) async fn serve(
                     tracing::warn!(error = %e, "out of file descriptors: resetting connections that cannot be accepted");
                     failing = true;
                 }
+                if !released {
+                    // Pooled sockets and pipes wait for connections that
+                    // cannot come in: give them back, and try again.
+                    factory.trim_if_idle(Duration::ZERO);
+                    pipes.trim_if_idle(Duration::ZERO);
+                    released = true;
+                    continue;
+                }
+                released = false;
                 if !spare.shed(listener) {
                     tokio::time::sleep(ACCEPT_PAUSE).await;
                 }

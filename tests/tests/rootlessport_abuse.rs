@@ -399,3 +399,71 @@ fn the_program_raises_its_soft_fd_limit_to_the_hard_one() {
     let rp = Rootlessport::start(&script, &cfg).unwrap_or_else(|e| panic!("not ready: {e}"));
     assert_eq!(nofile_of(rp.pid()), ("4096".to_owned(), "4096".to_owned()));
 }
+
+#[test]
+fn a_forwarder_out_of_fds_resets_new_connections_and_recovers() {
+    if !require(
+        "a_forwarder_out_of_fds_resets_new_connections_and_recovers",
+        can_admin_net(),
+    ) {
+        return;
+    }
+    let container = PersistentNetns::with_veth("abuse-emfile");
+    tcp_echo(&container, "10.77.0.1:7000");
+    let port = quiet_ports(28700, 1)[0];
+    let map = json!([{"host_ip": "127.0.0.1", "container_port": 7000, "host_port": port, "range": 1, "protocol": "tcp"}]);
+    let (_dir, script) = with_limits(&rootlessport_bin(), &["-n 64"]);
+    let cfg = container.rootlessport_config(map, "10.77.0.1");
+    let rp = Rootlessport::start(&script, &cfg).unwrap_or_else(|e| panic!("not ready: {e}"));
+    // Connections held open until the forwarder has no fd left: each new
+    // one is then served or reset, never left waiting.
+    let mut held = Vec::new();
+    let mut reset = 0;
+    for i in 0..200 {
+        // A connection reset before connect returns is as good as one
+        // reset later.
+        let mut conn =
+            match TcpStream::connect_timeout(&SocketAddr::new(LOCAL, port), Duration::from_secs(5))
+            {
+                Ok(c) => c,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    reset += 1;
+                    continue;
+                }
+                Err(e) => panic!("connection {i}: {e}"),
+            };
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = conn.write_all(b"x");
+        let mut b = [0u8; 1];
+        match conn.read(&mut b) {
+            Ok(1) => held.push(conn),
+            Ok(_) => reset += 1,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!(
+                    "connection {i} ({} held open, {reset} reset) waited 5 s for nothing: accepted by the kernel, never served",
+                    held.len()
+                )
+            }
+            Err(_) => reset += 1,
+        }
+        if reset >= 10 {
+            break;
+        }
+    }
+    assert!(
+        reset >= 10,
+        "the forwarder never ran out of fds ({} held)",
+        held.len()
+    );
+    assert!(rp.fds().len() <= 64);
+    // Once the clients go, new connections are served again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = tcp_echoes(port, 7) {
+        assert!(
+            Instant::now() < deadline,
+            "not served again after the clients left: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
