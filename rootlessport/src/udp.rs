@@ -1,5 +1,6 @@
 //! UDP: a flow per client address, each with its own socket inside the
-//! namespace; 90 s idle timeout. Datagrams are received in batches (recvmmsg,
+//! namespace; 90 s idle timeout, and at most half of the fds left under the
+//! soft fd limit across all ports (the flows idle longest go first). Datagrams are received in batches (recvmmsg,
 //! up to 64 per system call) through one buffer per event loop, not one per
 //! port or per flow; runs of equal-size datagrams go into the namespace as one
 //! UDP GSO send, and replies (or everything, where GSO is refused) go out with
