@@ -17,7 +17,7 @@ use crate::ports::{Command, ForwarderHandle, Ports};
 use crate::reload::{ReloadError, ReloadGuard, ReloadServer};
 use crate::source_ip::{Ports as PublishedPorts, SourceIps, SourceIpsGuard};
 use crate::target::Target;
-use crate::tcp;
+use crate::{tcp, udp};
 use slirp_opts::rootlessport::{ConfigError, ValidConfig};
 
 /// Pooled pipes and namespace sockets are closed after this long unused...
@@ -56,6 +56,7 @@ pub struct Forwarder {
     keep: Option<(SourceIps, SourceIpsGuard)>,
     reload: Option<ReloadGuard>,
     runtime: tokio::runtime::Runtime,
+    spare: tcp::SpareFd,
     commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
     handle: ForwarderHandle,
 }
@@ -65,6 +66,9 @@ impl Forwarder {
     /// of its own) and serves the reload socket if asked. When this
     /// returns, the forwarder can be declared ready: connections queue in
     /// the listeners' backlogs. On failure nothing is left listening.
+    ///
+    /// Process limits are left alone: UDP flows are bounded by the soft
+    /// `RLIMIT_NOFILE` as it is (see [`raise_fd_limit`](crate::raise_fd_limit)).
     ///
     /// # Errors
     ///
@@ -130,13 +134,15 @@ impl Forwarder {
             }
             None => None,
         };
-        // Made before ready, so that a ready forwarder holds every fd it
-        // will hold while idle.
+        // Made before ready (the event loop, and the spare fds that accepts
+        // fall back on when the fd table is full), so that a ready
+        // forwarder holds every fd it will hold while idle.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()
             .map_err(StartError::Runtime)?;
+        let spare = tcp::SpareFd::default();
         tracing::info!(ports = listeners.len(), %child_ip, keep_source_ip = keep.is_some(), "listening");
         let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
         Ok(Forwarder {
@@ -146,6 +152,7 @@ impl Forwarder {
             keep,
             reload,
             runtime,
+            spare,
             commands,
             handle: ForwarderHandle::new(tx),
         })
@@ -216,6 +223,7 @@ impl Forwarder {
             keep,
             reload,
             runtime,
+            spare,
             mut commands,
             handle,
         } = self;
@@ -227,8 +235,15 @@ impl Forwarder {
         drop(handle);
         runtime.block_on(async {
             let pipes = tcp::PipePool::default();
-            let mut ports =
-                Ports::new(target.clone(), factory.clone(), pipes.clone(), keep.clone());
+            let flows = udp::FlowTable::default();
+            let mut ports = Ports::new(
+                target.clone(),
+                factory.clone(),
+                pipes.clone(),
+                keep.clone(),
+                flows.clone(),
+                spare,
+            );
             ports
                 .serve(listeners)
                 .map_err(|e| io::Error::other(e.to_string()))?;
@@ -251,6 +266,7 @@ impl Forwarder {
                         tick.tick().await;
                         pipes.trim_if_idle(POOL_IDLE);
                         factory.trim_if_idle(POOL_IDLE);
+                        flows.sweep();
                         if let Some(keep) = &keep {
                             keep.sweep(target.ip());
                         }

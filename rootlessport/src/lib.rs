@@ -39,6 +39,7 @@ mod childip;
 mod control;
 mod factory;
 mod forwarder;
+mod limits;
 mod listen;
 mod mmsg;
 mod options;
@@ -54,6 +55,7 @@ mod udp;
 pub use childip::{child_ip, NetAddress, NetInterface, StatusBlock};
 pub use control::{ControlError, ControlServer, CONTROL_SOCKET_ENV};
 pub use forwarder::{Forwarder, StartError};
+pub use limits::raise_fd_limit;
 pub use listen::ListenError;
 /// The namespace crate: open a namespace and make a service inside it with
 /// [`netns_util::Netns`], with no second dependency.

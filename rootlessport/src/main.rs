@@ -51,6 +51,8 @@ fn main() -> ExitCode {
     if std::env::args_os().len() > 1 {
         return fail("rootlessport takes no arguments: the configuration comes as JSON on stdin");
     }
+    // As Go programs do (podman's helper among them): soft fd limit = hard.
+    let _ = rootlessport::raise_fd_limit();
     // Before any thread starts, so that every thread inherits the mask:
     // SIGTERM and SIGINT then wait in the signalfd, and stop the forwarder
     // as the exit pipe does, cleanly.

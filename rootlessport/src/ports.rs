@@ -104,7 +104,9 @@ impl ForwarderHandle {
         self.ask(|reply| Command::Add(forwards, reply))
     }
 
-    /// Stops forwarding `ports`: their listeners close at once, connections
+    /// Stops forwarding `ports`: when this returns their listeners are
+    /// closed (a new connection is refused, and one the kernel had queued
+    /// but the forwarder had not yet taken is reset), while connections
     /// already open carry on until they end. Either all are removed or
     /// none. Returns every forward now.
     ///
@@ -123,6 +125,8 @@ pub(crate) struct Ports {
     factory: SocketFactory,
     pipes: tcp::PipePool,
     keep: Option<SourceIps>,
+    flows: udp::FlowTable,
+    spare: tcp::SpareFd,
 }
 
 impl Drop for Ports {
@@ -139,6 +143,8 @@ impl Ports {
         factory: SocketFactory,
         pipes: tcp::PipePool,
         keep: Option<SourceIps>,
+        flows: udp::FlowTable,
+        spare: tcp::SpareFd,
     ) -> Self {
         Ports {
             served: Vec::new(),
@@ -146,6 +152,8 @@ impl Ports {
             factory,
             pipes,
             keep,
+            flows,
+            spare,
         }
     }
 
@@ -176,19 +184,26 @@ impl Ports {
                 (self.target.clone(), self.factory.clone(), self.keep.clone());
             let task = match listener {
                 Listener::Tcp(l) => tokio::spawn(tcp::serve(
-                    l,
+                    tcp::Listening(l),
                     fwd.container_port,
                     target,
                     factory,
                     self.pipes.clone(),
                     keep,
+                    self.spare.clone(),
                 )),
-                Listener::Udp(s) => {
-                    tokio::spawn(udp::serve(s, fwd.container_port, target, factory, keep))
-                }
+                Listener::Udp(s) => tokio::spawn(udp::serve(
+                    s,
+                    fwd.container_port,
+                    target,
+                    factory,
+                    keep,
+                    self.flows.clone(),
+                )),
             };
             self.served.push((fwd, task));
         }
+        self.flows.set_listeners(self.served.len());
         Ok(())
     }
 
@@ -214,22 +229,29 @@ impl Ports {
         self.serve(bound)
     }
 
-    fn remove(&mut self, keys: Vec<PortKey>) -> Result<(), PortChangeError> {
+    async fn remove(&mut self, keys: Vec<PortKey>) -> Result<(), PortChangeError> {
         if let Some(missing) = keys
             .iter()
             .find(|k| !self.served.iter().any(|(f, _)| k.matches(f)))
         {
             return Err(PortChangeError::NotForwarded(*missing));
         }
-        self.served.retain(|(f, task)| {
-            let gone = keys.iter().any(|k| k.matches(f));
-            if gone {
-                // The listener closes; connection tasks are spawned apart
-                // from it and carry on.
-                task.abort();
-            }
-            !gone
-        });
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.served)
+            .into_iter()
+            .partition(|(f, _)| keys.iter().any(|k| k.matches(f)));
+        self.served = kept;
+        self.flows.set_listeners(self.served.len());
+        // Connection tasks are spawned apart from the listener tasks and
+        // carry on. An aborted task is only dropped when the loop next
+        // gets to it: wait for that, so that every listener is closed
+        // before the caller hears "removed" (a connection the kernel had
+        // queued on it is reset, never served).
+        for (_, task) in &gone {
+            task.abort();
+        }
+        for (_, task) in gone {
+            let _ = task.await;
+        }
         Ok(())
     }
 
@@ -249,7 +271,7 @@ impl Ports {
             }
             Command::Remove(keys, reply) => {
                 let n = keys.len();
-                let r = self.remove(keys).map(|()| self.forwards());
+                let r = self.remove(keys).await.map(|()| self.forwards());
                 if r.is_ok() {
                     tracing::info!(removed = n, "stopped forwarding ports");
                 }

@@ -101,22 +101,123 @@ impl PipePool {
     }
 }
 
-/// Serves one host listener until the task is dropped.
-pub async fn serve(
-    listener: TcpListener,
+/// A pipe held back for accepting when the fd table is full. With no fd
+/// left, accept(2) fails with EMFILE and leaves the connection queued, where
+/// its client waits for nothing; closing the spare frees an fd to accept it
+/// with, and reset it, so the client hears at once. Shared by every
+/// listener of a forwarder.
+#[derive(Debug, Clone)]
+pub(crate) struct SpareFd(Arc<Mutex<Option<(OwnedFd, OwnedFd)>>>);
+
+impl Default for SpareFd {
+    fn default() -> Self {
+        SpareFd(Arc::new(Mutex::new(Self::open())))
+    }
+}
+
+impl SpareFd {
+    fn open() -> Option<(OwnedFd, OwnedFd)> {
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()
+    }
+
+    /// Takes one queued connection off `listener` with the spare's fds and
+    /// resets it; `false` when there was no spare to give up (it is taken
+    /// again for next time).
+    fn shed(&self, listener: &TcpListener) -> bool {
+        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.take().is_none() {
+            *spare = Self::open();
+            return false;
+        }
+        // Straight on the socket: a WouldBlock here only makes the next
+        // accept() find the queue empty and wait.
+        if let Ok((conn, _)) = SockRef::from(listener).accept() {
+            let _ = conn.set_linger(Some(Duration::ZERO));
+            drop(conn);
+        }
+        *spare = Self::open();
+        true
+    }
+}
+
+/// Out of fds: this process's (EMFILE) or the system's (ENFILE).
+fn out_of_fds(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+    )
+}
+
+/// The pause after an accept that failed for want of resources, when no
+/// connection could be shed: the loop never spins on a queued connection.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(20);
+
+/// A listener that stops listening when dropped, before its fd is closed:
+/// a process forked meanwhile (by a program embedding the forwarder) holds
+/// a copy of the fd until it execs, and would keep the port listening.
+/// Shutting it down leaves LISTEN whoever holds it, and resets connections
+/// still queued. Made before the listener's task is spawned, since a task
+/// aborted before its first poll drops only what it was given.
+#[derive(Debug)]
+pub(crate) struct Listening(pub(crate) TcpListener);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = SockRef::from(&self.0).shutdown(Shutdown::Read);
+    }
+}
+
+/// Serves one host listener until the task is dropped (which closes it).
+pub(crate) async fn serve(
+    listener: Listening,
     container_port: u16,
     target: Target,
     factory: SocketFactory,
     pipes: PipePool,
     keep: Option<SourceIps>,
+    spare: SpareFd,
 ) {
+    let listener = &listener.0;
+    // Warn once per run of failures, not once per connection.
+    let mut failing = false;
+    // Whether the pools were emptied since the last accept that failed.
+    let mut released = false;
     loop {
         let (conn, peer) = match listener.accept().await {
-            Ok(c) => c,
+            Ok(c) => {
+                failing = false;
+                released = false;
+                c
+            }
+            Err(e) if out_of_fds(&e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "out of file descriptors: resetting connections that cannot be accepted");
+                    failing = true;
+                }
+                if !released {
+                    // Pooled sockets and pipes wait for connections that
+                    // cannot come in: give them back, and try again.
+                    factory.trim_if_idle(Duration::ZERO);
+                    pipes.trim_if_idle(Duration::ZERO);
+                    released = true;
+                    continue;
+                }
+                released = false;
+                if !spare.shed(listener) {
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                }
+                continue;
+            }
+            // The client gave up while queued: nothing to serve.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
             Err(e) => {
-                // EMFILE and friends: back off a little instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // ENOBUFS, ENOMEM and the like: back off a little instead
+                // of spinning.
+                if !failing {
+                    tracing::warn!(error = %e, "accept failed");
+                    failing = true;
+                }
+                tokio::time::sleep(ACCEPT_PAUSE).await;
                 continue;
             }
         };

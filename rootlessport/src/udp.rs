@@ -1,5 +1,6 @@
 //! UDP: a flow per client address, each with its own socket inside the
-//! namespace; 90 s idle timeout. Datagrams are received in batches (recvmmsg,
+//! namespace; 90 s idle timeout, and at most half of the fds left under the
+//! soft fd limit across all ports (the flows idle longest go first). Datagrams are received in batches (recvmmsg,
 //! up to 64 per system call) through one buffer per event loop, not one per
 //! port or per flow; runs of equal-size datagrams go into the namespace as one
 //! UDP GSO send, and replies (or everything, where GSO is refused) go out with
@@ -11,7 +12,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Type};
@@ -143,36 +144,222 @@ fn now_ms(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
 }
 
-/// Serves one host UDP port until the task is dropped.
+/// fds a forwarder needs besides its listeners and its UDP flows: the event
+/// loop, the namespace thread and its pools, the reload and control
+/// sockets, logging.
+const BASELINE_FDS: u64 = 64;
+/// The flow cap never goes below this (a tiny fd limit still forwards UDP)...
+const MIN_FLOWS: usize = 8;
+/// ...nor above this, whatever the fd limit (each flow is a socket and a task).
+const MAX_FLOWS: usize = 1 << 16;
+
+/// How many UDP flows a forwarder keeps at most, with `nofile` fds allowed
+/// and `listeners` host sockets open: half of what is left, so that TCP
+/// accepts (a socket each way, and pipes) always find fds however many
+/// clients send UDP.
+pub(crate) fn flow_cap(nofile: u64, listeners: usize) -> usize {
+    let free = nofile.saturating_sub(listeners as u64 + BASELINE_FDS);
+    usize::try_from(free / 2)
+        .unwrap_or(MAX_FLOWS)
+        .clamp(MIN_FLOWS, MAX_FLOWS)
+}
+
+/// The soft fd limit now (read at every new flow, so a limit changed while
+/// serving is followed); the library never changes it.
+fn nofile() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024)
+}
+
+/// Every UDP flow of a forwarder, across its ports. Bounded by
+/// [`flow_cap`]: when full, the flows idle longest are closed to make room,
+/// so clients sending from many addresses or ports take neither the fds
+/// that TCP needs nor the new clients' place.
+#[derive(Debug, Clone)]
+pub(crate) struct FlowTable(Arc<Mutex<Table>>);
+
+#[derive(Debug)]
+struct Table {
+    flows: HashMap<(u64, Peer), Flow>,
+    /// Host sockets open (every forward's listener).
+    listeners: usize,
+    next_port: u64,
+    epoch: Instant,
+}
+
+impl Default for FlowTable {
+    fn default() -> Self {
+        FlowTable(Arc::new(Mutex::new(Table {
+            flows: HashMap::new(),
+            listeners: 0,
+            next_port: 0,
+            epoch: Instant::now(),
+        })))
+    }
+}
+
+impl FlowTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many host sockets are open, for the cap.
+    pub(crate) fn set_listeners(&self, n: usize) {
+        self.lock().listeners = n;
+    }
+
+    /// Closes flows idle for [`IDLE_TIMEOUT`].
+    pub(crate) fn sweep(&self) {
+        let drained: Vec<Flow> = {
+            let mut t = self.lock();
+            let now = now_ms(t.epoch);
+            let idle = IDLE_TIMEOUT.as_millis() as u64;
+            let old: Vec<_> = t
+                .flows
+                .iter()
+                .filter(|(_, f)| now.saturating_sub(f.last.load(Ordering::Relaxed)) >= idle)
+                .map(|(k, _)| *k)
+                .collect();
+            old.iter().filter_map(|k| t.flows.remove(k)).collect()
+        };
+        drop(drained);
+    }
+
+    /// A port's share of the table; its flows go when it is dropped.
+    fn port(&self) -> PortFlows {
+        let mut t = self.lock();
+        let id = t.next_port;
+        t.next_port += 1;
+        PortFlows {
+            table: self.clone(),
+            id,
+            epoch: t.epoch,
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().flows.len()
+    }
+}
+
+impl Table {
+    /// Room for one more flow: past the cap, the oldest eighth (idle
+    /// longest) goes at once, so a flood of new clients costs one scan
+    /// per eighth of the table, not one per client. The flows removed are
+    /// returned, to be dropped outside the lock.
+    fn make_room(&mut self, cap: usize) -> Vec<Flow> {
+        if self.flows.len() < cap {
+            return Vec::new();
+        }
+        let excess = self.flows.len() + 1 - cap;
+        let evict = excess.max(cap / 8).max(1).min(self.flows.len());
+        let mut by_age: Vec<(u64, (u64, Peer))> = self
+            .flows
+            .iter()
+            .map(|(k, f)| (f.last.load(Ordering::Relaxed), *k))
+            .collect();
+        if evict < by_age.len() {
+            by_age.select_nth_unstable_by_key(evict - 1, |(last, _)| *last);
+        }
+        by_age.truncate(evict);
+        by_age
+            .iter()
+            .filter_map(|(_, k)| self.flows.remove(k))
+            .collect()
+    }
+}
+
+/// One port's flows in the shared table.
+#[derive(Debug)]
+struct PortFlows {
+    table: FlowTable,
+    id: u64,
+    epoch: Instant,
+}
+
+impl PortFlows {
+    /// Closes every flow of this port.
+    fn clear(&self) {
+        let drained: Vec<Flow> = {
+            let mut t = self.table.lock();
+            let mine: Vec<_> = t.flows.keys().filter(|k| k.0 == self.id).copied().collect();
+            mine.iter().filter_map(|k| t.flows.remove(k)).collect()
+        };
+        drop(drained);
+    }
+
+    /// Whether `peer` has a flow here.
+    fn has(&self, peer: Peer) -> bool {
+        self.table.lock().flows.contains_key(&(self.id, peer))
+    }
+
+    /// Adds a flow, closing the ones idle longest when the table is full.
+    fn insert(&self, peer: Peer, flow: Flow) {
+        let cap = {
+            let t = self.table.lock();
+            flow_cap(nofile(), t.listeners)
+        };
+        let evicted = {
+            let mut t = self.table.lock();
+            let evicted = t.make_room(cap);
+            t.flows.insert((self.id, peer), flow);
+            evicted
+        };
+        if !evicted.is_empty() {
+            tracing::debug!(
+                evicted = evicted.len(),
+                cap,
+                "UDP flows at their cap; closed the ones idle longest"
+            );
+        }
+        drop(evicted);
+    }
+
+    /// Room for one more flow, made before its socket is opened, so that
+    /// the table never holds more sockets than the cap. Whether flows were
+    /// closed for it: their sockets are only freed once their reply tasks
+    /// have been dropped, which the caller must let the loop do (new flows
+    /// often come without the loop ever waiting: pooled sockets are handed
+    /// out at once).
+    fn reserve(&self) -> bool {
+        let cap = {
+            let t = self.table.lock();
+            flow_cap(nofile(), t.listeners)
+        };
+        let evicted = self.table.lock().make_room(cap);
+        !evicted.is_empty()
+    }
+}
+
+impl Drop for PortFlows {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// Serves one host UDP port until the task is dropped. When it is dropped,
+/// the host socket closes at once: the flows' reply tasks hold it weakly.
 pub async fn serve(
     host: UdpSocket,
     container_port: u16,
     target: Target,
     factory: SocketFactory,
     keep: Option<SourceIps>,
+    table: FlowTable,
 ) {
     grow_buffers(&host);
     let host = Arc::new(host);
-    let epoch = Instant::now();
     // A flow is a client and the local address it sent to: on a wildcard
     // listener the same client may reach several of the host's addresses,
     // and each must be answered from its own.
-    let mut flows: HashMap<Peer, Flow> = HashMap::new();
+    let flows = table.port();
+    let epoch = flows.epoch;
     let mut generation = target.generation();
-    let mut sweep = tokio::time::interval(Duration::from_secs(10));
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            ready = host.readable() => {
-                if ready.is_err() {
-                    return;
-                }
-            }
-            _ = sweep.tick() => {
-                let now = now_ms(epoch);
-                flows.retain(|_, f| now.saturating_sub(f.last.load(Ordering::Relaxed)) < IDLE_TIMEOUT.as_millis() as u64);
-                continue;
-            }
+        if host.readable().await.is_err() {
+            return;
         }
         if target.generation() != generation {
             // Reloaded: new datagrams go to the new child IP.
@@ -185,6 +372,7 @@ pub async fn serve(
                 let n = host.try_io(Interest::READABLE, || b.receive(host.as_raw_fd()))?;
                 let now = now_ms(epoch);
                 let mut strangers = Vec::new();
+                let t = flows.table.lock();
                 let mut i = 0;
                 while i < n {
                     let Some(from) = b.from[i] else {
@@ -200,7 +388,7 @@ pub async fn serve(
                     {
                         end += 1;
                     }
-                    match flows.get(&from) {
+                    match t.flows.get(&(flows.id, from)) {
                         Some(flow) => {
                             flow.last.store(now, Ordering::Relaxed);
                             send(b, flow.inner.as_raw_fd(), i..end, None, None);
@@ -214,23 +402,26 @@ pub async fn serve(
             match got {
                 Ok((_, strangers)) => {
                     for (from, data) in strangers {
-                        use std::collections::hash_map::Entry;
-                        let flow = match flows.entry(from) {
-                            Entry::Occupied(o) => o.into_mut(),
-                            Entry::Vacant(v) => {
-                                let dest = SocketAddr::new(target.ip(), container_port);
-                                match open_flow(&factory, keep.as_ref(), dest, from, &host, epoch)
-                                    .await
-                                {
-                                    Ok(flow) => v.insert(flow),
-                                    Err(e) => {
-                                        tracing::warn!(from = %from.client, %dest, error = %e, "cannot open a UDP flow inside the namespace");
-                                        continue;
-                                    }
+                        if !flows.has(from) {
+                            let dest = SocketAddr::new(target.ip(), container_port);
+                            if flows.reserve() {
+                                // Let the closed flows' tasks go, and their
+                                // sockets with them, before opening more.
+                                tokio::task::yield_now().await;
+                            }
+                            match open_flow(&factory, keep.as_ref(), dest, from, &host, epoch).await
+                            {
+                                Ok(flow) => flows.insert(from, flow),
+                                Err(e) => {
+                                    tracing::warn!(from = %from.client, %dest, error = %e, "cannot open a UDP flow inside the namespace");
+                                    continue;
                                 }
                             }
-                        };
-                        let _ = socket2::SockRef::from(&*flow.inner).send(&data);
+                        }
+                        let t = flows.table.lock();
+                        if let Some(flow) = t.flows.get(&(flows.id, from)) {
+                            let _ = socket2::SockRef::from(&*flow.inner).send(&data);
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -276,7 +467,7 @@ async fn open_flow(
     let last = Arc::new(AtomicU64::new(now_ms(epoch)));
     let reader = tokio::spawn(reply_loop(
         inner.clone(),
-        host.clone(),
+        Arc::downgrade(host),
         client,
         last.clone(),
         epoch,
@@ -316,9 +507,11 @@ async fn inner_from(
 }
 
 /// Replies from inside go back to the client from the host port, in batches.
+/// The host socket is held weakly: removing the port closes it at once,
+/// whatever its flows' tasks are doing.
 async fn reply_loop(
     inner: Arc<UdpSocket>,
-    host: Arc<UdpSocket>,
+    host: Weak<UdpSocket>,
     client: Peer,
     last: Arc<AtomicU64>,
     epoch: Instant,
@@ -328,6 +521,9 @@ async fn reply_loop(
             return;
         }
         loop {
+            let Some(host) = host.upgrade() else {
+                return;
+            };
             let r = BATCH_BUF.with_borrow_mut(|b| {
                 let n = inner.try_io(Interest::READABLE, || b.receive(inner.as_raw_fd()))?;
                 send(b, host.as_raw_fd(), 0..n, Some(client.client), client.local);
@@ -346,7 +542,68 @@ async fn reply_loop(
 
 #[cfg(test)]
 mod tests {
-    use super::gso_run;
+    use super::{flow_cap, gso_run, Flow, FlowTable, Peer};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn the_flow_cap_leaves_half_the_free_fds_to_tcp() {
+        assert_eq!(flow_cap(1024, 2), (1024 - 2 - 64) / 2);
+        assert_eq!(flow_cap(1024, 3000), 8, "never below the minimum");
+        assert_eq!(flow_cap(u64::MAX, 1), 1 << 16, "never above the maximum");
+        assert_eq!(flow_cap(0, 0), 8);
+    }
+
+    #[test]
+    fn a_full_table_closes_the_flows_idle_longest() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let table = FlowTable::default();
+            let port = table.port();
+            let peer = |p: u16| Peer {
+                client: ([127, 0, 0, 1], p).into(),
+                local: None,
+            };
+            let flow = |last: u64| {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_nonblocking(true).unwrap();
+                Flow {
+                    inner: Arc::new(tokio::net::UdpSocket::from_std(s).unwrap()),
+                    last: Arc::new(AtomicU64::new(last)),
+                    reader: tokio::spawn(async {}),
+                    _lease: None,
+                }
+            };
+            // 16 flows; the oldest (smallest `last`) are ports 100..102.
+            for p in 0..16u16 {
+                let last = if p < 2 {
+                    u64::from(p)
+                } else {
+                    1000 + u64::from(p)
+                };
+                table
+                    .lock()
+                    .flows
+                    .insert((port.id, peer(100 + p)), flow(last));
+            }
+            let evicted = table.lock().make_room(16);
+            assert_eq!(evicted.len(), 2, "an eighth of the cap");
+            let mut gone: Vec<u64> = evicted
+                .iter()
+                .map(|f| f.last.load(Ordering::Relaxed))
+                .collect();
+            gone.sort_unstable();
+            assert_eq!(gone, [0, 1]);
+            assert_eq!(table.len(), 14);
+            assert!(table.lock().make_room(16).is_empty(), "room enough");
+            drop(evicted);
+            drop(port);
+            assert_eq!(table.len(), 0, "a port's flows go with it");
+        });
+    }
 
     /// Where each GSO run of `lens` ends, from the start.
     fn runs(lens: &[usize]) -> Vec<usize> {

@@ -771,9 +771,10 @@ impl Network {
     }
 
     /// Stops forwarding `ports` (by protocol, host address and host port):
-    /// all of them, or none when one is not forwarded. Their listeners close
-    /// at once; connections already open carry on. Returns every forward
-    /// now.
+    /// all of them, or none when one is not forwarded. When this returns
+    /// their listeners are closed: a new connection is refused, and one
+    /// queued but not yet taken by the forwarder is reset. Connections
+    /// already open carry on. Returns every forward now.
     ///
     /// # Errors
     ///

@@ -1585,3 +1585,89 @@ fn child_named(parent: u32, name: &str) -> u32 {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `n` consecutive ports on 127.0.0.1, free for TCP and UDP, from `base`
+/// up: below the ephemeral range (32768 and up), so no other test's
+/// client takes one between the check and the add.
+fn quiet_range(base: u16, n: u16) -> u16 {
+    let mut first = base;
+    while first + n <= 32768 {
+        match (first..first + n)
+            .find(|&p| TcpListener::bind(local(p)).is_err() || UdpSocket::bind(local(p)).is_err())
+        {
+            None => return first,
+            Some(taken) => first = taken + 1,
+        }
+    }
+    panic!("found no {n} consecutive free ports from {base}");
+}
+
+/// `slirpnet port rm` returns only once the listeners are closed: a
+/// connection right after it is refused, for 1 port (many times, as the
+/// race is narrow), 100 and 2,000 ports at once.
+#[test]
+fn removed_ports_refuse_the_instant_port_rm_returns() {
+    if !require_slirp("removed_ports_refuse_the_instant_port_rm_returns") {
+        return;
+    }
+    let root = User::root();
+    let sizes: &[(&str, u16, usize)] = &[
+        ("rootlesskit", 1, 40),
+        ("rootlesskit", 100, 3),
+        ("rootlesskit", 2000, 2),
+        ("slirp4netns", 1, 20),
+    ];
+    for &(handler, n, rounds) in sizes {
+        let session = Session::run(&root, handler, NO_PORTS);
+        let spec_of = |first: u16| {
+            if n == 1 {
+                format!("127.0.0.1:{first}:7000")
+            } else {
+                format!(
+                    "127.0.0.1:{first}-{}:10000-{}",
+                    first + (n - 1),
+                    10000 + (n - 1)
+                )
+            }
+        };
+        let mut first = quiet_range(29000, n);
+        for round in 0..rounds {
+            // A port taken meanwhile by a program outside this test: other
+            // ports.
+            let mut tries = 0;
+            loop {
+                let out = session.port("add", publish([spec_of(first)]));
+                if out.code == Some(0) {
+                    break;
+                }
+                tries += 1;
+                assert!(
+                    out.stderr.contains("Address already in use") && tries < 5,
+                    "{}: {}",
+                    out.shown,
+                    out.stderr
+                );
+                first = quiet_range(29000, n);
+            }
+            let (last, spec) = (first + (n - 1), spec_of(first));
+            assert!(
+                connect(local(last)).is_ok(),
+                "{handler}: {last} does not listen"
+            );
+            session.rm([&spec]);
+            // The last ports first: a forwarder that closes late closes in order.
+            let open: Vec<u16> = (first..=last)
+                .rev()
+                .filter(|&p| {
+                    !matches!(connect(local(p)), Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+                })
+                .collect();
+            assert!(
+                open.is_empty(),
+                "{handler}: {} of {n} ports still took a connection after port rm returned (round {round}): {:?}",
+                open.len(),
+                &open[..open.len().min(10)]
+            );
+        }
+    }
+}
