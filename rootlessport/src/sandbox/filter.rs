@@ -197,6 +197,8 @@ fn conditional(pid: i32) -> Result<Vec<(Sysno, Vec<SeccompRule>)>, BackendError>
                 libc::PR_GET_NAME,
                 libc::PR_SET_VMA,
                 libc::PR_GET_NO_NEW_PRIVS,
+                // Only ever tightens; seccompiler sets it before each program.
+                libc::PR_SET_NO_NEW_PRIVS,
                 libc::PR_CAPBSET_READ,
                 libc::PR_GET_DUMPABLE,
             ]
@@ -257,9 +259,10 @@ pub(crate) fn allowed() -> Vec<Sysno> {
     all
 }
 
-/// The two programs to install, in order: the allow list (everything else
-/// traps), then `clone3` to ENOSYS. The kernel runs both on every call and
-/// keeps the stricter answer, so `clone3` must pass the first.
+/// The two programs to install, in order: `clone3` to ENOSYS, then the
+/// allow list (everything else traps; installed last, as it denies
+/// `seccomp` itself). The kernel runs both on every call and keeps the
+/// stricter answer, so the allow list lets `clone3` through.
 ///
 /// `pid` is the process whose threads `tgkill` may signal.
 pub(crate) fn programs(pid: i32) -> Result<[BpfProgram; 2], BackendError> {
@@ -287,7 +290,7 @@ pub(crate) fn programs(pid: i32) -> Result<[BpfProgram; 2], BackendError> {
         SeccompAction::Errno(libc::ENOSYS as u32),
         ARCH,
     )?;
-    Ok([allow.try_into()?, clone3.try_into()?])
+    Ok([clone3.try_into()?, allow.try_into()?])
 }
 
 #[cfg(test)]
@@ -296,7 +299,7 @@ mod tests {
 
     #[test]
     fn the_filter_compiles_and_names_what_it_allows() {
-        let [allow, clone3] = programs(std::process::id() as i32).unwrap();
+        let [clone3, allow] = programs(std::process::id() as i32).unwrap();
         assert!(!allow.is_empty() && !clone3.is_empty());
         let names: Vec<&str> = allowed().iter().map(|s| s.name()).collect();
         for needed in ["splice", "recvmmsg", "sendmmsg", "accept4", "futex", "clone"] {

@@ -134,6 +134,10 @@ pub fn allowed_syscalls() -> Vec<&'static str> {
 /// The handler or the filter could not be installed.
 pub fn install_filter(report: impl AsFd) -> Result<(), SandboxError> {
     denial::install(report.as_fd()).map_err(SandboxError::Handler)?;
+    apply_filter()
+}
+
+fn apply_filter() -> Result<(), SandboxError> {
     let programs =
         filter::programs(std::process::id() as i32).map_err(|e| SandboxError::Filter(e.to_string()))?;
     for program in &programs {
@@ -153,6 +157,7 @@ pub fn install_filter(report: impl AsFd) -> Result<(), SandboxError> {
 ///
 /// Any step failed; the process is then partly confined and should stop.
 pub fn confine(policy: &Policy, report: impl AsFd) -> Result<Confinement, SandboxError> {
+    denial::install(report.as_fd()).map_err(SandboxError::Handler)?;
     let ruleset = landlock_ruleset(policy)?;
     if ruleset.is_none() {
         tracing::debug!("no Landlock in this kernel: the filesystem is limited by the seccomp filter only");
@@ -161,7 +166,7 @@ pub fn confine(policy: &Policy, report: impl AsFd) -> Result<Confinement, Sandbo
     let kept = threads::confine_all(policy.keep(), ruleset.as_ref().map(AsRawFd::as_raw_fd))
         .map_err(SandboxError::Threads)?;
     drop(ruleset);
-    install_filter(report)?;
+    apply_filter()?;
     Ok(Confinement {
         landlock,
         kept: [
@@ -211,6 +216,107 @@ fn add_path(
         Err(e) => {
             tracing::debug!(path = %path.display(), error = %e, "not in the Landlock ruleset");
             Ok(ruleset)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    /// Set in the child that installs the filter and tries one thing.
+    const CHILD: &str = "ROOTLESSPORT_FILTER_TEST_CHILD";
+    const ME: &str = "sandbox::tests::the_filter_stops_what_the_forwarder_never_does";
+
+    /// In the child: the filter, then what the forwarder does (a thread,
+    /// a read-only open), then `what`, which it never does.
+    #[allow(unsafe_code)]
+    fn child(what: &str) {
+        install_filter(std::io::stderr()).unwrap();
+        // Threads still start (clone3 answers ENOSYS, glibc falls back to
+        // clone with CLONE_THREAD) and read-only opens pass (Landlock, not
+        // seccomp, limits those).
+        std::thread::spawn(|| ()).join().unwrap();
+        std::fs::read_to_string("/proc/self/status").unwrap();
+        eprintln!("allowed: ok");
+        match what {
+            "execve" => {
+                let _ = nix::unistd::execv(c"/bin/true", &[c"true"]);
+            }
+            "open" => {
+                let _ = std::fs::File::create(std::env::temp_dir().join("rootlessport-filter-test"));
+            }
+            // SAFETY: the child only exits; the process has no locks held
+            // that it would need.
+            "fork" => match unsafe { nix::unistd::fork() } {
+                Ok(nix::unistd::ForkResult::Child) => unsafe { nix::libc::_exit(0) },
+                _ => {}
+            },
+            "spawn" => {
+                let _ = Command::new("/bin/true").status();
+            }
+            _ => {}
+        }
+        eprintln!("not stopped: {what}");
+        std::process::exit(0);
+    }
+
+    #[test]
+    fn the_filter_stops_what_the_forwarder_never_does() {
+        if let Ok(what) = std::env::var(CHILD) {
+            child(&what);
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        // posix_spawn blocks every signal around its clone: the kernel then
+        // kills at once, without the line.
+        for (what, call) in [
+            ("execve", Some("execve")),
+            ("open", Some("openat")),
+            ("fork", Some("clone")),
+            ("spawn", None),
+        ] {
+            let out = Command::new(&exe)
+                .args(["--exact", ME, "--nocapture", "--test-threads=1"])
+                .env(CHILD, what)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.signal(),
+                Some(nix::libc::SIGSYS),
+                "{what}: {:?}, stderr: {stderr}",
+                out.status
+            );
+            assert!(stderr.contains("allowed: ok"), "{what}: {stderr}");
+            if let Some(call) = call {
+                let line = format!("rootlessport: the sandbox denied system call {call} (");
+                assert_eq!(
+                    stderr.lines().filter(|l| l.starts_with(&line)).count(),
+                    1,
+                    "{what}: {stderr}"
+                );
+            }
+            assert!(!stderr.contains("not stopped"), "{what}: {stderr}");
+        }
+    }
+
+    #[test]
+    fn the_allow_list_is_what_the_forwarder_needs() {
+        let allowed = allowed_syscalls();
+        for needed in [
+            "splice", "recvmmsg", "sendmmsg", "accept4", "epoll_ctl", "futex", "clone", "exit",
+            "sendto", "recvfrom", "socket", "bind", "connect", "unlinkat",
+        ] {
+            assert!(allowed.contains(&needed), "{needed} missing: {allowed:?}");
+        }
+        for never in [
+            "execve", "execveat", "fork", "vfork", "ptrace", "setns", "unshare", "mount",
+            "capset", "setuid", "kill", "process_vm_writev", "bpf", "io_uring_setup",
+        ] {
+            assert!(!allowed.contains(&never), "{never} allowed");
         }
     }
 }
