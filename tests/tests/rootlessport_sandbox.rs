@@ -203,8 +203,9 @@ fn every_thread_of_a_serving_forwarder_is_locked_in() {
 
 #[test]
 fn client_addresses_and_live_ports_keep_their_two_capabilities_and_nothing_else() {
-    if !prerequisites("client_addresses_and_live_ports_keep_their_two_capabilities_and_nothing_else")
-    {
+    if !prerequisites(
+        "client_addresses_and_live_ports_keep_their_two_capabilities_and_nothing_else",
+    ) {
         return;
     }
     let ns = PersistentNetns::with_veth("sbx-keep");

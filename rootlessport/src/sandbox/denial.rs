@@ -10,11 +10,14 @@
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
 
 use nix::libc;
 
 /// Where the line goes (-1: nowhere).
 static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+/// How a system call number is named (a table lookup: the handler calls it).
+static NAMES: OnceLock<fn(i64) -> Option<&'static str>> = OnceLock::new();
 
 /// The part of `siginfo_t` a seccomp SIGSYS fills in (64-bit layout: three
 /// ints, padding, then the union, as in the kernel's `_sigsys`).
@@ -31,9 +34,14 @@ struct SigsysInfo {
 
 /// Installs the SIGSYS handler; the line goes to a close-on-exec copy of
 /// `report` (kept for the life of the process, so stderr may be pointed
-/// at /dev/null afterwards).
+/// at /dev/null afterwards) and names the call with `names`, which must
+/// neither allocate nor lock.
 #[allow(unsafe_code)]
-pub(crate) fn install(report: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn install(
+    report: BorrowedFd<'_>,
+    names: fn(i64) -> Option<&'static str>,
+) -> io::Result<()> {
+    let _ = NAMES.set(names);
     let copy: OwnedFd = report.try_clone_to_owned()?;
     let fd = std::os::fd::IntoRawFd::into_raw_fd(copy);
     let old = REPORT_FD.swap(fd, Ordering::AcqRel);
@@ -94,7 +102,8 @@ extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *
     let nr = unsafe { (*info.cast::<SigsysInfo>()).syscall };
     let nr = i64::from(nr);
     let mut buf = [0u8; 256];
-    let len = line(nr, call_name(nr), &mut buf);
+    let name = NAMES.get().and_then(|names| names(nr));
+    let len = line(nr, name, &mut buf);
     let fd = REPORT_FD.load(Ordering::Acquire);
     if fd >= 0 {
         // SAFETY: write(2) on our own copy of stderr from a valid buffer;
@@ -110,14 +119,6 @@ extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *
     }
 }
 
-/// The name of a system call (a table lookup: no allocation, no lock).
-fn call_name(nr: i64) -> Option<&'static str> {
-    usize::try_from(nr)
-        .ok()
-        .and_then(syscalls::Sysno::new)
-        .map(|s| s.name())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,7 +132,8 @@ mod tests {
             "rootlessport: the sandbox denied system call execve (59); stopping (ROOTLESSPORT_SANDBOX=0 turns the sandbox off)\n"
         );
         let n = line(-7, None, &mut buf);
-        assert!(std::str::from_utf8(&buf[..n]).unwrap().contains("call ? (-7)"));
-        assert_eq!(call_name(59), syscalls::Sysno::new(59).map(|s| s.name()));
+        assert!(std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .contains("call ? (-7)"));
     }
 }

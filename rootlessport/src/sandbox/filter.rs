@@ -22,8 +22,6 @@ use syscalls::Sysno;
 const ARCH: TargetArch = TargetArch::x86_64;
 #[cfg(target_arch = "aarch64")]
 const ARCH: TargetArch = TargetArch::aarch64;
-#[cfg(target_arch = "riscv64")]
-const ARCH: TargetArch = TargetArch::riscv64;
 
 /// The system calls allowed whatever their arguments, by who needs them.
 const ALWAYS: &[(&str, &[Sysno])] = &[
@@ -156,27 +154,27 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, BackendError> 
 }
 
 /// The system calls allowed only with some arguments.
+// The ioctl requests are c_ulong with glibc, c_int with musl.
+#[allow(clippy::unnecessary_cast)]
 fn conditional(pid: i32) -> Result<Vec<(Sysno, Vec<SeccompRule>)>, BackendError> {
     use SeccompCmpOp::{Eq, MaskedEq};
     let pid = u64::from(pid.unsigned_abs());
     let exec = libc::PROT_EXEC as u64;
     // Read-only opens, never creating, truncating or making a temp file.
-    let writes =
-        (libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND
-            | (libc::O_TMPFILE & !libc::O_DIRECTORY))
-            as u64;
+    let writes = (libc::O_ACCMODE
+        | libc::O_CREAT
+        | libc::O_TRUNC
+        | libc::O_APPEND
+        | (libc::O_TMPFILE & !libc::O_DIRECTORY)) as u64;
     let thread = libc::CLONE_THREAD as u64;
-    let mut out = vec![
+    let out = vec![
         // Threads only: no fork, no vfork, no new namespaces.
         (
             Sysno::clone,
             vec![rule(vec![cond(0, MaskedEq(thread), thread)?])?],
         ),
         // No executable memory: code is mapped once, at start.
-        (
-            Sysno::mmap,
-            vec![rule(vec![cond(2, MaskedEq(exec), 0)?])?],
-        ),
+        (Sysno::mmap, vec![rule(vec![cond(2, MaskedEq(exec), 0)?])?]),
         (
             Sysno::mprotect,
             vec![rule(vec![cond(2, MaskedEq(exec), 0)?])?],
@@ -236,16 +234,20 @@ fn conditional(pid: i32) -> Result<Vec<(Sysno, Vec<SeccompRule>)>, BackendError>
         ),
     ];
     #[cfg(target_arch = "x86_64")]
-    out.push((
-        Sysno::open,
-        vec![rule(vec![cond32(1, MaskedEq(writes), 0)?])?],
-    ));
+    let out = {
+        let mut out = out;
+        out.push((
+            Sysno::open,
+            vec![rule(vec![cond32(1, MaskedEq(writes), 0)?])?],
+        ));
+        out
+    };
     Ok(out)
 }
 
 /// Every system call the filter lets through (with or without argument
 /// checks), for tests and the documentation.
-pub(crate) fn allowed() -> Vec<Sysno> {
+pub(crate) fn allowed() -> Vec<&'static str> {
     let mut all: Vec<Sysno> = ALWAYS.iter().flat_map(|(_, s)| s.iter().copied()).collect();
     #[cfg(target_arch = "x86_64")]
     all.extend_from_slice(ALWAYS_X86_64);
@@ -256,7 +258,29 @@ pub(crate) fn allowed() -> Vec<Sysno> {
     }
     all.sort_by_key(|s| s.id());
     all.dedup();
-    all
+    all.iter().map(|s| s.name()).collect()
+}
+
+/// Installs both programs on every thread (TSYNC); `true`: installed.
+///
+/// # Errors
+///
+/// The filter could not be compiled or the kernel refused it.
+pub(crate) fn apply_all_threads(pid: i32) -> Result<bool, String> {
+    let programs = programs(pid).map_err(|e| format!("cannot compile it: {e}"))?;
+    for program in &programs {
+        seccompiler::apply_filter_all_threads(program).map_err(|e| e.to_string())?;
+    }
+    Ok(true)
+}
+
+/// The name of system call `nr` (a table lookup: no allocation, no lock,
+/// so the SIGSYS handler may call it).
+pub(crate) fn name(nr: i64) -> Option<&'static str> {
+    usize::try_from(nr)
+        .ok()
+        .and_then(Sysno::new)
+        .map(|s| s.name())
 }
 
 /// The two programs to install, in order: `clone3` to ENOSYS, then the
@@ -265,7 +289,7 @@ pub(crate) fn allowed() -> Vec<Sysno> {
 /// stricter answer, so the allow list lets `clone3` through.
 ///
 /// `pid` is the process whose threads `tgkill` may signal.
-pub(crate) fn programs(pid: i32) -> Result<[BpfProgram; 2], BackendError> {
+fn programs(pid: i32) -> Result<[BpfProgram; 2], BackendError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for sysno in ALWAYS.iter().flat_map(|(_, s)| s.iter()) {
         rules.insert(i64::from(sysno.id()), Vec::new());
@@ -301,11 +325,17 @@ mod tests {
     fn the_filter_compiles_and_names_what_it_allows() {
         let [clone3, allow] = programs(std::process::id() as i32).unwrap();
         assert!(!allow.is_empty() && !clone3.is_empty());
-        let names: Vec<&str> = allowed().iter().map(|s| s.name()).collect();
-        for needed in ["splice", "recvmmsg", "sendmmsg", "accept4", "futex", "clone"] {
+        let names = allowed();
+        assert_eq!(name(i64::from(Sysno::execve.id())), Some("execve"));
+        assert_eq!(name(-1), None);
+        for needed in [
+            "splice", "recvmmsg", "sendmmsg", "accept4", "futex", "clone",
+        ] {
             assert!(names.contains(&needed), "{needed} missing: {names:?}");
         }
-        for never in ["execve", "execveat", "fork", "vfork", "ptrace", "setns", "unshare"] {
+        for never in [
+            "execve", "execveat", "fork", "vfork", "ptrace", "setns", "unshare",
+        ] {
             assert!(!names.contains(&never), "{never} allowed");
         }
     }

@@ -16,6 +16,10 @@
 //! forwarder) must not call it.
 
 mod denial;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod filter;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[path = "no_filter.rs"]
 mod filter;
 mod threads;
 
@@ -101,9 +105,6 @@ pub struct Confinement {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SandboxError {
-    /// The seccomp filter could not be compiled.
-    #[error("failed to build the seccomp filter: {0}")]
-    Filter(String),
     /// The SIGSYS handler could not be installed.
     #[error("failed to install the SIGSYS handler: {0}")]
     Handler(io::Error),
@@ -114,14 +115,16 @@ pub enum SandboxError {
     #[error("failed to confine every thread: {0}")]
     Threads(io::Error),
     /// The kernel refused the seccomp filter.
-    #[error("failed to install the seccomp filter (set ROOTLESSPORT_SANDBOX=0 to run without it): {0}")]
+    #[error(
+        "failed to install the seccomp filter (set ROOTLESSPORT_SANDBOX=0 to run without it): {0}"
+    )]
     Seccomp(String),
 }
 
 /// The system calls the filter allows (with or without argument checks),
 /// by name, on this architecture.
 pub fn allowed_syscalls() -> Vec<&'static str> {
-    filter::allowed().iter().map(|s| s.name()).collect()
+    filter::allowed()
 }
 
 /// Installs the SIGSYS handler (its line goes to a copy of `report`) and
@@ -133,16 +136,18 @@ pub fn allowed_syscalls() -> Vec<&'static str> {
 ///
 /// The handler or the filter could not be installed.
 pub fn install_filter(report: impl AsFd) -> Result<(), SandboxError> {
-    denial::install(report.as_fd()).map_err(SandboxError::Handler)?;
+    denial::install(report.as_fd(), filter::name).map_err(SandboxError::Handler)?;
     apply_filter()
 }
 
 fn apply_filter() -> Result<(), SandboxError> {
-    let programs =
-        filter::programs(std::process::id() as i32).map_err(|e| SandboxError::Filter(e.to_string()))?;
-    for program in &programs {
-        seccompiler::apply_filter_all_threads(program)
-            .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    let installed =
+        filter::apply_all_threads(std::process::id() as i32).map_err(SandboxError::Seccomp)?;
+    if !installed {
+        tracing::warn!(
+            arch = std::env::consts::ARCH,
+            "no seccomp filter for this architecture: confined without one"
+        );
     }
     Ok(())
 }
@@ -157,10 +162,12 @@ fn apply_filter() -> Result<(), SandboxError> {
 ///
 /// Any step failed; the process is then partly confined and should stop.
 pub fn confine(policy: &Policy, report: impl AsFd) -> Result<Confinement, SandboxError> {
-    denial::install(report.as_fd()).map_err(SandboxError::Handler)?;
+    denial::install(report.as_fd(), filter::name).map_err(SandboxError::Handler)?;
     let ruleset = landlock_ruleset(policy)?;
     if ruleset.is_none() {
-        tracing::debug!("no Landlock in this kernel: the filesystem is limited by the seccomp filter only");
+        tracing::debug!(
+            "no Landlock in this kernel: the filesystem is limited by the seccomp filter only"
+        );
     }
     let landlock = ruleset.is_some();
     let kept = threads::confine_all(policy.keep(), ruleset.as_ref().map(AsRawFd::as_raw_fd))
@@ -246,14 +253,16 @@ mod tests {
                 let _ = nix::unistd::execv(c"/bin/true", &[c"true"]);
             }
             "open" => {
-                let _ = std::fs::File::create(std::env::temp_dir().join("rootlessport-filter-test"));
+                let _ =
+                    std::fs::File::create(std::env::temp_dir().join("rootlessport-filter-test"));
             }
-            // SAFETY: the child only exits; the process has no locks held
-            // that it would need.
-            "fork" => match unsafe { nix::unistd::fork() } {
-                Ok(nix::unistd::ForkResult::Child) => unsafe { nix::libc::_exit(0) },
-                _ => {}
-            },
+            "fork" => {
+                // SAFETY: a child, should one be made, only calls _exit.
+                if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
+                    // SAFETY: _exit(2) ends the child at once.
+                    unsafe { nix::libc::_exit(0) }
+                }
+            }
             "spawn" => {
                 let _ = Command::new("/bin/true").status();
             }
@@ -307,14 +316,38 @@ mod tests {
     fn the_allow_list_is_what_the_forwarder_needs() {
         let allowed = allowed_syscalls();
         for needed in [
-            "splice", "recvmmsg", "sendmmsg", "accept4", "epoll_ctl", "futex", "clone", "exit",
-            "sendto", "recvfrom", "socket", "bind", "connect", "unlinkat",
+            "splice",
+            "recvmmsg",
+            "sendmmsg",
+            "accept4",
+            "epoll_ctl",
+            "futex",
+            "clone",
+            "exit",
+            "sendto",
+            "recvfrom",
+            "socket",
+            "bind",
+            "connect",
+            "unlinkat",
         ] {
             assert!(allowed.contains(&needed), "{needed} missing: {allowed:?}");
         }
         for never in [
-            "execve", "execveat", "fork", "vfork", "ptrace", "setns", "unshare", "mount",
-            "capset", "setuid", "kill", "process_vm_writev", "bpf", "io_uring_setup",
+            "execve",
+            "execveat",
+            "fork",
+            "vfork",
+            "ptrace",
+            "setns",
+            "unshare",
+            "mount",
+            "capset",
+            "setuid",
+            "kill",
+            "process_vm_writev",
+            "bpf",
+            "io_uring_setup",
         ] {
             assert!(!allowed.contains(&never), "{never} allowed");
         }
