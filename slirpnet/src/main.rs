@@ -337,7 +337,10 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
     };
     let mut opts = setup_options(&args.net, network, ports);
     opts.toggle_accept_dad = can_admin();
-    opts.sandbox_mount_ns = can_admin();
+    // Rootless with the namespace's user namespace named: slirp4netns runs
+    // in it, where it may make its sandbox's mount namespace.
+    opts.slirp_in_userns = !can_admin() && args.userns.is_some();
+    opts.sandbox_mount_ns = can_admin() || opts.slirp_in_userns;
     let checked = plan(&opts)?;
     if args.net.dry_run {
         return dry_run(&args.net, &checked, &target);
@@ -617,16 +620,13 @@ fn next_signal(fd: &SignalFd) -> Result<Signal> {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
-    let (mut network, ports) = parse_net(&args.net)?;
+    let (network, ports) = parse_net(&args.net)?;
     let rootless = !can_admin();
-    if rootless {
-        // slirp4netns runs as us, outside the new user namespace: it cannot
-        // make the mount namespace its sandbox needs.
-        network.no_pivot_root = true;
-    }
     let mut opts = setup_options(&args.net, network, ports);
     opts.toggle_accept_dad = false; // the child does it from inside
-    opts.sandbox_mount_ns = !rootless;
+                                    // Rootless, slirp4netns runs in the command's user namespace, where it
+                                    // may make the mount namespace its sandbox (`--enable-sandbox`) needs.
+    opts.slirp_in_userns = rootless;
     // Everything that can be checked is checked before anything starts.
     let checked = plan(&opts)?;
     if args.net.dry_run {

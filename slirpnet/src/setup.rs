@@ -42,8 +42,14 @@ pub struct SetupOptions {
     /// Needs the right to enter the namespace; off when the caller does it.
     pub toggle_accept_dad: bool,
     /// Start slirp4netns in a new mount namespace when the sandbox is on
-    /// (needs CAP_SYS_ADMIN).
+    /// (needs CAP_SYS_ADMIN, or [`slirp_in_userns`](Self::slirp_in_userns)).
     pub sandbox_mount_ns: bool,
+    /// Rootless: start slirp4netns inside the target's user namespace (when
+    /// the target names one), as podman does from its rootless user
+    /// namespace. There it may make the mount namespace that
+    /// `--enable-sandbox` needs; outside it could not. Off by default: as
+    /// root it would lose the right to bind low host ports.
+    pub slirp_in_userns: bool,
     /// How long slirp4netns (and the port forwarder) may take to become ready.
     pub ready_timeout: Duration,
     /// How long `slirp4netns --help` (feature detection) may take.
@@ -72,6 +78,7 @@ impl SetupOptions {
             api_socket: None,
             toggle_accept_dad: true,
             sandbox_mount_ns: true,
+            slirp_in_userns: false,
             ready_timeout: Duration::from_secs(30),
             help_timeout: crate::binary::HELP_TIMEOUT,
             parent_death_signal: None,
@@ -314,6 +321,7 @@ impl Plan {
     }
 
     fn command(&self, target: Target, api_socket: Option<PathBuf>) -> SlirpCommand {
+        let userns = target.userns_path().map(Path::to_path_buf);
         let mut invocation = Invocation::new(target);
         invocation.api_socket = api_socket;
         let mut command = SlirpCommand::new(
@@ -322,6 +330,9 @@ impl Plan {
             self.features,
             invocation,
         );
+        if self.opts.slirp_in_userns {
+            command.join_userns = userns;
+        }
         command.new_mount_ns &= self.opts.sandbox_mount_ns;
         command.toggle_accept_dad &= self.opts.toggle_accept_dad;
         command.ready_timeout = self.opts.ready_timeout;
