@@ -141,11 +141,17 @@ fn confine(
     control: Option<&rootlessport::ControlServer>,
 ) -> Result<(), rootlessport::sandbox::SandboxError> {
     use rootlessport::sandbox::{self, Policy, SANDBOX_ENV};
-    if std::env::var_os(SANDBOX_ENV).is_some_and(|v| v == "0") {
-        tracing::warn!(
-            "{SANDBOX_ENV}=0: serving without the sandbox (no seccomp filter, no Landlock, every capability kept)"
-        );
-        return Ok(());
+    match std::env::var_os(SANDBOX_ENV) {
+        Some(v) if v == "0" => {
+            tracing::warn!(
+                "{SANDBOX_ENV}=0: serving without the sandbox (no seccomp filter, no Landlock, every capability kept)"
+            );
+            return Ok(());
+        }
+        Some(v) if !v.is_empty() && v != "1" => {
+            tracing::warn!(value = ?v, "{SANDBOX_ENV} is 0 (off) or 1 (on); the sandbox stays on");
+        }
+        _ => {}
     }
     let mut policy = Policy::new()
         .keep_net_admin(forwarder.keeps_source_ip())
