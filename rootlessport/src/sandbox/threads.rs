@@ -263,7 +263,7 @@ fn signal_others(signal: i32) -> io::Result<()> {
                     "threads {pending:?} did not confine themselves within {WAIT:?}"
                 )));
             }
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(20));
         }
     }
 }
