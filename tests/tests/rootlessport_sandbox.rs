@@ -6,7 +6,7 @@
 //! turns all of it off with one warning.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ use slirp_opts::portctl::{Reply, Request};
 use slirp_opts::PortMapping;
 use slirp_proc::Exit;
 use slirpnet_tests::{
-    can_admin_net, free_tcp_port, require, rootlessport_bin, world_runnable, PersistentNetns,
-    Rootlessport,
+    can_admin_net, free_port_both, free_tcp_port, require, rootlessport_bin, world_runnable,
+    PersistentNetns, Rootlessport,
 };
 
 const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
@@ -180,23 +180,59 @@ fn free_low_port() -> u16 {
         .expect("a free port below 1000")
 }
 
+/// A UDP echo inside the namespace at 10.77.0.1:`port`, for `n` datagrams.
+fn udp_echo(ns: &PersistentNetns, port: u16, n: usize) -> std::thread::JoinHandle<()> {
+    let socket = ns
+        .open()
+        .run(move || UdpSocket::bind(("10.77.0.1", port)))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        for _ in 0..n {
+            let (len, from) = socket.recv_from(&mut buf).unwrap();
+            socket.send_to(&buf[..len], from).unwrap();
+        }
+    })
+}
+
 #[test]
 fn every_thread_of_a_serving_forwarder_is_locked_in() {
     if !prerequisites("every_thread_of_a_serving_forwarder_is_locked_in") {
         return;
     }
     let ns = PersistentNetns::with_veth("sbx-plain");
-    let port = free_tcp_port();
-    let server = echo_once(&ns, 7100);
-    let launched = Launched::start(
-        &ns.rootlessport_config(tcp_map(port, 7100), "10.77.0.1"),
-        &[],
-        None,
-        "",
-    );
+    let port = free_port_both();
+    // All addresses: one dual-stack listener per protocol.
+    let map = json!([{"host_ip": "", "container_port": 7100, "host_port": port, "range": 1, "protocol": "tcp,udp"}]);
+    let launched = Launched::start(&ns.rootlessport_config(map, "10.77.0.1"), &[], None, "");
     // The event loop, the namespace's socket thread, the SIGTERM thread.
     assert_locked_in(launched.rp.pid(), 0, 3);
+    // Everything a client makes it do still works: TCP over IPv4 and IPv6
+    // (splice, the namespace's sockets), UDP (batches, replies from the
+    // address the client sent to).
+    let server = echo_once(&ns, 7100);
     exchange(port);
+    server.join().unwrap();
+    let server = echo_once(&ns, 7100);
+    let mut c = TcpStream::connect(("::1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 5];
+    c.read_exact(&mut buf).unwrap();
+    server.join().unwrap();
+    let server = udp_echo(&ns, 7100, 3);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for payload in [&b"a"[..], &[7u8; 1400][..], b"last"] {
+        client.send_to(payload, ("127.0.0.1", port)).unwrap();
+        let mut back = [0u8; 2048];
+        let (len, from) = client.recv_from(&mut back).unwrap();
+        assert_eq!(&back[..len], payload);
+        assert_eq!(from.port(), port);
+    }
     server.join().unwrap();
     launched.stop_cleanly();
 }
@@ -234,6 +270,14 @@ fn client_addresses_and_live_ports_keep_their_two_capabilities_and_nothing_else(
     let server = echo_once(&ns, 7201);
     exchange(low);
     server.join().unwrap();
+    // And removed: the listener closes.
+    let key: slirp_opts::portctl::PortKey =
+        serde_json::from_value(json!({"proto": "tcp", "host_ip": "127.0.0.1", "host_port": low}))
+            .unwrap();
+    let request = Request::Remove { ports: vec![key] };
+    let reply = slirpnet::control::request(&control, &request, Duration::from_secs(10)).unwrap();
+    assert!(matches!(reply, Reply::Ok { .. }), "{reply:?}");
+    assert!(TcpStream::connect(("127.0.0.1", low)).is_err());
     let rules = std::process::Command::new("ip")
         .args(["-n", ns.name(), "rule"])
         .output()
