@@ -110,8 +110,9 @@ const ALWAYS: &[(&str, &[Sysno])] = &[
         ],
     ),
     (
-        "files (the sysctl read for a privileged port added live, removing the reload and control sockets; Landlock decides which paths)",
+        "files (the sysctl a refused live low port quotes, read from an fd opened at start; removing the reload and control sockets; Landlock decides which paths)",
         &[
+            Sysno::pread64,
             Sysno::fstat,
             Sysno::statx,
             Sysno::fstatfs,

@@ -4,8 +4,7 @@
 //! dropped from all sets, a seccomp filter that allows only the system
 //! calls it makes (everything else: SIGSYS, one line naming the call,
 //! death), and, where the kernel has Landlock, no filesystem access beyond
-//! removing its own sockets and reading the one sysctl a failed bind
-//! quotes.
+//! removing its own sockets.
 //!
 //! Order matters: Landlock and the capabilities need system calls the
 //! filter then denies (`landlock_restrict_self`, `capset`, `prctl`), so
@@ -40,9 +39,6 @@ pub const SANDBOX_ENV: &str = "ROOTLESSPORT_SANDBOX";
 const CAP_NET_BIND_SERVICE: u32 = 10;
 /// CAP_NET_ADMIN.
 const CAP_NET_ADMIN: u32 = 12;
-
-/// The sysctl that a refused bind of a low port quotes (see `listen.rs`).
-const UNPRIVILEGED_PORT_START: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
 
 /// What the confined process keeps.
 #[derive(Debug, Clone, Default)]
@@ -190,7 +186,7 @@ pub fn confine(policy: &Policy, report: impl AsFd) -> Result<Confinement, Sandbo
 /// The Landlock ruleset for `policy`, or `None` where the kernel has no
 /// Landlock. Everything the kernel's Landlock can restrict on files is
 /// handled; the only rules allow removing files in the policy's
-/// directories and reading the sysctl a refused low-port bind quotes.
+/// directories.
 fn landlock_ruleset(policy: &Policy) -> Result<Option<OwnedFd>, SandboxError> {
     let fail = |e: &dyn std::fmt::Display| SandboxError::Landlock(e.to_string());
     // Applied to each thread by `threads.rs`, from its fd.
@@ -203,12 +199,6 @@ fn landlock_ruleset(policy: &Policy) -> Result<Option<OwnedFd>, SandboxError> {
     for dir in &policy.removable_in {
         ruleset = add_path(ruleset, dir, AccessFs::RemoveFile.into()).map_err(|e| fail(&e))?;
     }
-    ruleset = add_path(
-        ruleset,
-        Path::new(UNPRIVILEGED_PORT_START),
-        AccessFs::ReadFile.into(),
-    )
-    .map_err(|e| fail(&e))?;
     Ok(ruleset.into())
 }
 
