@@ -11,7 +11,7 @@ use slirp_opts::Forward;
 use socket2::Socket;
 
 use crate::factory::SocketFactory;
-use crate::listen::{listen, ListenError};
+use crate::listen::{listen, open_unprivileged_port_start, ListenError};
 use crate::options::ForwardOptions;
 use crate::ports::{Command, ForwarderHandle, Ports};
 use crate::reload::{ReloadError, ReloadGuard, ReloadServer};
@@ -110,6 +110,9 @@ impl Forwarder {
             .into_iter()
             .map(|f| listen(&f).map(|s| (f, s)))
             .collect::<Result<Vec<_>, _>>()?;
+        // A port added while serving may be refused; its message quotes
+        // this sysctl, which a sandboxed forwarder can no longer open.
+        open_unprivileged_port_start();
         let netns = Netns::open(&netns_path)?;
         let factory = SocketFactory::start(&netns)?;
         let keep = if options.keeps_source_ip() {

@@ -46,6 +46,8 @@ mod options;
 mod ports;
 mod reload;
 mod rtnl;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
 mod seqpacket;
 pub mod source_ip;
 mod target;

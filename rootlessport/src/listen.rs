@@ -105,13 +105,40 @@ fn no_ipv6(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(c) if c == Errno::EAFNOSUPPORT as i32 || c == Errno::EADDRNOTAVAIL as i32)
 }
 
+/// The sysctl a refused low port quotes.
+const UNPRIVILEGED_PORT_START: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+
+/// The sysctl, opened once: a sandboxed forwarder can no longer open it
+/// (and a Landlock rule on a /proc/sys file stops matching once the kernel
+/// drops the file's inode), but it may read an fd it holds.
+static PORT_START_FILE: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+
+/// Opens the sysctl for [`unprivileged_port_start`] now (before the
+/// sandbox; the forwarder's start does it).
+pub(crate) fn open_unprivileged_port_start() {
+    PORT_START_FILE.get_or_init(|| std::fs::File::open(UNPRIVILEGED_PORT_START).ok());
+}
+
+/// `ip_unprivileged_port_start` as it is now, through the fd opened at
+/// start when there is one.
+fn unprivileged_port_start() -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let read = |file: &std::fs::File| {
+        let mut buf = [0u8; 32];
+        let n = file.read_at(&mut buf, 0).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+    };
+    match PORT_START_FILE.get() {
+        Some(Some(file)) => read(file),
+        _ => read(&std::fs::File::open(UNPRIVILEGED_PORT_START).ok()?),
+    }
+}
+
 fn classify(proto: Protocol, addr: SocketAddr, source: io::Error) -> ListenError {
     let denied = matches!(source.kind(), io::ErrorKind::PermissionDenied)
         || source.raw_os_error() == Some(nix::errno::Errno::EPERM as i32);
     if denied {
-        let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "1024".into());
+        let start = unprivileged_port_start().unwrap_or_else(|| "1024".into());
         if start.parse::<u16>().is_ok_and(|s| addr.port() < s) {
             return ListenError::Privileged {
                 port: addr.port(),

@@ -108,8 +108,15 @@ fn main() -> ExitCode {
         None => None,
     };
     // podman closes its ends of stdout and stderr once it sees ready, and a
-    // write would then raise SIGPIPE: point them at /dev/null first.
-    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+    // write would then raise SIGPIPE: point them at /dev/null first (opened
+    // before the sandbox, which allows no open for writing).
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null");
+    // Confined once everything is bound and every thread runs, before
+    // ready: from the first client on, the forwarder is locked in.
+    if let Err(e) = confine(&forwarder, _control.as_ref()) {
+        return fail(e);
+    }
+    if let Ok(null) = null {
         let _ = nix::unistd::dup2_stdout(&null);
         let _ = nix::unistd::dup2_stderr(&null);
     }
@@ -123,6 +130,48 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::from(1),
     }
+}
+
+/// Confines the process (`rootlessport::sandbox`) unless
+/// `ROOTLESSPORT_SANDBOX=0`. It keeps CAP_NET_ADMIN only while it keeps
+/// client addresses (routes and transparent sockets in the namespace as
+/// clients come and go), CAP_NET_BIND_SERVICE only with a control socket
+/// (a low port added live), and may remove only its reload and control
+/// sockets.
+fn confine(
+    forwarder: &Forwarder,
+    control: Option<&rootlessport::ControlServer>,
+) -> Result<(), rootlessport::sandbox::SandboxError> {
+    use rootlessport::sandbox::{self, Policy, SANDBOX_ENV};
+    match std::env::var_os(SANDBOX_ENV) {
+        Some(v) if v == "0" => {
+            tracing::warn!(
+                "{SANDBOX_ENV}=0: serving without the sandbox (no seccomp filter, no Landlock, every capability kept)"
+            );
+            return Ok(());
+        }
+        Some(v) if !v.is_empty() && v != "1" => {
+            tracing::warn!(value = ?v, "{SANDBOX_ENV} is 0 (off) or 1 (on); the sandbox stays on");
+        }
+        _ => {}
+    }
+    let mut policy = Policy::new()
+        .keep_net_admin(forwarder.keeps_source_ip())
+        .keep_net_bind_service(control.is_some());
+    let sockets = [
+        forwarder.reload_socket(),
+        control.map(rootlessport::ControlServer::path),
+    ];
+    for socket in sockets.into_iter().flatten() {
+        let dir = match socket.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        policy = policy.remove_in(dir);
+    }
+    let confined = sandbox::confine(&policy, std::io::stderr())?;
+    tracing::debug!(landlock = confined.landlock, kept = ?confined.kept, "sandboxed");
+    Ok(())
 }
 
 /// SIGTERM and SIGINT, blocked in every thread and taken by one that

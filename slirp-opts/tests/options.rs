@@ -402,3 +402,37 @@ fn with(mut opts: NetworkOptions, change: impl FnOnce(&mut NetworkOptions)) -> N
     change(&mut opts);
     opts
 }
+
+#[test]
+fn sandbox_and_seccomp_are_asked_for_whenever_the_binary_has_them_rootless_too() {
+    let rootless = Invocation::new(Target::Path {
+        netns: "/proc/9/ns/net".into(),
+        userns: Some("/proc/9/ns/user".into()),
+    });
+    let root = Invocation::new(Target::Pid(9));
+    // (sandbox supported, seccomp supported, no_pivot_root) -> flags
+    let table: [(bool, bool, bool, &[&str]); 5] = [
+        (true, true, false, &["--enable-sandbox", "--enable-seccomp"]),
+        (true, false, false, &["--enable-sandbox"]),
+        (false, true, false, &["--enable-seccomp"]),
+        (false, false, false, &[]),
+        // The engine's no_pivot_root: no sandbox (it pivots), seccomp still.
+        (true, true, true, &["--enable-seccomp"]),
+    ];
+    for (sandbox, seccomp, no_pivot_root, want) in table {
+        let mut features = Features::all();
+        features.enable_sandbox = sandbox;
+        features.enable_seccomp = seccomp;
+        let opts = with(NetworkOptions::default(), |o| {
+            o.no_pivot_root = no_pivot_root
+        });
+        for inv in [&rootless, &root] {
+            let got: Vec<String> = args(&opts, &features, inv)
+                .unwrap()
+                .into_iter()
+                .filter(|a| a == "--enable-sandbox" || a == "--enable-seccomp")
+                .collect();
+            assert_eq!(got, want, "{sandbox} {seccomp} {no_pivot_root} {inv:?}");
+        }
+    }
+}

@@ -44,6 +44,12 @@ pub struct SlirpCommand {
     pub new_mount_ns: bool,
     /// Signal slirp4netns gets when the thread that started it dies.
     pub parent_death_signal: Option<Signal>,
+    /// A user namespace (a `/proc/PID/ns/user` path) it joins before exec,
+    /// and before the new mount namespace is made: rootless, that mount
+    /// namespace is then its own (owned by the joined user namespace), so
+    /// `--enable-sandbox` works as it does when podman starts slirp4netns
+    /// from its rootless user namespace.
+    pub join_userns: Option<PathBuf>,
     /// Turn IPv6 `accept_dad` off in the target namespace while it starts
     /// (only when IPv6 is on; needs the right to enter the namespace).
     pub toggle_accept_dad: bool,
@@ -69,6 +75,7 @@ impl SlirpCommand {
             invocation,
             new_mount_ns,
             parent_death_signal: None,
+            join_userns: None,
             toggle_accept_dad,
             ready_timeout: Duration::from_secs(30),
         }
@@ -118,6 +125,14 @@ pub enum StartError {
     /// The target namespace could not be opened for the accept_dad toggle.
     #[error(transparent)]
     Netns(#[from] netns_util::NetnsError),
+    /// The user namespace to join could not be opened.
+    #[error("failed to open the user namespace {path} for slirp4netns: {source}")]
+    UserNs {
+        /// Its path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
     /// exec failed.
     #[error("failed to start {binary}: {error}")]
     Spawn {
@@ -207,6 +222,13 @@ impl Slirp {
             })?),
             None => None,
         };
+        let userns = match &cmd.join_userns {
+            Some(path) => Some(File::open(path).map_err(|source| StartError::UserNs {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
         // Unlinked at once: only the fds keep it, and nothing is left behind.
         let log = tempfile::tempfile().map_err(StartError::Log)?;
         let out = log.try_clone().map_err(StartError::Log)?;
@@ -229,7 +251,7 @@ impl Slirp {
                 fds: child_fds,
                 death_signal: cmd.parent_death_signal,
                 new_mount_ns: cmd.new_mount_ns,
-                join_userns: None,
+                join_userns: userns.as_ref().map(|f| f.as_raw_fd()),
             },
         );
         tracing::debug!(binary = %cmd.binary.display(), ?args, "starting slirp4netns");

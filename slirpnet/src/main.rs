@@ -393,7 +393,12 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
         userns: args.userns.clone(),
     };
     // SetupOptions::new chose what this process's privilege allows.
-    let opts = setup_options(&args.net, network, ports)?;
+    let mut opts = setup_options(&args.net, network, ports)?;
+    if args.userns.is_some() {
+        // Rootless with the namespace's user namespace named: slirp4netns
+        // runs in it, where it may make its sandbox's mount namespace.
+        opts = opts.with_sandbox_in_userns();
+    }
     let checked = plan(&opts)?;
     if args.net.dry_run {
         return dry_run(&args.net, &checked, &target);
@@ -688,8 +693,10 @@ fn next_signal(fd: &SignalFd) -> Result<Signal> {
 fn run(args: RunArgs) -> Result<ExitCode> {
     let (network, ports) = parse_net(&args.net)?;
     // SetupOptions::new chose what this process's privilege allows (the
-    // rootless settings when it lacks CAP_SYS_ADMIN).
-    let mut opts = setup_options(&args.net, network, ports)?;
+    // rootless settings when it lacks CAP_SYS_ADMIN); rootless,
+    // slirp4netns runs in the command's user namespace, where it may make
+    // the mount namespace its sandbox (`--enable-sandbox`) needs.
+    let mut opts = setup_options(&args.net, network, ports)?.with_sandbox_in_userns();
     // The namespace's init holds accept_dad from inside.
     opts.toggle_accept_dad = false;
     // Everything that can be checked is checked before anything starts.

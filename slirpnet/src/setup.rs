@@ -46,8 +46,14 @@ pub struct SetupOptions {
     /// inside, as [`Plan::run`] does.
     pub toggle_accept_dad: bool,
     /// Start slirp4netns in a new mount namespace when the sandbox is on
-    /// (needs CAP_SYS_ADMIN).
+    /// (needs CAP_SYS_ADMIN, or [`slirp_in_userns`](Self::slirp_in_userns)).
     pub sandbox_mount_ns: bool,
+    /// Rootless: start slirp4netns inside the target's user namespace (when
+    /// the target names one), as podman does from its rootless user
+    /// namespace. There it may make the mount namespace that
+    /// `--enable-sandbox` needs; outside it could not. Off by default: as
+    /// root it would lose the right to bind low host ports.
+    pub slirp_in_userns: bool,
     /// How long slirp4netns (and the port forwarder) may take to become ready.
     pub ready_timeout: Duration,
     /// How long `slirp4netns --help` (feature detection) may take.
@@ -93,6 +99,7 @@ impl SetupOptions {
             api_socket: None,
             toggle_accept_dad: privileged,
             sandbox_mount_ns: privileged,
+            slirp_in_userns: false,
             ready_timeout: Duration::from_secs(30),
             help_timeout: crate::binary::HELP_TIMEOUT,
             parent_death_signal: None,
@@ -103,10 +110,27 @@ impl SetupOptions {
     }
 }
 
+impl SetupOptions {
+    /// Without CAP_SYS_ADMIN, for a target that names its user namespace
+    /// (as [`Plan::run`] and `slirpnet run` make one): start slirp4netns
+    /// inside that user namespace with a mount namespace of its own, so its
+    /// sandbox (`--enable-sandbox`) is on rootless too. With CAP_SYS_ADMIN
+    /// nothing changes (the sandbox is on already).
+    #[must_use]
+    pub fn with_sandbox_in_userns(mut self) -> Self {
+        if !privileged() {
+            self.slirp_in_userns = true;
+            self.sandbox_mount_ns = true;
+            self.network.no_pivot_root = false;
+        }
+        self
+    }
+}
+
 /// Whether this process has CAP_SYS_ADMIN in its own user namespace: what
 /// entering a namespace, unsharing a mount namespace and slirp4netns's
 /// sandbox need.
-fn privileged() -> bool {
+pub(crate) fn privileged() -> bool {
     netns_util::has_cap(caps::Capability::CAP_SYS_ADMIN)
 }
 
@@ -413,11 +437,13 @@ fn check_privilege(
     if privileged {
         return Ok(());
     }
-    let sandbox = !opts.network.no_pivot_root && features.enable_sandbox;
+    // Inside the target's user namespace slirp4netns may make the mount
+    // namespace its sandbox needs.
+    let sandbox = !opts.network.no_pivot_root && features.enable_sandbox && !opts.slirp_in_userns;
     if sandbox {
         return Err(SetupError::Unprivileged {
             what: "slirp4netns's sandbox (--enable-sandbox)",
-            fix: "set network.no_pivot_root = true (SetupOptions::new does so for a process without it)",
+            fix: "set network.no_pivot_root = true (SetupOptions::new does so for a process without it), or run slirp4netns in the target's user namespace (SetupOptions::with_sandbox_in_userns)",
         });
     }
     if opts.toggle_accept_dad && opts.network.enable_ipv6 {
@@ -453,6 +479,7 @@ impl Plan {
     }
 
     fn command(&self, target: Target, api_socket: Option<PathBuf>) -> SlirpCommand {
+        let userns = target.userns_path().map(Path::to_path_buf);
         let mut invocation = Invocation::new(target);
         invocation.api_socket = api_socket;
         let mut command = SlirpCommand::new(
@@ -461,6 +488,9 @@ impl Plan {
             self.features,
             invocation,
         );
+        if self.opts.slirp_in_userns {
+            command.join_userns = userns;
+        }
         command.new_mount_ns &= self.opts.sandbox_mount_ns;
         command.toggle_accept_dad &= self.opts.toggle_accept_dad;
         command.ready_timeout = self.opts.ready_timeout;

@@ -812,3 +812,98 @@ fn a_closed_report_pipe_does_not_abort_the_session() {
     assert_eq!(status.code(), Some(7), "the session was aborted");
     assert!(ran.exists(), "the command never ran");
 }
+
+/// The pids of `pid`'s children (every thread's).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// `slirpnet run` (rootless with `as_user`) starts slirp4netns with its
+/// sandbox and seccomp filter on: the flags in its argv, its root a tmpfs
+/// in a mount namespace of its own, seccomp mode 2.
+fn slirp4netns_runs_sandboxed(as_user: Option<u32>) {
+    let (_dir, bins) =
+        world_runnable(&[&slirpnet_bin(), &slirpnet_tests::rootlessport_bin()]).unwrap();
+    let mut run = slirpnet_as(&bins[0], as_user)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("SLIRPNET_QUIET", "1")
+        .current_dir("/")
+        .args(["run", "-p", &format!("127.0.0.1:{}:80", free_tcp_port())])
+        .args(["--", "sh", "-c", "read line || true"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let slirp = loop {
+        let found = children(run.id()).into_iter().find(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|n| n.trim() == "slirp4netns")
+                && std::fs::read_to_string(format!("/proc/{c}/status"))
+                    .is_ok_and(|s| s.contains("Seccomp:\t2"))
+        });
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sandboxed slirp4netns under slirpnet run ({as_user:?}) within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let argv = std::fs::read(format!("/proc/{slirp}/cmdline")).unwrap();
+    let argv: Vec<String> = argv
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(
+        argv.iter().any(|a| a == "--enable-sandbox")
+            && argv.iter().any(|a| a == "--enable-seccomp"),
+        "{argv:?}"
+    );
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{slirp}/ns/mnt")).unwrap(),
+        std::fs::read_link("/proc/self/ns/mnt").unwrap()
+    );
+    let mounts = std::fs::read_to_string(format!("/proc/{slirp}/mountinfo")).unwrap();
+    let root = mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .unwrap_or_default();
+    assert!(
+        root.contains(" - tmpfs "),
+        "not pivoted into its sandbox: {root}"
+    );
+    drop(run.stdin.take());
+    let status = run.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn slirp4netns_runs_sandboxed_as_root() {
+    if !require_slirp("slirp4netns_runs_sandboxed_as_root") {
+        return;
+    }
+    slirp4netns_runs_sandboxed(None);
+}
+
+#[test]
+fn slirp4netns_runs_sandboxed_rootless_too() {
+    if !require(
+        "slirp4netns_runs_sandboxed_rootless_too",
+        rootless_possible(),
+    ) {
+        return;
+    }
+    slirp4netns_runs_sandboxed(Some(65534));
+}
