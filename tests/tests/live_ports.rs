@@ -1590,13 +1590,16 @@ fn child_named(parent: u32, name: &str) -> u32 {
 /// up: below the ephemeral range (32768 and up), so no other test's
 /// client takes one between the check and the add.
 fn quiet_range(base: u16, n: u16) -> u16 {
-    let mut first = base;
-    while first + n <= 32768 {
-        match (first..first + n)
-            .find(|&p| TcpListener::bind(local(p)).is_err() || UdpSocket::bind(local(p)).is_err())
-        {
-            None => return first,
-            Some(taken) => first = taken + 1,
+    // From `base` up to the ephemeral range, then from 1025 up to `base`:
+    // other tests may hold runs of ports anywhere below it.
+    for (mut first, end) in [(base, 32768u32), (1025, u32::from(base) + u32::from(n))] {
+        while u32::from(first) + u32::from(n) <= end {
+            match (first..first + n).find(|&p| {
+                TcpListener::bind(local(p)).is_err() || UdpSocket::bind(local(p)).is_err()
+            }) {
+                None => return first,
+                Some(taken) => first = taken + 1,
+            }
         }
     }
     panic!("found no {n} consecutive free ports from {base}");
