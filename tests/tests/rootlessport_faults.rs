@@ -566,7 +566,9 @@ fn hundreds_of_mutated_configurations_never_hang_panic_or_leave_a_port() {
         let valid = rootlessport::Config::from_json(&cfg)
             .and_then(rootlessport::Config::validate)
             .is_ok_and(|v| {
-                v.exit_fd == 3 && v.ready_fd == 4 && netns_util::Netns::open(&v.netns_path).is_ok()
+                v.helper_fds
+                    .is_some_and(|fds| (fds.exit_fd, fds.ready_fd) == (3, 4))
+                    && netns_util::Netns::open(&v.netns_path).is_ok()
             });
         let mut cmd = slirp_proc::HelperCommand::new(
             rootlessport_bin(),
