@@ -101,7 +101,7 @@ mod target;
 mod tcp;
 mod udp;
 
-pub use childip::{child_ip, NetAddress, NetInterface, StatusBlock};
+pub use childip::{child_ip_from_status, NetAddress, NetInterface, StatusBlock};
 pub use control::{PortControlServer, CONTROL_SOCKET_ENV};
 pub use forwarder::{Forwarder, StartError};
 pub use limits::raise_fd_limit;
@@ -111,7 +111,7 @@ pub use listen::ListenError;
 pub use netns_util;
 pub use options::{ForwardOptions, OptionsEnvError, KEEP_SOURCE_IP_ENV};
 pub use ports::{ForwarderHandle, HandleError};
-pub use reload::{reload, socket_path, ReloadError, ReloadGuard, ReloadServer};
+pub use reload::{reload, reload_socket_path, ReloadError, ReloadGuard, ReloadServer};
 pub use slirp_api;
 pub use slirp_opts;
 pub use slirp_opts::rootlessport::{

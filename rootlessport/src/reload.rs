@@ -47,7 +47,7 @@ pub enum ReloadError {
 }
 
 /// The reload socket's path for a container.
-pub fn socket_path(tmp_dir: &Path, container_id: &str) -> PathBuf {
+pub fn reload_socket_path(tmp_dir: &Path, container_id: &str) -> PathBuf {
     tmp_dir.join("rp").join(container_id)
 }
 

@@ -51,12 +51,14 @@ fn every_error_names_its_cause_once() {
     // A host port in use: ListenError, through StartError.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let in_use = start_error(ForwarderConfig::new("/nonexistent", CHILD).forward(Forward {
-        proto: Protocol::Tcp,
-        host_ip: Some(Ipv4Addr::LOCALHOST.into()),
-        host_port: port,
-        container_port: 80,
-    }));
+    let in_use = start_error(
+        ForwarderConfig::new("/nonexistent", CHILD).forward(Forward {
+            proto: Protocol::Tcp,
+            host_ip: Some(Ipv4Addr::LOCALHOST.into()),
+            host_port: port,
+            container_port: 80,
+        }),
+    );
     assert!(matches!(
         in_use,
         StartError::Listen(ListenError::Bind { .. })

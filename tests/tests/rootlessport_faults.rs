@@ -197,7 +197,7 @@ fn a_stalled_reload_client_delays_no_other_and_bursts_are_accepted() {
         "ChildIP": "10.77.0.1", "TmpDir": tmp.path(), "ContainerID": id, "RootlessCNI": true})
         .to_string();
     let mut rp = Rootlessport::start(&rootlessport_bin(), &cfg).unwrap();
-    let sock = rootlessport::socket_path(tmp.path(), id);
+    let sock = rootlessport::reload_socket_path(tmp.path(), id);
     // A client that connects and never sends.
     let stalled = {
         use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
