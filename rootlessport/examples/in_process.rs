@@ -13,7 +13,8 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 
-use rootlessport::{slirp_opts::PortMapping, Config, Forwarder};
+use rootlessport::slirp_opts::{Forward, Protocol};
+use rootlessport::{Forwarder, ForwarderConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -27,19 +28,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = ns.run(move || TcpListener::bind((child_ip, 8000)))??;
     let host_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
 
-    let mapping = PortMapping {
-        host_ip: "127.0.0.1".into(),
-        container_port: 8000,
-        host_port,
-        range: 1,
-        protocol: "tcp".into(),
-    };
-    let config = Config::new(vec![mapping], netns, child_ip).validate()?;
+    let config = ForwarderConfig::new(netns, child_ip)
+        .forward(Forward {
+            proto: Protocol::Tcp,
+            host_ip: Some([127, 0, 0, 1].into()),
+            host_port,
+            container_port: 8000,
+        })
+        .validate()?;
     let forwarder = Forwarder::start(config)?;
     println!("forwarding 127.0.0.1:{host_port} -> {child_ip}:8000 in-process");
-    // Serve until the write end of this pipe is closed.
-    let (stop_read, stop_write) = nix::unistd::pipe()?;
-    let serving = std::thread::spawn(move || forwarder.run_until_eof(stop_read));
+    // Serve on a thread until stopped through a handle.
+    let handle = forwarder.handle();
+    let serving = std::thread::spawn(move || forwarder.serve());
 
     let server = std::thread::spawn(move || -> std::io::Result<()> {
         let (mut c, peer) = service.accept()?;
@@ -56,8 +57,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     server.join().expect("the service thread")?;
     println!("{back}");
 
-    drop(stop_write);
+    // Returns once the port is closed.
+    handle.stop();
     serving.join().expect("the forwarder thread")?;
+    if TcpStream::connect(("127.0.0.1", host_port)).is_ok() {
+        return Err("the port still accepts after stop".into());
+    }
     println!("stopped");
     if !back.ends_with(" said: hello") {
         return Err("the reply came back changed".into());

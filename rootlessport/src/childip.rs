@@ -36,15 +36,15 @@ pub struct StatusBlock {
 ///
 /// ```
 /// use std::collections::BTreeMap;
-/// use rootlessport::{child_ip, StatusBlock};
+/// use rootlessport::{child_ip_from_status, StatusBlock};
 ///
 /// let status: BTreeMap<String, StatusBlock> = serde_json::from_str(r#"{
 ///   "net-b": {"interfaces": {"eth0": {"subnets": [{"ipnet": "10.89.0.7/24"}]}}},
 ///   "net-a": {"interfaces": {"eth0": {"subnets": [{"ipnet": "fd00:1::5/64"}, {"ipnet": "10.88.0.5/16"}]}}}
 /// }"#).unwrap();
-/// assert_eq!(child_ip(&status).unwrap().to_string(), "10.88.0.5");
+/// assert_eq!(child_ip_from_status(&status).unwrap().to_string(), "10.88.0.5");
 /// ```
-pub fn child_ip(networks: &BTreeMap<String, StatusBlock>) -> Option<IpAddr> {
+pub fn child_ip_from_status(networks: &BTreeMap<String, StatusBlock>) -> Option<IpAddr> {
     let addrs = || {
         networks
             .values()

@@ -14,30 +14,32 @@ use slirp_api::portctl::{ForwardEntry, Reply, Request};
 
 use crate::ports::ForwarderHandle;
 
-/// A failure to set up the control socket.
-pub use slirp_api::control::ServeError as ControlError;
+use slirp_api::control::ServeError;
 
 /// The environment variable that asks the binary for a control socket.
 pub const CONTROL_SOCKET_ENV: &str = "ROOTLESSPORT_CONTROL_SOCKET";
 
-/// The control socket, served on threads of its own; removed (and no longer
-/// served) when dropped.
+/// The port control socket: slirp-api's
+/// [`ControlServer`](slirp_api::control::ControlServer) answering
+/// [`slirp_api::portctl`] requests through a [`ForwarderHandle`], served on
+/// threads of its own; removed (and no longer served) when dropped.
 #[derive(Debug)]
-pub struct ControlServer(slirp_api::control::ControlServer);
+pub struct PortControlServer(slirp_api::control::ControlServer);
 
-impl ControlServer {
+impl PortControlServer {
     /// Listens at `path` (mode 0600; only a stale socket there is
     /// replaced) and serves requests through `handle`.
     ///
     /// # Errors
     ///
-    /// Something other than a stale socket is at `path` (left as it is), or
-    /// the socket cannot be made, bound, listened on or served.
-    pub fn start(path: &Path, handle: ForwarderHandle) -> Result<Self, ControlError> {
+    /// slirp-api's [`ServeError`]: something other than a stale socket is
+    /// at `path` (left as it is), or the socket cannot be made, bound,
+    /// listened on or served.
+    pub fn start(path: &Path, handle: ForwarderHandle) -> Result<Self, ServeError> {
         slirp_api::control::ControlServer::start(path, "port forwarder", move |req| {
             answer(&handle, req)
         })
-        .map(ControlServer)
+        .map(PortControlServer)
     }
 
     /// The socket's path.

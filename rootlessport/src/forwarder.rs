@@ -1,10 +1,12 @@
 //! The forwarder: validate, join the namespace, bind every host port, then
-//! serve on one single-threaded event loop until told to stop.
+//! serve on one single-threaded event loop until told to stop (the exit
+//! pipe, a future, or [`ForwarderHandle::stop`]).
 
 use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use netns_util::{Netns, NetnsError};
 use slirp_opts::Forward;
@@ -13,10 +15,10 @@ use socket2::Socket;
 use crate::factory::SocketFactory;
 use crate::listen::{listen, open_unprivileged_port_start, ListenError};
 use crate::options::ForwardOptions;
-use crate::ports::{Command, ForwarderHandle, Ports};
+use crate::ports::{Command, ForwarderHandle, Ports, StopState, StoppedGuard};
 use crate::reload::{ReloadError, ReloadGuard, ReloadServer};
 use crate::source_ip::{Ports as PublishedPorts, SourceIps, SourceIpsGuard};
-use crate::target::Target;
+use crate::target::ChildIp;
 use crate::{tcp, udp};
 use slirp_opts::rootlessport::{ConfigError, ValidConfig};
 
@@ -43,15 +45,18 @@ pub enum StartError {
     #[error(transparent)]
     Reload(#[from] ReloadError),
     /// The event loop (its epoll and waker fds).
-    #[error("failed to create the event loop: {0}")]
-    Runtime(io::Error),
+    #[error("failed to create the event loop: {error}")]
+    Runtime {
+        /// The OS error.
+        error: io::Error,
+    },
 }
 
 /// A forwarder with every host port bound, not yet serving.
 #[derive(Debug)]
 pub struct Forwarder {
     listeners: Vec<(Forward, Socket)>,
-    target: Target,
+    child_ip: ChildIp,
     factory: SocketFactory,
     keep: Option<(SourceIps, SourceIpsGuard)>,
     reload: Option<ReloadGuard>,
@@ -59,6 +64,9 @@ pub struct Forwarder {
     spare: tcp::SpareFd,
     commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
     handle: ForwarderHandle,
+    stop: Arc<StopState>,
+    /// Last: a handle's `stop` returns once everything above is gone.
+    stopped: StoppedGuard,
 }
 
 impl Forwarder {
@@ -129,11 +137,11 @@ impl Forwarder {
         } else {
             None
         };
-        let target = Target::new(child_ip);
+        let child_ip = ChildIp::new(child_ip);
         let reload = match reload {
             Some(r) => {
                 let server = ReloadServer::bind(&r.tmp_dir, &r.container_id)?;
-                Some(server.serve(target.clone())?)
+                Some(server.serve(child_ip.clone())?)
             }
             None => None,
         };
@@ -144,32 +152,36 @@ impl Forwarder {
             .enable_io()
             .enable_time()
             .build()
-            .map_err(StartError::Runtime)?;
+            .map_err(|error| StartError::Runtime { error })?;
         let spare = tcp::SpareFd::default();
-        tracing::info!(ports = listeners.len(), %child_ip, keep_source_ip = keep.is_some(), "listening");
+        tracing::info!(ports = listeners.len(), child_ip = %child_ip.ip(), keep_source_ip = keep.is_some(), "listening");
         let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
+        let stop = StopState::new();
         Ok(Forwarder {
             listeners,
-            target,
+            child_ip,
             factory,
             keep,
             reload,
             runtime,
             spare,
             commands,
-            handle: ForwarderHandle::new(tx),
+            handle: ForwarderHandle::new(tx, stop.clone()),
+            stopped: StoppedGuard(stop.clone()),
+            stop,
         })
     }
 
     /// A handle that adds, removes and lists ports while the forwarder
-    /// serves (from another thread).
+    /// serves, and stops it (from another thread).
     pub fn handle(&self) -> ForwarderHandle {
         self.handle.clone()
     }
 
-    /// The shared target (for retargeting without the reload socket).
-    pub fn target(&self) -> &Target {
-        &self.target
+    /// The child IP connections are forwarded to, shared with the reload
+    /// socket: [`ChildIp::set`] points every forward elsewhere without it.
+    pub fn child_ip(&self) -> &ChildIp {
+        &self.child_ip
     }
 
     /// Whether services see each client's own address: asked for with
@@ -183,9 +195,38 @@ impl Forwarder {
         self.reload.as_ref().map(ReloadGuard::path)
     }
 
+    /// Serves until [`ForwarderHandle::stop`], then closes every listener
+    /// and connection, removes the reload socket and what keeping client
+    /// addresses added. For a forwarder in a program of your own: serve it
+    /// on a thread, and stop it with a handle taken before.
+    ///
+    /// ```no_run
+    /// use std::net::{IpAddr, Ipv4Addr};
+    /// use rootlessport::{ForwarderConfig, Forwarder};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = ForwarderConfig::new("/run/netns/demo", IpAddr::V4(Ipv4Addr::new(10, 0, 2, 100)));
+    /// let forwarder = Forwarder::start(config.validate()?)?;
+    /// let handle = forwarder.handle();
+    /// let serving = std::thread::spawn(move || forwarder.serve());
+    /// // ... handle.add(...), handle.remove(...) ...
+    /// handle.stop();
+    /// serving.join().expect("the forwarder's thread")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A listener could not be registered with the event loop.
+    pub fn serve(self) -> io::Result<()> {
+        self.run(std::future::pending())
+    }
+
     /// Serves until the exit pipe's other end is closed (EOF or HUP on
-    /// `exit`), then closes every listener and connection, removes the
-    /// reload socket and what keeping client addresses added.
+    /// `exit`) or [`ForwarderHandle::stop`], then closes every listener
+    /// and connection, removes the reload socket and what keeping client
+    /// addresses added.
     ///
     /// # Errors
     ///
@@ -213,15 +254,18 @@ impl Forwarder {
         })
     }
 
-    /// Serves until `stop` completes.
+    /// Serves until `stop` completes or [`ForwarderHandle::stop`],
+    /// whichever comes first, then tears down as
+    /// [`serve`](Self::serve) does.
     ///
     /// # Errors
     ///
-    /// A listener could not be registered with the event loop.
+    /// A listener could not be registered with the event loop (torn down
+    /// all the same).
     pub fn run(self, stop: impl Future<Output = ()>) -> io::Result<()> {
         let Forwarder {
             listeners,
-            target,
+            child_ip,
             factory,
             keep,
             reload,
@@ -229,6 +273,8 @@ impl Forwarder {
             spare,
             mut commands,
             handle,
+            stop: asked,
+            stopped,
         } = self;
         let (keep, keep_guard) = match keep {
             Some((k, g)) => (Some(k), Some(g)),
@@ -236,11 +282,11 @@ impl Forwarder {
         };
         // Only handles given out keep the channel open.
         drop(handle);
-        runtime.block_on(async {
+        let served = runtime.block_on(async {
             let pipes = tcp::PipePool::default();
             let flows = udp::FlowTable::default();
             let mut ports = Ports::new(
-                target.clone(),
+                child_ip.clone(),
                 factory.clone(),
                 pipes.clone(),
                 keep.clone(),
@@ -262,7 +308,7 @@ impl Forwarder {
             // Pools serve bursts; an idle forwarder gives their fds back,
             // and idle clients their routes.
             tokio::spawn({
-                let (pipes, factory, target) = (pipes.clone(), factory.clone(), target.clone());
+                let (pipes, factory, child_ip) = (pipes.clone(), factory.clone(), child_ip.clone());
                 async move {
                     let mut tick = tokio::time::interval(TRIM_EVERY);
                     loop {
@@ -271,20 +317,26 @@ impl Forwarder {
                         factory.trim_if_idle(POOL_IDLE);
                         flows.sweep();
                         if let Some(keep) = &keep {
-                            keep.sweep(target.ip());
+                            keep.sweep(child_ip.ip());
                         }
                     }
                 }
             });
-            stop.await;
+            tokio::select! {
+                () = stop => {}
+                () = asked.asked() => {}
+            }
             Ok::<_, io::Error>(())
-        })?;
+        });
         // Dropping the runtime drops every task: listeners and connections close.
         drop(runtime);
+        drop(factory);
         // Then the rules and routes that sent replies to them go.
         drop(keep_guard);
         drop(reload);
-        Ok(())
+        // Only now may a handle's `stop` return.
+        drop(stopped);
+        served
     }
 }
 

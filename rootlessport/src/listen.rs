@@ -12,24 +12,24 @@ use socket2::{Domain, Socket, Type};
 #[non_exhaustive]
 pub enum ListenError {
     /// A port below ip_unprivileged_port_start, without the privilege.
-    #[error("cannot expose privileged port {port}, you can add 'net.ipv4.ip_unprivileged_port_start={port}' to /etc/sysctl.conf (currently {start}), or choose a larger port number (>= {start}): {}", describe(.source))]
+    #[error("cannot expose privileged port {port}, you can add 'net.ipv4.ip_unprivileged_port_start={port}' to /etc/sysctl.conf (currently {start}), or choose a larger port number (>= {start}): {}", describe(.error))]
     Privileged {
         /// The port.
         port: u16,
         /// The current ip_unprivileged_port_start.
         start: String,
         /// The bind error.
-        source: io::Error,
+        error: io::Error,
     },
     /// Any other failure, with what was being listened on.
-    #[error("failed to listen on {proto} {addr}: {}", describe(.source))]
+    #[error("failed to listen on {proto} {addr}: {}", describe(.error))]
     Bind {
         /// tcp or udp.
         proto: Protocol,
         /// The address.
         addr: SocketAddr,
-        /// The error.
-        source: io::Error,
+        /// The OS error.
+        error: io::Error,
     },
 }
 
@@ -47,7 +47,7 @@ pub fn listen(fwd: &Forward) -> Result<Socket, ListenError> {
         match bind(fwd.proto, v6, true) {
             Ok(s) => return Ok(s),
             // No IPv6 on this host: IPv4 only.
-            Err(ListenError::Bind { source, .. }) if no_ipv6(&source) => {}
+            Err(ListenError::Bind { error, .. }) if no_ipv6(&error) => {}
             Err(e) => return Err(e),
         }
         let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), fwd.host_port);
@@ -134,22 +134,18 @@ fn unprivileged_port_start() -> Option<String> {
     }
 }
 
-fn classify(proto: Protocol, addr: SocketAddr, source: io::Error) -> ListenError {
-    let denied = matches!(source.kind(), io::ErrorKind::PermissionDenied)
-        || source.raw_os_error() == Some(nix::errno::Errno::EPERM as i32);
+fn classify(proto: Protocol, addr: SocketAddr, error: io::Error) -> ListenError {
+    let denied = matches!(error.kind(), io::ErrorKind::PermissionDenied)
+        || error.raw_os_error() == Some(nix::errno::Errno::EPERM as i32);
     if denied {
         let start = unprivileged_port_start().unwrap_or_else(|| "1024".into());
         if start.parse::<u16>().is_ok_and(|s| addr.port() < s) {
             return ListenError::Privileged {
                 port: addr.port(),
                 start,
-                source,
+                error,
             };
         }
     }
-    ListenError::Bind {
-        proto,
-        addr,
-        source,
-    }
+    ListenError::Bind { proto, addr, error }
 }

@@ -78,11 +78,15 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let exit = match take_fd("ExitFD", config.exit_fd, Access::Read) {
+    // Config::validate always checks podman's fd numbers.
+    let Some(fds) = config.helper_fds else {
+        return fail("the configuration names no ExitFD and ReadyFD");
+    };
+    let exit = match take_fd("ExitFD", fds.exit_fd, Access::Read) {
         Ok(fd) => fd,
         Err(e) => return fail(e),
     };
-    let ready = match take_fd("ReadyFD", config.ready_fd, Access::Write) {
+    let ready = match take_fd("ReadyFD", fds.ready_fd, Access::Write) {
         Ok(fd) => fd,
         Err(e) => return fail(e),
     };
@@ -101,10 +105,12 @@ fn main() -> ExitCode {
     // Ours only: ports changed while serving (slirpnet sets it; podman never
     // does, so as podman's helper nothing changes).
     let _control = match std::env::var_os(rootlessport::CONTROL_SOCKET_ENV) {
-        Some(path) => match rootlessport::ControlServer::start(path.as_ref(), forwarder.handle()) {
-            Ok(server) => Some(server),
-            Err(e) => return fail(e),
-        },
+        Some(path) => {
+            match rootlessport::PortControlServer::start(path.as_ref(), forwarder.handle()) {
+                Ok(server) => Some(server),
+                Err(e) => return fail(e),
+            }
+        }
         None => None,
     };
     // podman closes its ends of stdout and stderr once it sees ready, and a
@@ -140,7 +146,7 @@ fn main() -> ExitCode {
 /// sockets.
 fn confine(
     forwarder: &Forwarder,
-    control: Option<&rootlessport::ControlServer>,
+    control: Option<&rootlessport::PortControlServer>,
 ) -> Result<(), rootlessport::sandbox::SandboxError> {
     use rootlessport::sandbox::{self, Policy, SANDBOX_ENV};
     match std::env::var_os(SANDBOX_ENV) {
@@ -160,7 +166,7 @@ fn confine(
         .keep_net_bind_service(control.is_some());
     let sockets = [
         forwarder.reload_socket(),
-        control.map(rootlessport::ControlServer::path),
+        control.map(rootlessport::PortControlServer::path),
     ];
     for socket in sockets.into_iter().flatten() {
         let dir = match socket.parent() {

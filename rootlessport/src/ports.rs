@@ -1,9 +1,11 @@
 //! The set of forwarded ports while serving, and a handle to change it:
 //! ports added start at once (all or none), ports removed stop accepting at
-//! once while their open connections carry on.
+//! once while their open connections carry on; the handle also stops the
+//! forwarder.
 
 use std::io;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use slirp_opts::portctl::PortKey;
 use slirp_opts::{expand_all, Forward, PortError, PortMapping, Protocol};
@@ -14,13 +16,13 @@ use tokio::task::JoinHandle;
 use crate::factory::SocketFactory;
 use crate::listen::{listen, ListenError};
 use crate::source_ip::{Ports as PublishedPorts, SourceIps};
-use crate::target::Target;
+use crate::target::ChildIp;
 use crate::{tcp, udp};
 
-/// Why ports could not be changed. Nothing was changed.
+/// Why a [`ForwarderHandle`] call failed. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum PortChangeError {
+pub enum HandleError {
     /// A mapping is invalid.
     #[error(transparent)]
     Mapping(#[from] PortError),
@@ -34,12 +36,12 @@ pub enum PortChangeError {
     #[error(transparent)]
     Listen(#[from] ListenError),
     /// A listener could not join the event loop.
-    #[error("failed to serve {key}: {source}")]
+    #[error("failed to serve {key}: {error}")]
     Register {
         /// The forward.
         key: PortKey,
-        /// The error.
-        source: io::Error,
+        /// The OS error.
+        error: io::Error,
     },
     /// Keeping client addresses: the routing rules for the new ports could
     /// not be made (the namespace refused).
@@ -52,7 +54,7 @@ pub enum PortChangeError {
     Stopped,
 }
 
-type Reply<T> = std_mpsc::Sender<Result<T, PortChangeError>>;
+type Reply<T> = std_mpsc::Sender<Result<T, HandleError>>;
 
 /// What the handle asks the event loop.
 pub(crate) enum Command {
@@ -62,32 +64,31 @@ pub(crate) enum Command {
 }
 
 /// Changes the ports of a serving [`Forwarder`](crate::Forwarder) from
-/// any other thread. Calls block until the event loop has answered; do not
-/// call them on the forwarder's own thread.
+/// any other thread, and stops it. Calls block until the event loop has
+/// answered; do not call them on the forwarder's own thread.
 #[derive(Debug, Clone)]
 pub struct ForwarderHandle {
     tx: mpsc::UnboundedSender<Command>,
+    stop: Arc<StopState>,
 }
 
 impl ForwarderHandle {
-    pub(crate) fn new(tx: mpsc::UnboundedSender<Command>) -> Self {
-        ForwarderHandle { tx }
+    pub(crate) fn new(tx: mpsc::UnboundedSender<Command>, stop: Arc<StopState>) -> Self {
+        ForwarderHandle { tx, stop }
     }
 
-    fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, PortChangeError> {
+    fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, HandleError> {
         let (tx, rx) = std_mpsc::channel();
-        self.tx
-            .send(make(tx))
-            .map_err(|_| PortChangeError::Stopped)?;
-        rx.recv().map_err(|_| PortChangeError::Stopped)?
+        self.tx.send(make(tx)).map_err(|_| HandleError::Stopped)?;
+        rx.recv().map_err(|_| HandleError::Stopped)?
     }
 
     /// Every forward now, in the order they were added.
     ///
     /// # Errors
     ///
-    /// [`PortChangeError::Stopped`] when the forwarder no longer serves.
-    pub fn list(&self) -> Result<Vec<Forward>, PortChangeError> {
+    /// [`HandleError::Stopped`] when the forwarder no longer serves.
+    pub fn list(&self) -> Result<Vec<Forward>, HandleError> {
         self.ask(Command::List)
     }
 
@@ -99,7 +100,7 @@ impl ForwarderHandle {
     ///
     /// A mapping is invalid or claims a forward that exists, or a host port
     /// cannot be listened on; nothing was added.
-    pub fn add(&self, mappings: &[PortMapping]) -> Result<Vec<Forward>, PortChangeError> {
+    pub fn add(&self, mappings: &[PortMapping]) -> Result<Vec<Forward>, HandleError> {
         let forwards = expand_all(mappings)?;
         self.ask(|reply| Command::Add(forwards, reply))
     }
@@ -113,15 +114,85 @@ impl ForwarderHandle {
     /// # Errors
     ///
     /// A port is not forwarded; nothing was removed.
-    pub fn remove(&self, ports: &[PortKey]) -> Result<Vec<Forward>, PortChangeError> {
+    pub fn remove(&self, ports: &[PortKey]) -> Result<Vec<Forward>, HandleError> {
         self.ask(|reply| Command::Remove(ports.to_vec(), reply))
+    }
+
+    /// Stops the forwarder: its [`run`](crate::Forwarder::run) (or
+    /// [`serve`](crate::Forwarder::serve), ...) tears down as at the end
+    /// of the exit pipe and returns `Ok`. When this returns, every
+    /// listener and connection is closed (a new connection is refused),
+    /// the reload socket is removed, and so is what keeping client
+    /// addresses added in the namespace.
+    ///
+    /// A forwarder not yet running stops as soon as it runs, and one
+    /// dropped without running counts as stopped; so this blocks until
+    /// the forwarder runs or is dropped: call it on another thread than
+    /// the one holding the forwarder. Stopping a stopped forwarder
+    /// returns at once.
+    pub fn stop(&self) {
+        self.stop.request();
+        self.stop.wait_stopped();
+    }
+}
+
+/// A stop asked for by a handle, and the forwarder's answer that it has
+/// stopped.
+#[derive(Debug)]
+pub(crate) struct StopState {
+    asked: tokio::sync::watch::Sender<bool>,
+    stopped: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl StopState {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(StopState {
+            asked: tokio::sync::watch::Sender::new(false),
+            stopped: Mutex::new(false),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn request(&self) {
+        self.asked.send_replace(true);
+    }
+
+    /// Resolves once a handle has asked to stop (at once if one has).
+    pub(crate) async fn asked(&self) {
+        let mut asked = self.asked.subscribe();
+        // The sender lives as long as `self`: this never fails.
+        let _ = asked.wait_for(|asked| *asked).await;
+    }
+
+    fn wait_stopped(&self) {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        while !*stopped {
+            stopped = self
+                .changed
+                .wait(stopped)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Tells every [`ForwarderHandle::stop`] caller that the forwarder has
+/// stopped, when dropped: after the forwarder tore down (or was dropped
+/// without running).
+#[derive(Debug)]
+pub(crate) struct StoppedGuard(pub(crate) Arc<StopState>);
+
+impl Drop for StoppedGuard {
+    fn drop(&mut self) {
+        *self.0.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.0.changed.notify_all();
     }
 }
 
 /// The forwards being served, each with its listener task.
 pub(crate) struct Ports {
     served: Vec<(Forward, JoinHandle<()>)>,
-    target: Target,
+    target: ChildIp,
     factory: SocketFactory,
     pipes: tcp::PipePool,
     keep: Option<SourceIps>,
@@ -139,7 +210,7 @@ impl Drop for Ports {
 
 impl Ports {
     pub(crate) fn new(
-        target: Target,
+        target: ChildIp,
         factory: SocketFactory,
         pipes: tcp::PipePool,
         keep: Option<SourceIps>,
@@ -162,13 +233,13 @@ impl Ports {
     }
 
     /// Starts serving listeners bound already. Must run inside the runtime.
-    pub(crate) fn serve(&mut self, bound: Vec<(Forward, Socket)>) -> Result<(), PortChangeError> {
+    pub(crate) fn serve(&mut self, bound: Vec<(Forward, Socket)>) -> Result<(), HandleError> {
         // Register every one with the event loop before spawning any, so a
         // failure leaves nothing half-served.
         let mut ready = Vec::with_capacity(bound.len());
         for (fwd, socket) in bound {
             let key = PortKey::from(&fwd);
-            let register = |source| PortChangeError::Register { key, source };
+            let register = |error| HandleError::Register { key, error };
             let listener = match fwd.proto {
                 Protocol::Tcp => Listener::Tcp(
                     tokio::net::TcpListener::from_std(socket.into()).map_err(register)?,
@@ -207,11 +278,11 @@ impl Ports {
         Ok(())
     }
 
-    async fn add(&mut self, forwards: Vec<Forward>) -> Result<(), PortChangeError> {
+    async fn add(&mut self, forwards: Vec<Forward>) -> Result<(), HandleError> {
         for fwd in &forwards {
             let key = PortKey::from(fwd);
             if self.served.iter().any(|(f, _)| key.matches(f)) {
-                return Err(PortChangeError::AlreadyForwarded(key));
+                return Err(HandleError::AlreadyForwarded(key));
             }
         }
         // Bind all first: a port in use fails the whole request.
@@ -223,18 +294,18 @@ impl Ports {
         // first client comes.
         if let Some(keep) = &self.keep {
             if !keep.add_ports(PublishedPorts::of(&forwards)).await {
-                return Err(PortChangeError::SourceRoutes);
+                return Err(HandleError::SourceRoutes);
             }
         }
         self.serve(bound)
     }
 
-    async fn remove(&mut self, keys: Vec<PortKey>) -> Result<(), PortChangeError> {
+    async fn remove(&mut self, keys: Vec<PortKey>) -> Result<(), HandleError> {
         if let Some(missing) = keys
             .iter()
             .find(|k| !self.served.iter().any(|(f, _)| k.matches(f)))
         {
-            return Err(PortChangeError::NotForwarded(*missing));
+            return Err(HandleError::NotForwarded(*missing));
         }
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.served)
             .into_iter()

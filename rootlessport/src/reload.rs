@@ -16,7 +16,7 @@ use nix::sys::stat::Mode;
 use nix::sys::time::TimeVal;
 
 use crate::seqpacket::{self, open_dir, seqpacket, short_addr, SocketFile};
-use crate::target::Target;
+use crate::target::ChildIp;
 use slirp_opts::rootlessport::parse_child_ip;
 
 /// A failure to set up or use the reload socket.
@@ -24,22 +24,22 @@ use slirp_opts::rootlessport::parse_child_ip;
 #[non_exhaustive]
 pub enum ReloadError {
     /// The directory could not be made.
-    #[error("failed to create the reload socket directory {path}: {source}")]
+    #[error("failed to create the reload socket directory {path}: {error}")]
     Dir {
         /// The directory.
         path: PathBuf,
-        /// The error.
-        source: io::Error,
+        /// The OS error (or why the directory cannot be used).
+        error: io::Error,
     },
     /// A socket call failed.
-    #[error("failed to {action} reload socket {path}: {source}")]
+    #[error("failed to {action} reload socket {path}: {error}")]
     Socket {
         /// What was done.
         action: &'static str,
         /// The socket path.
         path: PathBuf,
-        /// The error.
-        source: nix::Error,
+        /// The OS error.
+        error: io::Error,
     },
     /// The forwarder answered with an error.
     #[error("port reloading failed: {0}")]
@@ -47,7 +47,7 @@ pub enum ReloadError {
 }
 
 /// The reload socket's path for a container.
-pub fn socket_path(tmp_dir: &Path, container_id: &str) -> PathBuf {
+pub fn reload_socket_path(tmp_dir: &Path, container_id: &str) -> PathBuf {
     tmp_dir.join("rp").join(container_id)
 }
 
@@ -70,9 +70,9 @@ impl ReloadServer {
     /// directory, [`ReloadError::Socket`] when the socket cannot be bound.
     pub fn bind(tmp_dir: &Path, container_id: &str) -> Result<Self, ReloadError> {
         let dir = tmp_dir.join("rp");
-        let dir_err = |source| ReloadError::Dir {
+        let dir_err = |error| ReloadError::Dir {
             path: dir.clone(),
-            source,
+            error,
         };
         std::fs::create_dir_all(tmp_dir).map_err(dir_err)?;
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
@@ -101,10 +101,10 @@ impl ReloadServer {
         nix::sys::stat::fchmod(&dirfd, Mode::from_bits_truncate(0o700))
             .map_err(|e| dir_err(e.into()))?;
         let path = dir.join(container_id);
-        let fail = |action, source| ReloadError::Socket {
+        let fail = |action, error: nix::Error| ReloadError::Socket {
             action,
             path: path.clone(),
-            source,
+            error: error.into(),
         };
         // A stale socket from an earlier run would make bind fail.
         let _ = nix::unistd::unlinkat(
@@ -128,25 +128,25 @@ impl ReloadServer {
         &self.file.0
     }
 
-    /// Serves requests on a thread of its own, retargeting `target`. The
+    /// Serves requests on a thread of its own, setting `child_ip`. The
     /// returned guard stops the thread and removes the socket file on drop.
     ///
     /// # Errors
     ///
     /// The listener cannot be duplicated or the thread started.
-    pub fn serve(self, target: Target) -> Result<ReloadGuard, ReloadError> {
+    pub fn serve(self, child_ip: ChildIp) -> Result<ReloadGuard, ReloadError> {
         let path = self.file.0.clone();
         let ReloadServer { listener, file } = self;
         let stopper = seqpacket::serve(
             listener,
             "rootlessport-reload",
             b"rootless port failed to decode ports: too many reload requests at once",
-            move |conn| answer(conn, &target),
+            move |conn| answer(conn, &child_ip),
         )
-        .map_err(|e| ReloadError::Socket {
+        .map_err(|error| ReloadError::Socket {
             action: "serve",
             path: path.clone(),
-            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
+            error,
         })?;
         Ok(ReloadGuard {
             _stopper: stopper,
@@ -171,21 +171,21 @@ impl ReloadGuard {
 }
 
 /// Reads one request and answers `OK` or the error.
-fn answer(conn: &OwnedFd, target: &Target) {
-    let answer = match handle(conn, target) {
+fn answer(conn: &OwnedFd, child_ip: &ChildIp) {
+    let answer = match handle(conn, child_ip) {
         Ok(()) => "OK".to_owned(),
         Err(text) => text,
     };
     seqpacket::send_answer(conn, answer.as_bytes());
 }
 
-fn handle(conn: &OwnedFd, target: &Target) -> Result<(), String> {
+fn handle(conn: &OwnedFd, child_ip: &ChildIp) -> Result<(), String> {
     let request = seqpacket::read_request(conn, 4096)
         .map_err(|e| format!("rootless port failed to decode ports: {e}"))?;
     let ip: String = serde_json::from_slice(&request)
         .map_err(|e| format!("rootless port failed to decode ports: {e}"))?;
     let ip = parse_child_ip(&ip).map_err(|e| format!("rootless port failed to add port: {e}"))?;
-    target.set(ip);
+    child_ip.set(ip);
     tracing::info!(%ip, "reloaded the child IP");
     Ok(())
 }
@@ -200,10 +200,10 @@ fn handle(conn: &OwnedFd, target: &Target) -> Result<(), String> {
 pub fn reload(tmp_dir: &Path, container_id: &str, child_ip: &str) -> Result<(), ReloadError> {
     let dir = tmp_dir.join("rp");
     let path = dir.join(container_id);
-    let fail = |action, source| ReloadError::Socket {
+    let fail = |action, error: nix::Error| ReloadError::Socket {
         action,
         path: path.clone(),
-        source,
+        error: error.into(),
     };
     let dirfd = open_dir(&dir).map_err(|e| fail("open the directory of", e))?;
     let conn = seqpacket().map_err(|e| fail("create", e))?;

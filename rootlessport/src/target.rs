@@ -4,9 +4,12 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// Where forwarded connections go inside the namespace.
+/// The child IP a forwarder dials, inside the namespace: shared by every
+/// forward, and changed for all at once by a reload (the reload socket, or
+/// [`set`](Self::set) from [`Forwarder::child_ip`](crate::Forwarder::child_ip)).
+/// Clones share it.
 #[derive(Debug, Clone)]
-pub struct Target(Arc<Inner>);
+pub struct ChildIp(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
@@ -14,10 +17,10 @@ struct Inner {
     generation: AtomicU64,
 }
 
-impl Target {
-    /// A target at `ip`.
+impl ChildIp {
+    /// A child IP of `ip`.
     pub fn new(ip: IpAddr) -> Self {
-        Target(Arc::new(Inner {
+        ChildIp(Arc::new(Inner {
             ip: RwLock::new(ip),
             generation: AtomicU64::new(0),
         }))
@@ -28,13 +31,14 @@ impl Target {
         *self.0.ip.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Points every forward at `ip` for new connections and flows.
+    /// Points every forward at `ip` for new connections and flows
+    /// (connections open already keep going where they went).
     pub fn set(&self, ip: IpAddr) {
         *self.0.ip.write().unwrap_or_else(|p| p.into_inner()) = ip;
         self.0.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Changes each time the target changes (UDP flows are rebuilt then).
+    /// Changes each time the child IP is set (UDP flows are rebuilt then).
     pub fn generation(&self) -> u64 {
         self.0.generation.load(Ordering::Acquire)
     }

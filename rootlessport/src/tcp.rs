@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::factory::SocketFactory;
 use crate::source_ip::{Lease, SourceIps};
-use crate::target::Target;
+use crate::target::ChildIp;
 
 /// The pipe size asked for (the kernel's default pipe-max-size). Larger
 /// pipes let the source keep draining into the pipe while the destination
@@ -171,7 +171,7 @@ impl Drop for Listening {
 pub(crate) async fn serve(
     listener: Listening,
     container_port: u16,
-    target: Target,
+    target: ChildIp,
     factory: SocketFactory,
     pipes: PipePool,
     keep: Option<SourceIps>,
@@ -253,7 +253,7 @@ const DIAL_PAUSE_STEP: Duration = Duration::from_millis(5);
 async fn dial_retrying(
     factory: &SocketFactory,
     keep: Option<&SourceIps>,
-    target: &Target,
+    target: &ChildIp,
     peer: SocketAddr,
     port: u16,
 ) -> Result<(TcpStream, Option<Lease>), (SocketAddr, io::Error)> {

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::factory::SocketFactory;
 use crate::mmsg::Slots;
 use crate::source_ip::{Lease, SourceIps};
-use crate::target::Target;
+use crate::target::ChildIp;
 
 /// A flow ends after this long without traffic either way (as in the Go helper).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -344,7 +344,7 @@ impl Drop for PortFlows {
 pub async fn serve(
     host: UdpSocket,
     container_port: u16,
-    target: Target,
+    target: ChildIp,
     factory: SocketFactory,
     keep: Option<SourceIps>,
     table: FlowTable,

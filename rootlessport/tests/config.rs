@@ -16,7 +16,8 @@ fn a_podman_document_validates_into_forwards() {
     let valid = Config::from_json(&doc("")).unwrap().validate().unwrap();
     assert_eq!(valid.forwards.len(), 4);
     assert_eq!(valid.netns_path.to_str(), Some(NETNS));
-    assert_eq!((valid.exit_fd, valid.ready_fd), (3, 4));
+    let fds = valid.helper_fds.unwrap();
+    assert_eq!((fds.exit_fd, fds.ready_fd), (3, 4));
     assert!(valid.reload.is_none());
     let with_reload = doc(r#","TmpDir":"/tmp/p","ContainerID":"abc","RootlessCNI":true"#);
     let valid = Config::from_json(&with_reload).unwrap().validate().unwrap();
@@ -123,4 +124,120 @@ fn child_ips() {
         let got = parse_child_ip(text).ok().map(|ip| ip.to_string());
         assert_eq!(got.as_deref(), want, "{text}");
     }
+}
+
+/// The in-process configuration: typed, without podman's fd numbers, and
+/// checked as podman's document is.
+#[test]
+fn an_in_process_config_validates_as_the_document_does() {
+    use std::ffi::OsStr;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    use rootlessport::slirp_opts::{Forward, PortMapping, Protocol};
+    use rootlessport::ForwarderConfig;
+
+    let child: IpAddr = "10.0.2.100".parse().unwrap();
+    let mapping = PortMapping {
+        host_ip: String::new(),
+        container_port: 80,
+        host_port: 8080,
+        range: 2,
+        protocol: "tcp,udp".into(),
+    };
+    // The same forwards as podman's document, and no fds.
+    let valid = ForwarderConfig::new(NETNS, child)
+        .mapping(mapping.clone())
+        .validate()
+        .unwrap();
+    let from_doc = Config::from_json(&doc("")).unwrap().validate().unwrap();
+    assert_eq!(valid.forwards, from_doc.forwards);
+    assert_eq!(
+        (&valid.netns_path, valid.child_ip),
+        (&from_doc.netns_path, from_doc.child_ip)
+    );
+    assert_eq!(valid.helper_fds, None);
+    assert!(valid.reload.is_none());
+
+    // One typed forward is one forward, host address and all.
+    let one = Forward {
+        proto: Protocol::Udp,
+        host_ip: Some(Ipv6Addr::LOCALHOST.into()),
+        host_port: 5353,
+        container_port: 53,
+    };
+    let all = Forward {
+        proto: Protocol::Tcp,
+        host_ip: None,
+        host_port: 9000,
+        container_port: 90,
+    };
+    let valid = ForwarderConfig::new(NETNS, child)
+        .forward(one)
+        .forward(all)
+        .validate()
+        .unwrap();
+    assert_eq!(valid.forwards, vec![one, all]);
+
+    // Paths are paths: not UTF-8 is fine.
+    let odd = Path::new(OsStr::from_bytes(b"/run/netns/\xff"));
+    let valid = ForwarderConfig::new(odd, child)
+        .reload_socket(odd, "abc")
+        .validate()
+        .unwrap();
+    assert_eq!(valid.netns_path, odd);
+    let reload = valid.reload.unwrap();
+    assert_eq!(
+        (reload.tmp_dir.as_path(), reload.container_id.as_str()),
+        (odd, "abc")
+    );
+
+    // Each problem, named.
+    let check = |config: ForwarderConfig, want: &str| {
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains(want), "{err:?} lacks {want:?}");
+    };
+    check(ForwarderConfig::new("", child), "missing NetNSPath");
+    for loopback in [
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        "::ffff:127.0.0.1".parse().unwrap(),
+    ] {
+        check(ForwarderConfig::new(NETNS, loopback), "CVE-2021-20199");
+    }
+    for bad in ["0.0.0.0", "::", "224.0.0.1", "ff02::1"] {
+        let ip: IpAddr = bad.parse().unwrap();
+        check(
+            ForwarderConfig::new(NETNS, ip),
+            &format!("invalid ChildIP {bad:?}"),
+        );
+    }
+    // An IPv4-mapped child IP is its IPv4 address.
+    let mapped = ForwarderConfig::new(NETNS, "::ffff:10.88.0.5".parse().unwrap());
+    assert_eq!(mapped.validate().unwrap().child_ip.to_string(), "10.88.0.5");
+    for id in ["", "..", "a/b"] {
+        check(
+            ForwarderConfig::new(NETNS, child).reload_socket("/t", id),
+            "invalid ContainerID",
+        );
+    }
+    check(
+        ForwarderConfig::new(NETNS, child).forward(Forward {
+            container_port: 0,
+            ..all
+        }),
+        "container port is 0",
+    );
+    check(
+        ForwarderConfig::new(NETNS, child)
+            .forward(all)
+            .mapping(PortMapping {
+                host_port: 9000,
+                range: 1,
+                protocol: "tcp".into(),
+                ..mapping
+            }),
+        "9000",
+    );
 }

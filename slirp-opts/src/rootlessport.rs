@@ -119,8 +119,8 @@ pub struct ReloadSocket {
     pub container_id: String,
 }
 
-/// A configuration that passed [`Config::validate`]: what a forwarder needs,
-/// checked once.
+/// A configuration that passed [`Config::validate`] or
+/// [`ForwarderConfig::validate`]: what a forwarder needs, checked once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ValidConfig {
@@ -128,20 +128,34 @@ pub struct ValidConfig {
     pub forwards: Vec<Forward>,
     /// The network namespace to forward into.
     pub netns_path: PathBuf,
-    /// The exit pipe's fd number (3 or above).
-    pub exit_fd: i32,
-    /// The ready pipe's fd number (3 or above, not `exit_fd`).
-    pub ready_fd: i32,
     /// Where connections go inside the namespace; never loopback.
     pub child_ip: IpAddr,
-    /// The reload socket, when `RootlessCNI` asks for one.
+    /// The reload socket, when `RootlessCNI` (or
+    /// [`ForwarderConfig::reload_socket`]) asks for one.
     pub reload: Option<ReloadSocket>,
+    /// The pipes podman passed the `rootlessport` program, by fd number:
+    /// from [`Config::validate`] always, from [`ForwarderConfig`] never.
+    pub helper_fds: Option<HelperFds>,
+}
+
+/// The pipes podman passes its `rootlessport` helper, by fd number
+/// (`ExitFD`, `ReadyFD`), checked: both 3 or above, and two different fds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HelperFds {
+    /// The exit pipe's read end: the forwarder stops at its EOF.
+    pub exit_fd: i32,
+    /// The ready pipe's write end: `1` is written there once ready.
+    pub ready_fd: i32,
 }
 
 impl Config {
-    /// A configuration forwarding `mappings` into the namespace at
+    /// A document forwarding `mappings` into the namespace at
     /// `netns_path`, to `child_ip`, with podman's fd numbers (exit 3,
-    /// ready 4) and no reload socket.
+    /// ready 4) and no reload socket: what a program that starts the
+    /// `rootlessport` helper writes on its stdin. A forwarder in this
+    /// process takes a [`ForwarderConfig`] instead (no fd numbers, typed
+    /// paths and addresses).
     pub fn new(
         mappings: Vec<PortMapping>,
         netns_path: impl Into<String>,
@@ -194,17 +208,10 @@ impl Config {
             if self.tmp_dir.is_empty() || self.container_id.is_empty() {
                 return Err(ConfigError::MissingReloadFields);
             }
-            if self.container_id.contains('/')
-                || self.container_id == "."
-                || self.container_id == ".."
-                || self.container_id.contains('\0')
-            {
-                return Err(ConfigError::InvalidContainerId(self.container_id));
-            }
-            Some(ReloadSocket {
-                tmp_dir: PathBuf::from(self.tmp_dir),
-                container_id: self.container_id,
-            })
+            Some(reload_socket(
+                PathBuf::from(self.tmp_dir),
+                self.container_id,
+            )?)
         } else {
             None
         };
@@ -212,10 +219,147 @@ impl Config {
         Ok(ValidConfig {
             forwards,
             netns_path: PathBuf::from(self.netns_path),
-            exit_fd: self.exit_fd,
-            ready_fd: self.ready_fd,
             child_ip,
             reload,
+            helper_fds: Some(HelperFds {
+                exit_fd: self.exit_fd,
+                ready_fd: self.ready_fd,
+            }),
+        })
+    }
+}
+
+/// The reload socket's place, with the container id checked to be one
+/// path component.
+fn reload_socket(tmp_dir: PathBuf, container_id: String) -> Result<ReloadSocket, ConfigError> {
+    if container_id.is_empty()
+        || container_id.contains('/')
+        || container_id == "."
+        || container_id == ".."
+        || container_id.contains('\0')
+    {
+        return Err(ConfigError::InvalidContainerId(container_id));
+    }
+    Ok(ReloadSocket {
+        tmp_dir,
+        container_id,
+    })
+}
+
+/// What a forwarder running in this process needs: the namespace, the
+/// child IP and the forwards, typed; none of the fd numbers of podman's
+/// [`Config`], which mean nothing in-process. Checked by
+/// [`validate`](Self::validate) into the same [`ValidConfig`] as podman's
+/// document.
+///
+/// ```
+/// use std::net::{IpAddr, Ipv4Addr};
+/// use slirp_opts::rootlessport::{ConfigError, ForwarderConfig};
+/// use slirp_opts::{Forward, PortMapping, Protocol};
+///
+/// let valid = ForwarderConfig::new("/run/netns/demo", IpAddr::V4(Ipv4Addr::new(10, 0, 2, 100)))
+///     .forward(Forward {
+///         proto: Protocol::Tcp,
+///         host_ip: Some(Ipv4Addr::LOCALHOST.into()),
+///         host_port: 8080,
+///         container_port: 80,
+///     })
+///     // podman's form: a range of ports, a protocol list.
+///     .mapping(PortMapping {
+///         host_ip: String::new(),
+///         container_port: 53,
+///         host_port: 5353,
+///         range: 1,
+///         protocol: "tcp,udp".into(),
+///     })
+///     .validate()?;
+/// assert_eq!(valid.forwards.len(), 3);
+/// assert_eq!(valid.helper_fds, None);
+///
+/// let loopback = ForwarderConfig::new("/run/netns/demo", Ipv4Addr::LOCALHOST.into());
+/// assert!(matches!(loopback.validate(), Err(ConfigError::LoopbackChildIp(_))));
+/// # Ok::<(), ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwarderConfig {
+    netns_path: PathBuf,
+    child_ip: IpAddr,
+    mappings: Vec<PortMapping>,
+    reload: Option<(PathBuf, String)>,
+}
+
+impl ForwarderConfig {
+    /// Forwards nothing yet into the namespace at `netns_path` (a file
+    /// such as `/run/netns/NAME` or `/proc/PID/ns/net`), to `child_ip`
+    /// there.
+    pub fn new(netns_path: impl Into<PathBuf>, child_ip: IpAddr) -> Self {
+        ForwarderConfig {
+            netns_path: netns_path.into(),
+            child_ip,
+            mappings: Vec::new(),
+            reload: None,
+        }
+    }
+
+    /// Forwards one host port too.
+    #[must_use]
+    pub fn forward(mut self, forward: Forward) -> Self {
+        self.mappings.push(PortMapping {
+            host_ip: forward.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            container_port: forward.container_port,
+            host_port: forward.host_port,
+            range: 1,
+            protocol: forward.proto.as_str().to_owned(),
+        });
+        self
+    }
+
+    /// Forwards a mapping in podman's form too: `range` consecutive ports,
+    /// each for every protocol of its list.
+    #[must_use]
+    pub fn mapping(mut self, mapping: PortMapping) -> Self {
+        self.mappings.push(mapping);
+        self
+    }
+
+    /// Serves the reload socket at `<tmp_dir>/rp/<container_id>` (as
+    /// podman's `RootlessCNI`), through which a new child IP can be sent.
+    #[must_use]
+    pub fn reload_socket(
+        mut self,
+        tmp_dir: impl Into<PathBuf>,
+        container_id: impl Into<String>,
+    ) -> Self {
+        self.reload = Some((tmp_dir.into(), container_id.into()));
+        self
+    }
+
+    /// Checks the configuration and expands the mappings into forwards.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found: an empty namespace path
+    /// ([`ConfigError::MissingNetNsPath`]), a child IP that is loopback
+    /// ([`ConfigError::LoopbackChildIp`]), unspecified or multicast
+    /// ([`ConfigError::InvalidChildIp`]), a container id that is not one
+    /// path component ([`ConfigError::InvalidContainerId`]), a forward with
+    /// port 0 or two forwards of one host port ([`ConfigError::Port`]).
+    pub fn validate(self) -> Result<ValidConfig, ConfigError> {
+        if self.netns_path.as_os_str().is_empty() {
+            return Err(ConfigError::MissingNetNsPath);
+        }
+        let child_ip = check_child_ip(self.child_ip, || self.child_ip.to_string())?;
+        let reload = match self.reload {
+            Some((tmp_dir, container_id)) => Some(reload_socket(tmp_dir, container_id)?),
+            None => None,
+        };
+        let forwards = expand_all(&self.mappings)?;
+        Ok(ValidConfig {
+            forwards,
+            netns_path: self.netns_path,
+            child_ip,
+            reload,
+            helper_fds: None,
         })
     }
 }
@@ -234,6 +378,12 @@ pub fn parse_child_ip(text: &str) -> Result<IpAddr, ConfigError> {
     let ip: IpAddr = text
         .parse()
         .map_err(|_| ConfigError::InvalidChildIp(text.to_owned()))?;
+    check_child_ip(ip, || text.to_owned())
+}
+
+/// Refuses loopback, unspecified and multicast child IPs; an IPv4-mapped
+/// IPv6 address becomes its IPv4 address. `text` names a refused one.
+fn check_child_ip(ip: IpAddr, text: impl FnOnce() -> String) -> Result<IpAddr, ConfigError> {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
@@ -242,7 +392,7 @@ pub fn parse_child_ip(text: &str) -> Result<IpAddr, ConfigError> {
         return Err(ConfigError::LoopbackChildIp(ip));
     }
     if ip.is_unspecified() || ip.is_multicast() {
-        return Err(ConfigError::InvalidChildIp(text.to_owned()));
+        return Err(ConfigError::InvalidChildIp(text()));
     }
     Ok(ip)
 }

@@ -434,7 +434,7 @@ mod inprocess {
         pub(super) fn ask(
             &self,
             req: &Request,
-        ) -> Result<Vec<slirp_opts::Forward>, rootlessport::PortChangeError> {
+        ) -> Result<Vec<slirp_opts::Forward>, rootlessport::HandleError> {
             match req {
                 Request::Add { mappings } => self.handle.add(mappings),
                 Request::Remove { ports } => self.handle.remove(ports),

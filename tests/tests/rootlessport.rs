@@ -342,7 +342,7 @@ fn reload_retargets_new_connections() {
     cfg["ContainerID"] = json!(id);
     cfg["RootlessCNI"] = json!(true);
     let mut rp = started(&ns, &cfg.to_string());
-    let sock = rootlessport::socket_path(&deep, &id);
+    let sock = rootlessport::reload_socket_path(&deep, &id);
     assert!(sock.as_os_str().len() > 108, "the test needs a long path");
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     assert!(std::fs::metadata(&sock).unwrap().file_type().is_socket());

@@ -1,6 +1,8 @@
 //! rootlessport under abuse: a removed port refuses connections the
 //! instant the removal returns (for 1, 100 and 2,000 ports, through
-//! `ForwarderHandle::remove` and `slirpnet::Network::remove_ports`), and a
+//! `ForwarderHandle::remove` and `slirpnet::Network::remove_ports`), and
+//! so does every port of a forwarder the instant `ForwarderHandle::stop`
+//! returns (open connections closed, UDP ports free); and a
 //! client sending from thousands of UDP source ports to one forward, while
 //! the forwarder runs under podman's `nofile` limit of 1024, never stops
 //! TCP on another port. Clients use loopback addresses only.
@@ -134,17 +136,13 @@ fn a_port_removed_through_the_handle_refuses_the_instant_remove_returns() {
     let container = PersistentNetns::with_veth("abuse-handle");
     let child_ip: IpAddr = "10.77.0.1".parse().unwrap();
     let anchor = quiet_ports(21000, 1)[0];
-    let config = rootlessport::Config::new(
-        vec![tcp_mapping(anchor, 7000)],
-        container.path.to_string_lossy(),
-        child_ip,
-    )
-    .validate()
-    .unwrap();
+    let config = rootlessport::ForwarderConfig::new(&container.path, child_ip)
+        .mapping(tcp_mapping(anchor, 7000))
+        .validate()
+        .unwrap();
     let forwarder = rootlessport::Forwarder::start(config).unwrap();
     let handle = forwarder.handle();
-    let (stop_read, stop_write) = nix::unistd::pipe().unwrap();
-    let serving = std::thread::spawn(move || forwarder.run_until_eof(stop_read));
+    let serving = std::thread::spawn(move || forwarder.serve());
     remove_refuses_at_once("ForwarderHandle::remove", 21001, |change, ports| {
         if change == Change::Add {
             let maps: Vec<_> = ports.iter().map(|&p| tcp_mapping(p, 7001)).collect();
@@ -156,8 +154,116 @@ fn a_port_removed_through_the_handle_refuses_the_instant_remove_returns() {
             Ok(())
         }
     });
-    drop(stop_write);
+    handle.stop();
     serving.join().unwrap().unwrap();
+}
+
+/// A TCP connection through `port` that has echoed once: open at both ends.
+fn echoing_connection(port: u16) -> TcpStream {
+    let mut conn =
+        TcpStream::connect_timeout(&SocketAddr::new(LOCAL, port), Duration::from_secs(5)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    conn.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+    conn
+}
+
+/// `ForwarderHandle::stop` on a serving forwarder: when it returns, every
+/// TCP port refuses, every UDP port can be bound again, a connection open
+/// through it is closed, the reload socket is gone and `serve` returns
+/// `Ok`. Also stopping before it serves, after it was dropped unserved,
+/// and twice. Many rounds: a stop that returned before the listeners are
+/// closed would lose the race now and then.
+#[test]
+fn every_port_refuses_the_instant_stop_returns() {
+    if !require(
+        "every_port_refuses_the_instant_stop_returns",
+        can_admin_net(),
+    ) {
+        return;
+    }
+    let container = PersistentNetns::with_veth("abuse-stop");
+    tcp_echo(&container, "10.77.0.1:7000");
+    udp_echo(&container, "10.77.0.1:7000");
+    let child_ip: IpAddr = "10.77.0.1".parse().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = |ports: &[u16]| {
+        let mut config = rootlessport::ForwarderConfig::new(&container.path, child_ip)
+            .reload_socket(tmp.path(), "stopping");
+        for &p in ports {
+            config = config.mapping(PortMapping {
+                protocol: "tcp,udp".into(),
+                ..tcp_mapping(p, 7000)
+            });
+        }
+        config.validate().unwrap()
+    };
+    for round in 0..20 {
+        let ports = quiet_ports(23000, 50);
+        let forwarder = rootlessport::Forwarder::start(config(&ports)).unwrap();
+        let reload = forwarder.reload_socket().unwrap().to_owned();
+        let handle = forwarder.handle();
+        let serving = std::thread::spawn(move || forwarder.serve());
+        let mut open = echoing_connection(ports[0]);
+        assert!(
+            udp_echoes(LOCAL, ports[ports.len() - 1]),
+            "round {round}: no UDP echo"
+        );
+        handle.stop();
+        let still = still_open(&ports);
+        assert!(
+            still.is_empty(),
+            "round {round}: {} of {} ports still took a connection after stop returned: {:?}",
+            still.len(),
+            ports.len(),
+            &still[..still.len().min(10)]
+        );
+        let udp_taken: Vec<u16> = ports
+            .iter()
+            .copied()
+            .filter(|&p| UdpSocket::bind((LOCAL, p)).is_err())
+            .collect();
+        assert!(
+            udp_taken.is_empty(),
+            "round {round}: UDP ports still bound after stop returned: {udp_taken:?}"
+        );
+        assert!(
+            !reload.exists(),
+            "round {round}: {} is left after stop returned",
+            reload.display()
+        );
+        let mut buf = [0u8; 8];
+        match open.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            other => panic!("round {round}: the open connection was not closed by stop: {other:?}"),
+        }
+        serving.join().unwrap().unwrap();
+        // Stopped already: at once, and the handle says so.
+        handle.stop();
+        assert!(matches!(
+            handle.list(),
+            Err(rootlessport::HandleError::Stopped)
+        ));
+    }
+
+    // Asked to stop before it serves: `serve` returns all the same.
+    let ports = quiet_ports(23100, 2);
+    let forwarder = rootlessport::Forwarder::start(config(&ports)).unwrap();
+    let handle = forwarder.handle();
+    let stopper = std::thread::spawn(move || handle.stop());
+    forwarder.serve().unwrap();
+    stopper.join().unwrap();
+    assert!(still_open(&ports).is_empty(), "stopped before serving");
+
+    // Dropped without serving: a stop returns at once.
+    let forwarder = rootlessport::Forwarder::start(config(&ports)).unwrap();
+    let handle = forwarder.handle();
+    drop(forwarder);
+    handle.stop();
+    assert!(still_open(&ports).is_empty(), "dropped unserved");
 }
 
 /// A network in a fresh namespace with `forwarder`, whose first forward

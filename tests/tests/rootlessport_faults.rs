@@ -197,7 +197,7 @@ fn a_stalled_reload_client_delays_no_other_and_bursts_are_accepted() {
         "ChildIP": "10.77.0.1", "TmpDir": tmp.path(), "ContainerID": id, "RootlessCNI": true})
         .to_string();
     let mut rp = Rootlessport::start(&rootlessport_bin(), &cfg).unwrap();
-    let sock = rootlessport::socket_path(tmp.path(), id);
+    let sock = rootlessport::reload_socket_path(tmp.path(), id);
     // A client that connects and never sends.
     let stalled = {
         use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
@@ -566,7 +566,9 @@ fn hundreds_of_mutated_configurations_never_hang_panic_or_leave_a_port() {
         let valid = rootlessport::Config::from_json(&cfg)
             .and_then(rootlessport::Config::validate)
             .is_ok_and(|v| {
-                v.exit_fd == 3 && v.ready_fd == 4 && netns_util::Netns::open(&v.netns_path).is_ok()
+                v.helper_fds
+                    .is_some_and(|fds| (fds.exit_fd, fds.ready_fd) == (3, 4))
+                    && netns_util::Netns::open(&v.netns_path).is_ok()
             });
         let mut cmd = slirp_proc::HelperCommand::new(
             rootlessport_bin(),

@@ -102,14 +102,20 @@ pub struct Confinement {
 #[non_exhaustive]
 pub enum SandboxError {
     /// The SIGSYS handler could not be installed.
-    #[error("failed to install the SIGSYS handler: {0}")]
-    Handler(io::Error),
+    #[error("failed to install the SIGSYS handler: {error}")]
+    Handler {
+        /// The OS error.
+        error: io::Error,
+    },
     /// The Landlock ruleset could not be made.
     #[error("failed to build the Landlock ruleset: {0}")]
     Landlock(String),
     /// A thread could not drop its capabilities or restrict itself.
-    #[error("failed to confine every thread: {0}")]
-    Threads(io::Error),
+    #[error("failed to confine every thread: {error}")]
+    Threads {
+        /// The OS error.
+        error: io::Error,
+    },
     /// The kernel refused the seccomp filter.
     #[error(
         "failed to install the seccomp filter (set ROOTLESSPORT_SANDBOX=0 to run without it): {0}"
@@ -132,7 +138,8 @@ pub fn allowed_syscalls() -> Vec<&'static str> {
 ///
 /// The handler or the filter could not be installed.
 pub fn install_filter(report: impl AsFd) -> Result<(), SandboxError> {
-    denial::install(report.as_fd(), filter::name).map_err(SandboxError::Handler)?;
+    denial::install(report.as_fd(), filter::name)
+        .map_err(|error| SandboxError::Handler { error })?;
     apply_filter()
 }
 
@@ -158,7 +165,8 @@ fn apply_filter() -> Result<(), SandboxError> {
 ///
 /// Any step failed; the process is then partly confined and should stop.
 pub fn confine(policy: &Policy, report: impl AsFd) -> Result<Confinement, SandboxError> {
-    denial::install(report.as_fd(), filter::name).map_err(SandboxError::Handler)?;
+    denial::install(report.as_fd(), filter::name)
+        .map_err(|error| SandboxError::Handler { error })?;
     let ruleset = landlock_ruleset(policy)?;
     if ruleset.is_none() {
         tracing::debug!(
@@ -167,7 +175,7 @@ pub fn confine(policy: &Policy, report: impl AsFd) -> Result<Confinement, Sandbo
     }
     let landlock = ruleset.is_some();
     let kept = threads::confine_all(policy.keep(), ruleset.as_ref().map(AsRawFd::as_raw_fd))
-        .map_err(SandboxError::Threads)?;
+        .map_err(|error| SandboxError::Threads { error })?;
     drop(ruleset);
     apply_filter()?;
     Ok(Confinement {

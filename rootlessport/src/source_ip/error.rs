@@ -15,11 +15,17 @@ pub enum SourceIpError {
     #[error("the routing thread inside the namespace ended before it was ready")]
     Thread,
     /// No rtnetlink socket.
-    #[error("cannot open a netlink socket inside the namespace: {0}")]
-    Netlink(io::Error),
+    #[error("cannot open a netlink socket inside the namespace: {error}")]
+    Netlink {
+        /// The OS error.
+        error: io::Error,
+    },
     /// IP_TRANSPARENT refused.
-    #[error("the namespace refuses transparent sockets{hint}: {0}", hint = needs_admin(.0))]
-    Transparent(io::Error),
+    #[error("the namespace refuses transparent sockets{hint}: {error}", hint = needs_admin(.error))]
+    Transparent {
+        /// The OS error.
+        error: io::Error,
+    },
     /// Every slot is taken, or its table is someone else's.
     #[error("no slot of the namespace is free: each is taken by another forwarder, or its table holds rules or routes not ours")]
     NoSlot,
@@ -28,21 +34,27 @@ pub enum SourceIpError {
     Lock {
         /// The slot.
         slot: u32,
-        /// The error.
-        error: nix::Error,
+        /// The OS error.
+        error: io::Error,
     },
     /// Listing the rules.
-    #[error("cannot list the namespace's routing rules: {0}")]
-    ListRules(io::Error),
+    #[error("cannot list the namespace's routing rules: {error}")]
+    ListRules {
+        /// The OS error.
+        error: io::Error,
+    },
     /// Listing the routes.
-    #[error("cannot list the namespace's routes: {0}")]
-    ListRoutes(io::Error),
+    #[error("cannot list the namespace's routes: {error}")]
+    ListRoutes {
+        /// The OS error.
+        error: io::Error,
+    },
     /// Removing a leftover rule.
     #[error("cannot remove a routing rule of table {table} left by an earlier forwarder{}: {error}", needs_admin(.error))]
     ClearRule {
         /// Its table.
         table: u32,
-        /// The error.
+        /// The OS error.
         error: io::Error,
     },
     /// Removing a leftover route.
@@ -50,7 +62,7 @@ pub enum SourceIpError {
     ClearRoute {
         /// Its table.
         table: u32,
-        /// The error.
+        /// The OS error.
         error: io::Error,
     },
     /// Adding a rule.
@@ -58,7 +70,7 @@ pub enum SourceIpError {
     AddRule {
         /// The rule, as `ip rule` would show it.
         rule: String,
-        /// The error.
+        /// The OS error.
         error: io::Error,
     },
 }

@@ -67,8 +67,8 @@ pub(super) struct Routes {
 
 impl Routes {
     pub(super) fn open(ports: Ports, child: IpAddr) -> Result<Self, SourceIpError> {
-        let mut rtnl = Rtnl::open().map_err(SourceIpError::Netlink)?;
-        probe_transparent(child).map_err(SourceIpError::Transparent)?;
+        let mut rtnl = Rtnl::open().map_err(|error| SourceIpError::Netlink { error })?;
+        probe_transparent(child).map_err(|error| SourceIpError::Transparent { error })?;
         let slot = slot::take(&mut rtnl)?;
         let number = slot.number;
         let mut routes = Routes {

@@ -41,8 +41,12 @@ pub(super) fn take(rtnl: &mut Rtnl) -> Result<Slot, SourceIpError> {
         let (number, lock) = lowest_free(&others)?;
         // Listed while holding the lock: whatever of ours is in its table
         // now was left by a dead forwarder.
-        let rules = rtnl.rules().map_err(SourceIpError::ListRules)?;
-        let routes = rtnl.routes().map_err(SourceIpError::ListRoutes)?;
+        let rules = rtnl
+            .rules()
+            .map_err(|error| SourceIpError::ListRules { error })?;
+        let routes = rtnl
+            .routes()
+            .map_err(|error| SourceIpError::ListRoutes { error })?;
         let table = TABLE_BASE + number;
         let foreign = tables(&rules, &routes, |mark| mark != MARK);
         if foreign.contains(&table) {
@@ -68,7 +72,12 @@ fn lowest_free(skip: &BTreeSet<u32>) -> Result<(u32, OwnedFd), SourceIpError> {
         match lock_slot(slot) {
             Ok(Some(fd)) => return Ok((slot, fd)),
             Ok(None) => continue,
-            Err(error) => return Err(SourceIpError::Lock { slot, error }),
+            Err(error) => {
+                return Err(SourceIpError::Lock {
+                    slot,
+                    error: error.into(),
+                })
+            }
         }
     }
     Err(SourceIpError::NoSlot)
@@ -109,7 +118,12 @@ fn clear_leftovers(
             match lock_slot(other) {
                 Ok(Some(fd)) => Some(fd),
                 Ok(None) => continue,
-                Err(error) => return Err(SourceIpError::Lock { slot: other, error }),
+                Err(error) => {
+                    return Err(SourceIpError::Lock {
+                        slot: other,
+                        error: error.into(),
+                    })
+                }
             }
         };
         for r in rules.iter().filter(|r| r.mark == MARK && r.table == table) {
