@@ -17,7 +17,7 @@ struct ExampleNetns(String);
 impl ExampleNetns {
     fn new(name: &str) -> Result<Self> {
         let name = format!("slirpnet-example-{}-{name}", std::process::id());
-        crate::run_quiet(Command::new("ip").args(["netns", "add", &name]))?;
+        crate::util::run_quiet(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = ExampleNetns(name);
         for args in [
             "link set lo up",
@@ -26,7 +26,7 @@ impl ExampleNetns {
             "link set v0 up",
             "link set v1 up",
         ] {
-            crate::run_quiet(Command::new("ip").args(["-n", &ns.0]).args(args.split(' ')))?;
+            crate::util::run_quiet(Command::new("ip").args(["-n", &ns.0]).args(args.split(' ')))?;
         }
         Ok(ns)
     }
@@ -186,8 +186,8 @@ fn build_outside(root: &Path, outside: &Path, krate: &str, name: &str) -> Result
     )?;
     std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock"))?;
     let target = outside.join("target");
-    crate::run(
-        crate::cargo()
+    crate::util::run(
+        crate::util::cargo()
             .current_dir(&dir)
             .env("CARGO_TARGET_DIR", &target)
             .args(["build", "--quiet"]),
@@ -218,7 +218,7 @@ fn run_limited(cmd: &mut Command, limit: Duration) -> Result<bool> {
 /// The library crates' own tests (unit, integration, not doc), run as
 /// nobody (uid 65534) with no capabilities: they must need no privilege.
 pub fn run_unprivileged(root: &Path, crates: &[&str]) -> Result<Totals> {
-    let mut cmd = crate::cargo();
+    let mut cmd = crate::util::cargo();
     cmd.args(["test", "--no-run", "--message-format=json"]);
     for c in crates {
         cmd.args(["-p", c]);

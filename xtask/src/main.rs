@@ -1,7 +1,7 @@
 //! `cargo xtask`: set-up, the full test run and benchmarks.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -12,6 +12,9 @@ mod install;
 mod manual;
 mod packaging;
 mod podman;
+mod util;
+
+use util::{cargo, install_missing, is_root, on_path, run, workspace_root};
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -167,88 +170,6 @@ fn main() -> Result<()> {
     }
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_owned()
-}
-
-fn is_root() -> bool {
-    // /proc/self/status "Uid:" line: real, effective, saved, fs.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
-}
-
-/// Runs `cmd` with its output captured, failing with its stderr.
-fn run_quiet(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("failed to run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("+ {cmd:?}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("failed to run {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
-/// Installs Debian packages whose program (a name on PATH or an absolute
-/// path) is missing; only as root.
-fn install_missing(wanted: &[(&str, &str)]) -> Result<()> {
-    let present = |p: &str| {
-        if p.starts_with('/') {
-            Path::new(p).exists()
-        } else {
-            on_path(p)
-        }
-    };
-    let missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(_, p)| !present(p))
-        .map(|(pkg, _)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !is_root() {
-        bail!(
-            "missing packages {}: install them as root",
-            missing.join(" ")
-        );
-    }
-    run(Command::new("apt-get")
-        .args(["update", "-qq"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-}
-
 /// Installs the missing packages with apt-get (only as root) and opens up
 /// /dev/net/tun.
 fn setup() -> Result<()> {
@@ -287,12 +208,6 @@ fn setup() -> Result<()> {
         first.lines().next().unwrap_or("slirp4netns")
     );
     Ok(())
-}
-
-fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root());
-    cmd
 }
 
 /// setup, MSRV, formatting, lints, packaging, every test. With CI=true the

@@ -246,7 +246,7 @@ pub fn package(root: &Path) -> Result<()> {
             excludes.extend(["--exclude", name]);
         }
     }
-    crate::run(
+    crate::util::run(
         cargo(root)
             .args(["check", "--workspace", "--no-default-features"])
             .args(&excludes),
@@ -257,7 +257,7 @@ pub fn package(root: &Path) -> Result<()> {
     // verify against an earlier run's sources. Ours are not on crates.io,
     // so any such directory is stale.
     remove_unpacked(&ours)?;
-    let packaged = crate::run(
+    let packaged = crate::util::run(
         cargo(root)
             .args(["package", "--workspace", "--allow-dirty"])
             .args(&excludes),

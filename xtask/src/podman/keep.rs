@@ -47,12 +47,12 @@ impl Lab {
             client: format!("slirpnet-podman-client-{pid}"),
         };
         let ip = |ns: &str, args: &str| {
-            crate::run_quiet(Command::new("ip").args(["-n", ns]).args(args.split(' ')))
+            crate::util::run_quiet(Command::new("ip").args(["-n", ns]).args(args.split(' ')))
         };
         for ns in [&lab.host, &lab.client] {
             // A name of ours, left by a run with this pid that was killed.
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            crate::run_quiet(Command::new("ip").args(["netns", "add", ns]))?;
+            crate::util::run_quiet(Command::new("ip").args(["netns", "add", ns]))?;
             ip(ns, "link set lo up")?;
         }
         ip(
@@ -154,7 +154,7 @@ impl ContainersConf {
             std::fs::create_dir_all(&dir)?;
             std::fs::write(&conf.path, KEEP_CONF)?;
             let gid = id_of(USER, "-g").context("the podman test user has no group")?;
-            crate::run_quiet(
+            crate::util::run_quiet(
                 Command::new("chown")
                     .arg("-R")
                     .arg(format!("{}:{gid}", user.uid))

@@ -54,7 +54,7 @@ impl User {
     fn ensure() -> Result<Self> {
         let made_here = uid_of(USER).is_none();
         if made_here {
-            super::run(Command::new("useradd").args([
+            crate::util::run(Command::new("useradd").args([
                 "--create-home",
                 "--shell",
                 "/bin/sh",
@@ -70,7 +70,7 @@ impl User {
                 .any(|l| l.starts_with(&format!("{USER}:")))
         };
         if !has_range("/etc/subuid") || !has_range("/etc/subgid") {
-            super::run(Command::new("usermod").args([
+            crate::util::run(Command::new("usermod").args([
                 "--add-subuids",
                 "300000-365535",
                 "--add-subgids",
@@ -380,7 +380,7 @@ fn one_helper(
 /// failed; an error when it could not run at all.
 pub fn podman(root: &Path) -> Result<super::Totals> {
     ensure!(
-        super::is_root(),
+        crate::util::is_root(),
         "cargo xtask podman needs root (it makes a user)"
     );
     super::install_missing(&[
@@ -393,7 +393,7 @@ pub fn podman(root: &Path) -> Result<super::Totals> {
         ("uidmap", "newuidmap"),
         ("busybox-static", "/bin/busybox"),
     ])?;
-    let status = super::cargo()
+    let status = crate::util::cargo()
         .args(["build", "--release", "-q", "-p", "rootlessport"])
         .status()?;
     ensure!(

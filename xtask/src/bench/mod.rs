@@ -1,0 +1,379 @@
+//! `cargo xtask bench`: our rootlessport against pasta, podman's Go helper
+//! and direct loopback, side by side, rounds interleaved, medians.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+
+mod clients;
+pub(crate) use clients::{conn_client, serve, who_client};
+mod forwarder;
+mod keep;
+mod netns;
+mod report;
+
+use clients::{conn_rate, free_port_block, iperf, machine_busy_seconds, req_resp, LOOPBACK};
+use forwarder::{footprint, pasta_args, Forwarder, Tool};
+use keep::{
+    keep_source_ip, render_keep, render_keep_section, replace_keep_section, update_readme_keep,
+};
+use netns::BenchNetns;
+use report::{
+    budget, deb_version, kernel, record, render, today, update_readme, Gaps, Samples, NOTES,
+    PROFILE,
+};
+
+pub(super) const GO_HELPER: &str = "/usr/lib/podman/rootlessport";
+/// pasta, from Debian's passt package.
+pub const PASTA: &str = "/usr/bin/pasta";
+pub(super) const NS_ADDR: &str = "10.77.0.1";
+pub(super) const IPERF_PORT: u16 = 5201;
+pub(super) const ECHO_PORT: u16 = 7000;
+/// UDP payload size of the iperf3 runs.
+pub(super) const UDP_LEN: usize = 1400;
+/// How long an iperf3 run may take beyond its `-t` before it is killed (the
+/// bookworm pasta loses UDP replies, which leaves iperf3's UDP test hanging).
+pub(super) const IPERF_GRACE: Duration = Duration::from_secs(10);
+/// What the first byte of a connection asks the bench server for: echo
+/// every byte (request/response).
+pub(super) const PING_PONG: u8 = b'p';
+/// What the first byte of a connection or datagram asks the bench server
+/// for: the address it sees the client at.
+pub(super) const WHO: u8 = b'w';
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Rounds per measurement (the median is reported).
+    pub rounds: usize,
+    /// Seconds per throughput or rate measurement.
+    pub seconds: u64,
+    /// Only this section (`--only`); `None`: everything.
+    pub only: Option<Section>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Subject {
+    Ours,
+    Pasta,
+    Go,
+    Direct,
+}
+
+/// The data-path measurements through one forwarder: iperf3 TCP (1 and 4
+/// streams) and UDP, the connection rate and request/response on the echo
+/// port.
+fn data_path(
+    s: &mut Samples,
+    gaps: &mut Gaps,
+    ns: &BenchNetns,
+    who: Subject,
+    tool: &Tool,
+    seconds: u64,
+) -> Result<()> {
+    let ip_port = free_port_block(1)?;
+    let echo_port = free_port_block(1)?;
+    let maps = serde_json::json!([
+        {"host_ip": "127.0.0.1", "container_port": IPERF_PORT, "host_port": ip_port, "range": 1, "protocol": "tcp,udp"},
+        {"host_ip": "127.0.0.1", "container_port": ECHO_PORT, "host_port": echo_port, "range": 1, "protocol": "tcp"},
+    ]);
+    let f = Forwarder::start(tool, &ns.path(), &maps)?;
+    let hung = |what: &str| anyhow::anyhow!("iperf3 {what} through {who:?} hung");
+
+    let cpu0 = f.cpu_seconds();
+    let (bps, bytes) = iperf(LOOPBACK, ip_port, seconds, false, 1)?.ok_or_else(|| hung("TCP"))?;
+    let cpu = f.cpu_seconds() - cpu0;
+    record(s, "tcp_gbps", who, bps / 1e9);
+    record(s, "cpu_s_per_gb", who, cpu / (bytes / 1e9));
+    let (bps, _) = iperf(LOOPBACK, ip_port, seconds, false, 4)?.ok_or_else(|| hung("-P 4"))?;
+    record(s, "tcp4_gbps", who, bps / 1e9);
+
+    let (cpu0, arrived0, sent0) = (f.cpu_seconds(), ns.udp_arrived()?, ns.udp_sent()?);
+    match iperf(LOOPBACK, ip_port, seconds, true, 1)? {
+        Some((ubps, ubytes)) => {
+            let cpu = f.cpu_seconds() - cpu0;
+            let carried = (ns.udp_arrived()? - arrived0) as f64 * UDP_LEN as f64 * 8.0;
+            record(s, "udp_gbps", who, ubps / 1e9);
+            record(s, "udp_carried_gbps", who, carried / seconds as f64 / 1e9);
+            record(s, "udp_cpu_s_per_gb", who, cpu / (ubytes / 1e9));
+        }
+        None => {
+            // Datagrams went in and the server answered, yet iperf3 never
+            // heard back: the forwarder lost the replies.
+            let (arrived, sent) = (ns.udp_arrived()? - arrived0, ns.udp_sent()? - sent0);
+            let why = if arrived > 0 && sent > 0 {
+                "n/a: replies lost".to_owned()
+            } else {
+                format!("n/a: iperf3 hung ({arrived} datagrams in, {sent} out)")
+            };
+            eprintln!("iperf3 UDP through {who:?} hung and was killed: {why}");
+            for m in ["udp_gbps", "udp_carried_gbps", "udp_cpu_s_per_gb"] {
+                gaps.insert((m, who), why.clone());
+            }
+        }
+    }
+
+    let echo = SocketAddr::from(([127, 0, 0, 1], echo_port));
+    let (cpu0, busy0) = (f.cpu_seconds(), machine_busy_seconds());
+    let (rate, p50, p99) = conn_rate(echo, seconds)?;
+    let conns = rate * seconds as f64;
+    record(
+        s,
+        "conn_fwd_cpu_us",
+        who,
+        (f.cpu_seconds() - cpu0) / conns * 1e6,
+    );
+    record(
+        s,
+        "conn_machine_cpu_us",
+        who,
+        (machine_busy_seconds() - busy0) / conns * 1e6,
+    );
+    record(s, "conn_per_s", who, rate);
+    record(s, "conn_p50_us", who, p50);
+    record(s, "conn_p99_us", who, p99);
+
+    let cpu0 = f.cpu_seconds();
+    let (n, p50, p99) = req_resp(echo, seconds)?;
+    record(s, "rr_p50_us", who, p50);
+    record(s, "rr_p99_us", who, p99);
+    record(
+        s,
+        "rr_fwd_cpu_us",
+        who,
+        (f.cpu_seconds() - cpu0) / n as f64 * 1e6,
+    );
+    f.stop()
+}
+
+/// The same clients against the same servers on the host: no forwarder.
+fn direct_path(s: &mut Samples, iperf_port: u16, echo_port: u16, seconds: u64) -> Result<()> {
+    let who = Subject::Direct;
+    let hung = || anyhow::anyhow!("iperf3 on direct loopback hung");
+    let (bps, _) = iperf(LOOPBACK, iperf_port, seconds, false, 1)?.ok_or_else(hung)?;
+    record(s, "tcp_gbps", who, bps / 1e9);
+    let (bps, _) = iperf(LOOPBACK, iperf_port, seconds, false, 4)?.ok_or_else(hung)?;
+    record(s, "tcp4_gbps", who, bps / 1e9);
+    let (ubps, _) = iperf(LOOPBACK, iperf_port, seconds, true, 1)?.ok_or_else(hung)?;
+    record(s, "udp_gbps", who, ubps / 1e9);
+    let echo = SocketAddr::from(([127, 0, 0, 1], echo_port));
+    let busy0 = machine_busy_seconds();
+    let (rate, p50, p99) = conn_rate(echo, seconds)?;
+    record(
+        s,
+        "conn_machine_cpu_us",
+        who,
+        (machine_busy_seconds() - busy0) / (rate * seconds as f64) * 1e6,
+    );
+    record(s, "conn_per_s", who, rate);
+    record(s, "conn_p50_us", who, p50);
+    record(s, "conn_p99_us", who, p99);
+    let (_, p50, p99) = req_resp(echo, seconds)?;
+    record(s, "rr_p50_us", who, p50);
+    record(s, "rr_p99_us", who, p99);
+    Ok(())
+}
+
+/// Runs the benchmark, writes the tables and notes to BENCHMARKS.md and the
+/// tables to README.md. With `--only keep-source-ip`, only that section is
+/// run, and only its parts of the two files are replaced.
+pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
+    let everything = opts.only.is_none();
+    if everything {
+        ensure!(
+            Path::new(GO_HELPER).is_file(),
+            "{GO_HELPER} is missing (apt-get install podman)"
+        );
+        ensure!(
+            Path::new(PASTA).is_file(),
+            "{PASTA} is missing (apt-get install passt)"
+        );
+    }
+    // Release builds of the forwarder and of the bench server.
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "rootlessport",
+            "-p",
+            "xtask",
+        ])
+        .status()
+        .context("failed to run cargo build")?;
+    ensure!(status.success(), "cargo build --release failed");
+    let ours = root.join("target/release/rootlessport");
+    let server = root.join("target/release/xtask");
+
+    let mut ns = BenchNetns::new()?;
+    // All addresses: the helpers connect to NS_ADDR, pasta to 127.0.0.1.
+    ns.spawn(
+        Path::new("/usr/bin/iperf3"),
+        &["-s", "-p", &IPERF_PORT.to_string()],
+    )?;
+    ns.spawn(&server, &["bench-serve", &format!("0.0.0.0:{ECHO_PORT}")])?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let main = if everything {
+        forwarders(&ns, &ours, &server, opts).map(Some)
+    } else {
+        Ok(None)
+    };
+    let keep = main.and_then(|main| Ok((main, keep_source_ip(&ns, &ours, &server, opts)?)));
+    drop(ns);
+    let (main, keep) = keep?;
+
+    let keep_section = render_keep_section(&keep, opts);
+    println!("{}", render_keep(&keep));
+    let Some((s, gaps)) = main else {
+        let path = root.join("BENCHMARKS.md");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        std::fs::write(&path, replace_keep_section(&text, &keep_section))
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        eprintln!("replaced the keep-source-ip section of BENCHMARKS.md");
+        update_readme_keep(&root.join("README.md"), &render_keep(&keep))?;
+        eprintln!("updated the keep-source-ip table in README.md");
+        return Ok(());
+    };
+
+    let table = render(&s, &gaps);
+    let budget = budget(&s);
+    println!("{table}\n{budget}");
+    let example = pasta_args(
+        "/run/netns/NAME",
+        &serde_json::json!([
+            {"host_ip": "127.0.0.1", "container_port": IPERF_PORT, "host_port": 20001, "range": 1, "protocol": "tcp,udp"},
+            {"host_ip": "127.0.0.1", "container_port": ECHO_PORT, "host_port": 20002, "range": 1, "protocol": "tcp"},
+        ]),
+        Path::new("PIDFILE"),
+    )?;
+    let doc = format!(
+        "# Benchmarks\n\nWritten by `cargo xtask bench` on {} ({} cores, kernel {}). Our `rootlessport` \
+         (release build) against pasta (passt {}, {PASTA}), podman {}'s Go helper ({GO_HELPER}) and \
+         direct loopback. Each rootlessport is started exactly as podman starts it; pasta attaches \
+         to the same namespace and forwards the same host ports:\n\n```\npasta {}\n```\n\n\
+         The servers listen on all addresses inside the namespace: the helpers connect to the \
+         veth address {NS_ADDR}, pasta to 127.0.0.1 (its splice path, which is what a 127.0.0.1 \
+         client gets); both are local addresses there, so both routes go over the namespace's \
+         loopback. {} rounds, interleaved; each cell is the median. Throughput \
+         and rates over {} s each; CPU and memory cover the forwarder's whole process tree (the \
+         Go helper re-executes itself as `rootlessport-child`).\n\n{table}\n\n{NOTES}{budget}\n\
+         {keep_section}\n{PROFILE}",
+        today(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        kernel(),
+        deb_version("passt"),
+        deb_version("podman"),
+        example.join(" "),
+        opts.rounds,
+        opts.seconds,
+    );
+    std::fs::write(root.join("BENCHMARKS.md"), doc).context("failed to write BENCHMARKS.md")?;
+    eprintln!("wrote BENCHMARKS.md");
+    update_readme(&root.join("README.md"), &table)?;
+    update_readme_keep(&root.join("README.md"), &render_keep(&keep))?;
+    eprintln!("updated the tables in README.md");
+    Ok(())
+}
+
+/// The rounds of the main table: every subject, then direct loopback, in
+/// every round; the direct loopback servers run on the host meanwhile.
+fn forwarders(
+    ns: &BenchNetns,
+    ours: &Path,
+    server: &Path,
+    opts: &BenchOptions,
+) -> Result<(Samples, Gaps)> {
+    let subjects: [(Subject, Tool); 3] = [
+        (Subject::Ours, Tool::Helper(ours.to_owned())),
+        (Subject::Pasta, Tool::Pasta),
+        (Subject::Go, Tool::Helper(PathBuf::from(GO_HELPER))),
+    ];
+    let ns_path = ns.path();
+    // Direct loopback: the same servers on the host.
+    let direct_iperf = free_port_block(1)?;
+    let direct_echo = free_port_block(1)?;
+    let mut host_servers = Vec::new();
+    let mut s = Samples::new();
+    let mut gaps = Gaps::new();
+    let result = (|| -> Result<()> {
+        host_servers.push(
+            Command::new("iperf3")
+                .args(["-s", "-B", "127.0.0.1", "-p", &direct_iperf.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("failed to run iperf3 -s")?,
+        );
+        host_servers.push(
+            Command::new(server)
+                .args(["bench-serve", &format!("127.0.0.1:{direct_echo}")])
+                .spawn()
+                .context("failed to run the bench server")?,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        for round in 0..opts.rounds {
+            eprintln!("round {}/{}", round + 1, opts.rounds);
+            for (who, tool) in &subjects {
+                let who = *who;
+                // Spawn to ready, one port.
+                let port = free_port_block(1)?;
+                let one = serde_json::json!([{"host_ip": "", "container_port": ECHO_PORT, "host_port": port, "range": 1, "protocol": "tcp"}]);
+                footprint(
+                    &mut s,
+                    who,
+                    tool,
+                    &ns_path,
+                    &one,
+                    ["ready_1_ms", "idle_rss_kib", "idle_fds"],
+                )?;
+
+                // Spawn to ready, 3000-port tcp,udp range.
+                let base = free_port_block(3000)?;
+                let range = serde_json::json!([{"host_ip": "", "container_port": 10000, "host_port": base, "range": 3000, "protocol": "tcp,udp"}]);
+                footprint(
+                    &mut s,
+                    who,
+                    tool,
+                    &ns_path,
+                    &range,
+                    ["ready_3000_ms", "range_rss_kib", "range_fds"],
+                )?;
+
+                data_path(&mut s, &mut gaps, ns, who, tool, opts.seconds)?;
+            }
+            // The physical limit: no forwarder.
+            direct_path(&mut s, direct_iperf, direct_echo, opts.seconds)?;
+        }
+        Ok(())
+    })();
+    for h in &mut host_servers {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    result.map(|()| (s, gaps))
+}
+
+/// The parts of the bench that `--only` can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Our rootlessport keeping client addresses against not, with a
+    /// non-loopback client.
+    KeepSourceIp,
+}
+
+impl Section {
+    /// The `--only` value.
+    pub fn parse(name: &str) -> Result<Section> {
+        match name {
+            "keep-source-ip" => Ok(Section::KeepSourceIp),
+            other => bail!("unknown bench section {other:?} (known: keep-source-ip)"),
+        }
+    }
+}
