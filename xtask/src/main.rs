@@ -44,10 +44,12 @@ commands:
           installed slirpnet forwards a port through the installed forwarder
           (needs root)
   bench   [--rounds N] [--seconds S] [--only keep-source-ip]: our
-          rootlessport against pasta, podman's Go helper and direct loopback,
-          then ours with ROOTLESSPORT_KEEP_SOURCE_IP=1 against =0 for a client
-          in another namespace (installs podman, passt and iperf3 when
-          missing, needs root); prints the tables, writes BENCHMARKS.md and
+          rootlessport against the current pasta (passt 2026_07_16, built
+          from its source tarball into target/peers/ when missing), podman's
+          Go helper and direct loopback, then ours with
+          ROOTLESSPORT_KEEP_SOURCE_IP=1 against =0 for a client in another
+          namespace (installs podman, iperf3 and a C toolchain when missing,
+          needs root); prints the tables, writes BENCHMARKS.md and
           the tables in README.md. --only keep-source-ip runs just the second
           part and replaces only its section and table
   podman  real rootless podman (a throw-away user, a busybox --rootfs
@@ -121,7 +123,9 @@ fn main() -> Result<()> {
             setup()?;
             install_missing(&[
                 ("podman", "/usr/lib/podman/rootlessport"),
-                ("passt", bench::PASTA),
+                // To build the current pasta from its source.
+                ("build-essential", "cc"),
+                ("make", "make"),
                 ("iperf3", "iperf3"),
             ])?;
             let mut opts = bench::BenchOptions {

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 
 use super::report::{record, Samples};
-use super::{Subject, NS_ADDR, PASTA};
+use super::{Subject, NS_ADDR, NS_GATEWAY};
 
 /// How a subject's forwarder is started.
 pub(super) enum Tool {
     /// A rootlessport binary, started as podman starts it.
     Helper(PathBuf),
-    /// pasta attached to the bench namespace.
-    Pasta,
+    /// This pasta binary, attached to the bench namespace.
+    Pasta(PathBuf),
 }
 
 /// A running forwarder.
@@ -52,7 +52,7 @@ impl Forwarder {
                         .with_context(|| format!("failed to start {}", binary.display()))?,
                 )
             }
-            Tool::Pasta => Running::Pasta(Pasta::start(ns_path, mappings)?),
+            Tool::Pasta(binary) => Running::Pasta(Pasta::start(binary, ns_path, mappings)?),
         };
         Ok(Forwarder { running })
     }
@@ -166,7 +166,11 @@ impl Pasta {
     /// Starts pasta and waits (at most 10 s) for its pid file: pasta writes
     /// it once it has bound every host port and joined the namespace, just
     /// before its event loop.
-    pub(super) fn start(ns_path: &str, mappings: &serde_json::Value) -> Result<Pasta> {
+    pub(super) fn start(
+        binary: &Path,
+        ns_path: &str,
+        mappings: &serde_json::Value,
+    ) -> Result<Pasta> {
         let dir = tempfile::Builder::new()
             .prefix("slirpnet-bench-pasta")
             .tempdir()
@@ -176,13 +180,13 @@ impl Pasta {
             .context("failed to make pasta's stderr file")?;
         let args = pasta_args(ns_path, mappings, &pid_file)?;
         let t0 = Instant::now();
-        let child = Command::new(PASTA)
+        let child = Command::new(binary)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .with_context(|| format!("failed to run {PASTA}"))?;
+            .with_context(|| format!("failed to run {}", binary.display()))?;
         let pid = child.id();
         let mut pasta = Pasta {
             child: Some(child),
@@ -269,7 +273,11 @@ impl Drop for Pasta {
 /// protocol), no DNS (`-D none -S none`), no DHCP, NDP, DHCPv6, RA or ICMP
 /// handling, no gateway mapping. Without `--config-net` pasta leaves the
 /// namespace's addresses and routes alone: its tap (`pasta0`) stays down, so
-/// only its splice path to the namespace's loopback carries traffic.
+/// only its splice path carries traffic. That path connects to the guest
+/// address pasta is given (`-a`, with `-n` and `-g` to match), not to the
+/// namespace's 127.0.0.1: given [`NS_ADDR`], it connects where the
+/// helpers connect (without `-a` it picks an address that is not there and
+/// every spliced connection is reset).
 pub(super) fn pasta_args(
     ns_path: &str,
     mappings: &serde_json::Value,
@@ -301,6 +309,12 @@ pub(super) fn pasta_args(
         "--no-ra",
         "--no-icmp",
         "--no-map-gw",
+        "-a",
+        NS_ADDR,
+        "-n",
+        "24",
+        "-g",
+        NS_GATEWAY,
     ]
     .iter()
     .map(|a| a.to_string())

@@ -13,6 +13,7 @@ pub(crate) use clients::{conn_client, serve, who_client};
 mod forwarder;
 mod keep;
 mod netns;
+mod peers;
 mod report;
 
 use clients::{conn_rate, free_port_block, iperf, machine_busy_seconds, req_resp, LOOPBACK};
@@ -21,21 +22,24 @@ use keep::{
     keep_source_ip, render_keep, render_keep_section, replace_keep_section, update_readme_keep,
 };
 use netns::BenchNetns;
+use peers::PASTA_RELEASE;
 use report::{
-    budget, deb_version, kernel, record, render, today, update_readme, Gaps, Samples, NOTES,
-    PROFILE,
+    budget, deb_version, kernel, record, render, targets, today, update_readme, Gaps, Samples,
+    NOTES, PROFILE,
 };
 
 pub(super) const GO_HELPER: &str = "/usr/lib/podman/rootlessport";
-/// pasta, from Debian's passt package.
-pub const PASTA: &str = "/usr/bin/pasta";
+/// The servers' address in the bench namespace (what the helpers connect
+/// to, and pasta's guest address), and the other end of its veth pair
+/// (pasta's gateway).
 pub(super) const NS_ADDR: &str = "10.77.0.1";
+pub(super) const NS_GATEWAY: &str = "10.77.0.2";
 pub(super) const IPERF_PORT: u16 = 5201;
 pub(super) const ECHO_PORT: u16 = 7000;
 /// UDP payload size of the iperf3 runs.
 pub(super) const UDP_LEN: usize = 1400;
-/// How long an iperf3 run may take beyond its `-t` before it is killed (the
-/// bookworm pasta loses UDP replies, which leaves iperf3's UDP test hanging).
+/// How long an iperf3 run may take beyond its `-t` before it is killed (a
+/// forwarder that loses UDP replies leaves iperf3's UDP test hanging).
 pub(super) const IPERF_GRACE: Duration = Duration::from_secs(10);
 /// What the first byte of a connection asks the bench server for: echo
 /// every byte (request/response).
@@ -88,8 +92,11 @@ fn data_path(
     let cpu = f.cpu_seconds() - cpu0;
     record(s, "tcp_gbps", who, bps / 1e9);
     record(s, "cpu_s_per_gb", who, cpu / (bytes / 1e9));
-    let (bps, _) = iperf(LOOPBACK, ip_port, seconds, false, 4)?.ok_or_else(|| hung("-P 4"))?;
+    let cpu0 = f.cpu_seconds();
+    let (bps, bytes) = iperf(LOOPBACK, ip_port, seconds, false, 4)?.ok_or_else(|| hung("-P 4"))?;
+    let cpu = f.cpu_seconds() - cpu0;
     record(s, "tcp4_gbps", who, bps / 1e9);
+    record(s, "cpu4_s_per_gb", who, cpu / (bytes / 1e9));
 
     let (cpu0, arrived0, sent0) = (f.cpu_seconds(), ns.udp_arrived()?, ns.udp_sent()?);
     match iperf(LOOPBACK, ip_port, seconds, true, 1)? {
@@ -187,13 +194,15 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
             Path::new(GO_HELPER).is_file(),
             "{GO_HELPER} is missing (apt-get install podman)"
         );
-        ensure!(
-            Path::new(PASTA).is_file(),
-            "{PASTA} is missing (apt-get install passt)"
-        );
     }
+    // The current pasta, built from its source when it is not cached yet.
+    let pasta = if everything {
+        Some(peers::pasta(root)?)
+    } else {
+        None
+    };
     // Release builds of the forwarder and of the bench server.
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let status = crate::util::cargo()
         .current_dir(root)
         .args([
             "build",
@@ -211,7 +220,7 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
     let server = root.join("target/release/xtask");
 
     let mut ns = BenchNetns::new()?;
-    // All addresses: the helpers connect to NS_ADDR, pasta to 127.0.0.1.
+    // The helpers and pasta all connect to NS_ADDR.
     ns.spawn(
         Path::new("/usr/bin/iperf3"),
         &["-s", "-p", &IPERF_PORT.to_string()],
@@ -220,7 +229,8 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
 
     let main = if everything {
-        forwarders(&ns, &ours, &server, opts).map(Some)
+        let pasta = pasta.clone().context("pasta is built for the main table")?;
+        forwarders(&ns, &ours, &pasta, &server, opts).map(Some)
     } else {
         Ok(None)
     };
@@ -244,7 +254,8 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
 
     let table = render(&s, &gaps);
     let budget = budget(&s);
-    println!("{table}\n{budget}");
+    let targets = targets(&s);
+    println!("{table}\n{targets}\n{budget}");
     let example = pasta_args(
         "/run/netns/NAME",
         &serde_json::json!([
@@ -253,22 +264,29 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
         ]),
         Path::new("PIDFILE"),
     )?;
+    let pasta_shown = pasta
+        .as_deref()
+        .map(|p| p.strip_prefix(root).unwrap_or(p).display().to_string())
+        .unwrap_or_default();
     let doc = format!(
-        "# Benchmarks\n\nWritten by `cargo xtask bench` on {} ({} cores, kernel {}). Our `rootlessport` \
-         (release build) against pasta (passt {}, {PASTA}), podman {}'s Go helper ({GO_HELPER}) and \
-         direct loopback. Each rootlessport is started exactly as podman starts it; pasta attaches \
-         to the same namespace and forwards the same host ports:\n\n```\npasta {}\n```\n\n\
-         The servers listen on all addresses inside the namespace: the helpers connect to the \
-         veth address {NS_ADDR}, pasta to 127.0.0.1 (its splice path, which is what a 127.0.0.1 \
-         client gets); both are local addresses there, so both routes go over the namespace's \
-         loopback. {} rounds, interleaved; each cell is the median. Throughput \
-         and rates over {} s each; CPU and memory cover the forwarder's whole process tree (the \
-         Go helper re-executes itself as `rootlessport-child`).\n\n{table}\n\n{NOTES}{budget}\n\
+        "# Benchmarks\n\nWritten by `cargo xtask bench` on {} ({} cores, kernel {}). Our \
+         `rootlessport` (release build) against the current pasta (passt {PASTA_RELEASE}, the \
+         peer podman 6 and RootlessKit 3 ship; `{pasta_shown}`, built by the bench from the \
+         release's source tarball when missing), podman {}'s Go helper ({GO_HELPER}) and direct \
+         loopback. Each rootlessport is started exactly as podman starts it; pasta attaches to \
+         the same namespace and forwards the same host ports:\n\n```\npasta {}\n```\n\n\
+         The servers listen on all addresses inside the namespace; every forwarder connects to \
+         the veth address {NS_ADDR} there (pasta's splice path connects to the guest address \
+         it is given with `-a`), a local address, so every route goes over the namespace's \
+         loopback. {} rounds, interleaved; each cell is the median. Throughput and rates over \
+         {} s each; CPU and memory cover the forwarder's whole process tree (the Go helper \
+         re-executes itself as `rootlessport-child`).\n\n{table}\n{targets}\n{NOTES}{budget}\n\
          {keep_section}\n{PROFILE}",
         today(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         kernel(),
-        deb_version("passt"),
         deb_version("podman"),
         example.join(" "),
         opts.rounds,
@@ -276,7 +294,7 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
     );
     std::fs::write(root.join("BENCHMARKS.md"), doc).context("failed to write BENCHMARKS.md")?;
     eprintln!("wrote BENCHMARKS.md");
-    update_readme(&root.join("README.md"), &table)?;
+    update_readme(&root.join("README.md"), &table, &targets)?;
     update_readme_keep(&root.join("README.md"), &render_keep(&keep))?;
     eprintln!("updated the tables in README.md");
     Ok(())
@@ -287,12 +305,13 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
 fn forwarders(
     ns: &BenchNetns,
     ours: &Path,
+    pasta: &Path,
     server: &Path,
     opts: &BenchOptions,
 ) -> Result<(Samples, Gaps)> {
     let subjects: [(Subject, Tool); 3] = [
         (Subject::Ours, Tool::Helper(ours.to_owned())),
-        (Subject::Pasta, Tool::Pasta),
+        (Subject::Pasta, Tool::Pasta(pasta.to_owned())),
         (Subject::Go, Tool::Helper(PathBuf::from(GO_HELPER))),
     ];
     let ns_path = ns.path();
