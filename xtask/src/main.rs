@@ -161,6 +161,7 @@ fn main() -> Result<()> {
         }
         Some("bench-serve") => bench::serve(args.get(1).context("bench-serve ADDR")?),
         Some("bench-conn") => bench::conn_client(&args[1..]),
+        Some("bench-rr") => bench::rr_client(&args[1..]),
         Some("bench-who") => bench::who_client(&args[1..]),
         // The podman keep runs' client (in a namespace) and UDP service (in
         // the container).

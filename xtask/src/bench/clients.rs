@@ -350,6 +350,19 @@ pub(crate) fn conn_client(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `xtask bench-rr ADDR SECONDS`: the request/response client alone (for
+/// profiling a forwarder by hand); prints `exchanges p50-µs p99-µs`.
+pub(crate) fn rr_client(args: &[String]) -> Result<()> {
+    let [addr, seconds] = args else {
+        bail!("usage: bench-rr ADDR SECONDS");
+    };
+    let addr: SocketAddr = addr.parse().context("bench-rr: bad ADDR")?;
+    let seconds: u64 = seconds.parse().context("bench-rr: bad SECONDS")?;
+    let (n, p50, p99) = req_resp(addr, seconds)?;
+    println!("{n} {p50} {p99}");
+    Ok(())
+}
+
 /// `xtask bench-who tcp|udp ADDR`: prints the address the bench server at
 /// ADDR sees this client at (retried for a few seconds: the first
 /// connection through a new forwarder may meet a veth still coming up).

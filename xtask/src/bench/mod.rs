@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 mod clients;
-pub(crate) use clients::{conn_client, serve, who_client};
+pub(crate) use clients::{conn_client, rr_client, serve, who_client};
 mod forwarder;
 mod keep;
 mod netns;
