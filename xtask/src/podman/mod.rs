@@ -383,7 +383,7 @@ pub fn podman(root: &Path) -> Result<super::Totals> {
         crate::util::is_root(),
         "cargo xtask podman needs root (it makes a user)"
     );
-    super::install_missing(&[
+    crate::util::install_missing(&[
         // podman needs a network stack; CNI is what 4.3.1 uses for rootless
         // bridges (named here so apt does not pick netavark instead).
         ("containernetworking-plugins", "/usr/lib/cni/bridge"),
