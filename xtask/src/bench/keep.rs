@@ -433,38 +433,6 @@ pub(super) fn render_keep_section(k: &Keep, opts: &BenchOptions) -> String {
     )
 }
 
-/// BENCHMARKS.md with its keep-source-ip section replaced by `section`
-/// (inserted before "## Where the time goes" if it has none).
-pub(super) fn replace_keep_section(text: &str, section: &str) -> String {
-    let heading = format!("## {KEEP_TITLE}");
-    let lines: Vec<&str> = text.lines().collect();
-    let (start, end) = match lines.iter().position(|l| *l == heading) {
-        Some(i) => (
-            i,
-            (i + 1..lines.len())
-                .find(|&j| lines[j].starts_with("## "))
-                .unwrap_or(lines.len()),
-        ),
-        None => {
-            let at = lines
-                .iter()
-                .position(|l| l.starts_with("## Where the time goes"))
-                .unwrap_or(lines.len());
-            (at, at)
-        }
-    };
-    let mut out: Vec<&str> = lines[..start].to_vec();
-    if out.last().is_some_and(|l| !l.is_empty()) {
-        out.push("");
-    }
-    out.extend(section.trim_matches('\n').lines());
-    out.push("");
-    out.extend(&lines[end..]);
-    let mut new = out.join("\n").trim_end().to_owned();
-    new.push('\n');
-    new
-}
-
 /// What README says above the keep-source-ip table when it first adds it.
 pub(super) const README_KEEP_INTRO: &str =
     "`cargo xtask bench` also measures our rootlessport keeping client addresses

@@ -12,20 +12,20 @@ mod clients;
 pub(crate) use clients::{conn_client, rr_client, serve, who_client};
 mod forwarder;
 mod keep;
+mod loops;
 mod netns;
 mod peers;
 mod report;
 
 use clients::{conn_rate, free_port_block, iperf, machine_busy_seconds, req_resp, LOOPBACK};
 use forwarder::{footprint, pasta_args, Forwarder, Tool};
-use keep::{
-    keep_source_ip, render_keep, render_keep_section, replace_keep_section, update_readme_keep,
-};
+use keep::{keep_source_ip, render_keep, render_keep_section, update_readme_keep, KEEP_TITLE};
+use loops::{loops, render_loops_section, IPERF_PORT_2, LOOPS_TITLE};
 use netns::BenchNetns;
 use peers::PASTA_RELEASE;
 use report::{
-    budget, deb_version, kernel, record, render, targets, today, update_readme, Gaps, Samples,
-    NOTES, PROFILE,
+    budget, deb_version, kernel, record, render, replace_section, targets, today, update_readme,
+    Gaps, Samples, NOTES, PROFILE,
 };
 
 pub(super) const GO_HELPER: &str = "/usr/lib/podman/rootlessport";
@@ -225,32 +225,71 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
         Path::new("/usr/bin/iperf3"),
         &["-s", "-p", &IPERF_PORT.to_string()],
     )?;
+    ns.spawn(
+        Path::new("/usr/bin/iperf3"),
+        &["-s", "-p", &IPERF_PORT_2.to_string()],
+    )?;
     ns.spawn(&server, &["bench-serve", &format!("0.0.0.0:{ECHO_PORT}")])?;
     std::thread::sleep(Duration::from_millis(300));
 
+    let want = |section: Section| opts.only.is_none_or(|only| only == section);
     let main = if everything {
         let pasta = pasta.clone().context("pasta is built for the main table")?;
         forwarders(&ns, &ours, &pasta, &server, opts).map(Some)
     } else {
         Ok(None)
     };
-    let keep = main.and_then(|main| Ok((main, keep_source_ip(&ns, &ours, &server, opts)?)));
+    let keep = main.and_then(|main| {
+        let keep = if want(Section::KeepSourceIp) {
+            Some(keep_source_ip(&ns, &ours, &server, opts)?)
+        } else {
+            None
+        };
+        Ok((main, keep))
+    });
+    let all = keep.and_then(|(main, keep)| {
+        let loops = if want(Section::Loops) {
+            Some(loops(&ns, &ours, opts)?)
+        } else {
+            None
+        };
+        Ok((main, keep, loops))
+    });
     drop(ns);
-    let (main, keep) = keep?;
+    let (main, keep, loops) = all?;
 
-    let keep_section = render_keep_section(&keep, opts);
-    println!("{}", render_keep(&keep));
+    let keep_section = keep.as_ref().map(|k| render_keep_section(k, opts));
+    let loops_section = loops.as_ref().map(|l| render_loops_section(l, opts));
+    if let Some(k) = &keep {
+        println!("{}", render_keep(k));
+    }
+    if let Some(l) = &loops_section {
+        println!("{l}");
+    }
     let Some((s, gaps)) = main else {
         let path = root.join("BENCHMARKS.md");
-        let text = std::fs::read_to_string(&path)
+        let mut text = std::fs::read_to_string(&path)
             .with_context(|| format!("failed to read {}", path.display()))?;
-        std::fs::write(&path, replace_keep_section(&text, &keep_section))
+        if let Some(section) = &keep_section {
+            text = replace_section(&text, KEEP_TITLE, section);
+        }
+        if let Some(section) = &loops_section {
+            text = replace_section(&text, LOOPS_TITLE, section);
+        }
+        std::fs::write(&path, text)
             .with_context(|| format!("failed to write {}", path.display()))?;
-        eprintln!("replaced the keep-source-ip section of BENCHMARKS.md");
-        update_readme_keep(&root.join("README.md"), &render_keep(&keep))?;
-        eprintln!("updated the keep-source-ip table in README.md");
+        eprintln!("replaced the section of BENCHMARKS.md");
+        if let Some(k) = &keep {
+            update_readme_keep(&root.join("README.md"), &render_keep(k))?;
+            eprintln!("updated the keep-source-ip table in README.md");
+        }
         return Ok(());
     };
+    let (keep, keep_section, loops_section) = (
+        keep.context("a full run measures keep-source-ip")?,
+        keep_section.unwrap_or_default(),
+        loops_section.unwrap_or_default(),
+    );
 
     let table = render(&s, &gaps);
     let budget = budget(&s);
@@ -281,7 +320,7 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
          loopback. {} rounds, interleaved; each cell is the median. Throughput and rates over \
          {} s each; CPU and memory cover the forwarder's whole process tree (the Go helper \
          re-executes itself as `rootlessport-child`).\n\n{table}\n{targets}\n{NOTES}{budget}\n\
-         {keep_section}\n{PROFILE}",
+         {keep_section}\n{loops_section}\n{PROFILE}",
         today(),
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -385,6 +424,8 @@ pub enum Section {
     /// Our rootlessport keeping client addresses against not, with a
     /// non-loopback client.
     KeepSourceIp,
+    /// One rootlessport event loop against two.
+    Loops,
 }
 
 impl Section {
@@ -392,7 +433,8 @@ impl Section {
     pub fn parse(name: &str) -> Result<Section> {
         match name {
             "keep-source-ip" => Ok(Section::KeepSourceIp),
-            other => bail!("unknown bench section {other:?} (known: keep-source-ip)"),
+            "loops" => Ok(Section::Loops),
+            other => bail!("unknown bench section {other:?} (known: keep-source-ip, loops)"),
         }
     }
 }

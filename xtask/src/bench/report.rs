@@ -359,3 +359,35 @@ pub(super) fn deb_version(package: &str) -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
 }
+
+/// BENCHMARKS.md with its section headed `## TITLE` replaced by `section`
+/// (inserted before "## Where the time goes" if it has none).
+pub(super) fn replace_section(text: &str, title: &str, section: &str) -> String {
+    let heading = format!("## {title}");
+    let lines: Vec<&str> = text.lines().collect();
+    let (start, end) = match lines.iter().position(|l| *l == heading) {
+        Some(i) => (
+            i,
+            (i + 1..lines.len())
+                .find(|&j| lines[j].starts_with("## "))
+                .unwrap_or(lines.len()),
+        ),
+        None => {
+            let at = lines
+                .iter()
+                .position(|l| l.starts_with("## Where the time goes"))
+                .unwrap_or(lines.len());
+            (at, at)
+        }
+    };
+    let mut out: Vec<&str> = lines[..start].to_vec();
+    if out.last().is_some_and(|l| !l.is_empty()) {
+        out.push("");
+    }
+    out.extend(section.trim_matches('\n').lines());
+    out.push("");
+    out.extend(&lines[end..]);
+    let mut new = out.join("\n").trim_end().to_owned();
+    new.push('\n');
+    new
+}
