@@ -418,7 +418,7 @@ pub(super) fn render_keep_section(k: &Keep, opts: &BenchOptions) -> String {
          with the address it sees), and the bench fails if on and off do not differ. This run: \
          with it on the server saw {}; with it off, {}.\n\n{} rounds, on and off alternating \
          which goes first; each cell is the median; throughput and rates over {} s each; CPU is \
-         the forwarder's own (/proc/PID/stat). The targets are the issue's: with it on, TCP \
+         the forwarder's own (its threads' time on a CPU, schedstat). The targets are the issue's: with it on, TCP \
          throughput, CPU per GB and the connection rate within 5% of off, UDP throughput within \
          10%. There is one client address, so its route in the namespace is made at its first \
          connection and then reused: the rows measure the steady cost per connection (a \

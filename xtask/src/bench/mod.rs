@@ -318,8 +318,9 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
          the veth address {NS_ADDR} there (pasta's splice path connects to the guest address \
          it is given with `-a`), a local address, so every route goes over the namespace's \
          loopback. {} rounds, interleaved; each cell is the median. Throughput and rates over \
-         {} s each; CPU and memory cover the forwarder's whole process tree (the Go helper \
-         re-executes itself as `rootlessport-child`).\n\n{table}\n{targets}\n{NOTES}{budget}\n\
+         {} s each; CPU (its threads' time on a CPU, from schedstat) and memory cover the \
+         forwarder's whole process tree (the Go helper re-executes itself as \
+         `rootlessport-child`).\n\n{table}\n{targets}\n{NOTES}{budget}\n\
          {keep_section}\n{loops_section}\n{PROFILE}",
         today(),
         std::thread::available_parallelism()
