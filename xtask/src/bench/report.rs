@@ -307,7 +307,8 @@ pub(super) fn targets(s: &Samples) -> String {
                 if v.met == Some(false) {
                     floor.push(format!(
                         "{label} {} (floor {} {}x)",
-                        ratio_text(v.ratio),
+                        v.ratio
+                            .map_or_else(|| "—".to_owned(), |x| format!("{x:.3}x")),
                         v.op,
                         v.bound
                     ));
@@ -324,12 +325,12 @@ pub(super) fn targets(s: &Samples) -> String {
     }
     out += &if floor.is_empty() {
         "- **Against the Go helper** nothing is lost: every row with a floor (its ratio in the \
-         2026-11-23 run) is at or past it.\n"
+         2026-11-23 run, whose CPU was utime + stime) is at or past it.\n"
             .to_owned()
     } else {
         format!(
-            "- **Against the Go helper** (floor: its ratio in the 2026-11-23 run) these rows \
-             fell short this run: {}.\n",
+            "- **Against the Go helper** (floor: its ratio in the 2026-11-23 run, whose CPU was \
+             utime + stime) these rows fell short this run: {}.\n",
             floor.join("; ")
         )
     };
