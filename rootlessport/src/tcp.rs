@@ -1,16 +1,16 @@
 //! TCP: accept on the host, connect inside the namespace, move the bytes
 //! with splice(2) through a reused pipe, propagate half-close both ways.
 
-use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use socket2::{Domain, SockRef, Type};
-use tokio::io::{Interest, Ready};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::factory::SocketFactory;
@@ -337,9 +337,19 @@ pub async fn relay(a: TcpStream, b: TcpStream, pipes: &PipePool) {
     // Accepted sockets inherit TCP_NODELAY from the listener (listen.rs).
     match (pipes.take(), pipes.take()) {
         (Some(p1), Some(p2)) => {
+            let (a, b) = match (reader(a), reader(b)) {
+                (Ok(a), Ok(b)) => (a, b),
+                (a, b) => {
+                    let e = a.err().or(b.err());
+                    tracing::warn!(error = ?e, "cannot watch a connection's sockets; closing it");
+                    pipes.give(p1);
+                    pipes.give(p2);
+                    return;
+                }
+            };
             let (r1, r2) = {
-                let one = pump(&a, &b, &p1);
-                let two = pump(&b, &a, &p2);
+                let one = pump(&a, b.get_ref().as_fd(), &p1);
+                let two = pump(&b, a.get_ref().as_fd(), &p2);
                 tokio::pin!(one, two);
                 let (mut r1, mut r2) = (None, None);
                 while r1.is_none() || r2.is_none() {
@@ -368,22 +378,96 @@ pub async fn relay(a: TcpStream, b: TcpStream, pipes: &PipePool) {
     }
 }
 
+/// The socket watched for reading only. tokio registers a stream for
+/// reading and writing, edge-triggered, and a socket that only receives
+/// still reports writability edges (measured: half the wakeups of a bulk
+/// transfer brought nothing else); writability is watched apart, on a
+/// duplicate, only once a write finds the socket full ([`Writer`]).
+fn reader(stream: TcpStream) -> io::Result<AsyncFd<OwnedFd>> {
+    // Leaves tokio's registration; the socket stays non-blocking.
+    let std = stream.into_std()?;
+    watch(OwnedFd::from(std), Interest::READABLE)
+}
+
+/// Registers `fd` with the event loop for `interest`, edge-triggered.
+#[allow(unsafe_code)]
+fn watch(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns the fd, so it stays open and refers to the
+    // same socket until the AsyncFd, and with it the registration, is
+    // dropped.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)
+}
+
+/// Where one direction writes: the socket, and the registration for its
+/// writability, made from a duplicate of it the first time a write finds
+/// it full (most connections never fill it).
+struct Writer<'a> {
+    fd: BorrowedFd<'a>,
+    watch: Option<AsyncFd<OwnedFd>>,
+}
+
+impl Writer<'_> {
+    /// Moves up to `len` bytes from the pipe: `Ok(None)` when the socket is
+    /// full (it is then watched, and its readiness cleared).
+    fn splice_from(
+        &mut self,
+        pipe: &Pipe,
+        len: usize,
+        flags: SpliceFFlags,
+    ) -> io::Result<Option<usize>> {
+        let fd = self.fd;
+        let once = || splice(&pipe.read, None, fd, None, len, flags).map_err(io::Error::from);
+        let Some(watch) = &self.watch else {
+            return match once() {
+                Ok(n) => Ok(Some(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.watch = Some(watch(fd.try_clone_to_owned()?, Interest::WRITABLE)?);
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            };
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let std::task::Poll::Ready(guard) = watch.poll_write_ready(&mut cx) else {
+            return Ok(None);
+        };
+        match guard?.try_io(|_| once()) {
+            Ok(r) => r.map(Some),
+            Err(_would_block) => Ok(None),
+        }
+    }
+
+    /// Until the socket may take more (only after [`splice_from`] said it
+    /// was full).
+    async fn writable(&self) -> io::Result<()> {
+        match &self.watch {
+            Some(w) => w.writable().await.map(|mut g| g.retain_ready()),
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// One direction: src -> pipe -> dst, until EOF on src and the pipe is
 /// empty. The source keeps draining into the pipe while the destination is
 /// full (up to the pipe's size), so both sockets' buffers keep moving.
-async fn pump(src: &TcpStream, dst: &TcpStream, pipe: &Pipe) -> io::Result<()> {
+async fn pump(src: &AsyncFd<OwnedFd>, dst: BorrowedFd<'_>, pipe: &Pipe) -> io::Result<()> {
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
     let (mut in_pipe, mut eof) = (0usize, false);
+    let mut dst = Writer {
+        fd: dst,
+        watch: None,
+    };
     loop {
         let mut moved = false;
         if !eof && in_pipe < pipe.size {
             let room = pipe.size - in_pipe;
-            let ready = ready_now(src);
-            if let Some(ready) = ready {
-                let closed = ready?.is_read_closed();
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if let std::task::Poll::Ready(guard) = src.poll_read_ready(&mut cx) {
+                let mut guard = guard?;
+                let closed = guard.ready().is_read_closed();
                 let mut got = 0;
-                let r = src.try_io(Interest::READABLE, || {
-                    got = splice(src, None, &pipe.write, None, room, flags)
+                let r = guard.try_io(|fd| {
+                    got = splice(fd, None, &pipe.write, None, room, flags)
                         .map_err(io::Error::from)?;
                     // Fewer bytes than the pipe had free slots (each holds
                     // at least one) means the socket's queue is empty: say
@@ -397,31 +481,27 @@ async fn pump(src: &TcpStream, dst: &TcpStream, pipe: &Pipe) -> io::Result<()> {
                     Ok(())
                 });
                 match r {
-                    Ok(()) if got == 0 => eof = true,
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
+                    Ok(Ok(())) if got == 0 => eof = true,
+                    Ok(Ok(())) | Err(_) => {}
+                    Ok(Err(e)) => return Err(e),
                 }
                 in_pipe += got;
                 moved |= got > 0 || eof;
             }
         }
         if in_pipe > 0 {
-            match dst.try_io(Interest::WRITABLE, || {
-                splice(&pipe.read, None, dst, None, in_pipe, flags).map_err(io::Error::from)
-            }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
+            match dst.splice_from(pipe, in_pipe, flags)? {
+                Some(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Some(n) => {
                     in_pipe -= n;
                     moved = true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+                None => {}
             }
         }
         if eof && in_pipe == 0 {
             // Half-close: the peer sent FIN; pass it on and keep the other way open.
-            let _ = SockRef::from(dst).shutdown(Shutdown::Write);
+            let _ = SockRef::from(&dst.fd).shutdown(Shutdown::Write);
             return Ok(());
         }
         if moved {
@@ -429,19 +509,8 @@ async fn pump(src: &TcpStream, dst: &TcpStream, pipe: &Pipe) -> io::Result<()> {
         }
         let want_read = !eof && in_pipe < pipe.size;
         tokio::select! {
-            r = src.ready(Interest::READABLE), if want_read => { r?; }
+            r = src.readable(), if want_read => { r?.retain_ready(); }
             r = dst.writable(), if in_pipe > 0 => { r?; }
         }
-    }
-}
-
-/// The readiness tokio knows for `stream` now, without waiting: `None` when
-/// it is not readable yet.
-fn ready_now(stream: &TcpStream) -> Option<io::Result<Ready>> {
-    let mut ready = std::pin::pin!(stream.ready(Interest::READABLE));
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match ready.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(r) => Some(r),
-        std::task::Poll::Pending => None,
     }
 }
