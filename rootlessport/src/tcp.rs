@@ -437,7 +437,7 @@ impl Writer<'_> {
         }
     }
 
-    /// Until the socket may take more (only after [`splice_from`] said it
+    /// Until the socket may take more (only after [`Self::splice_from`] said it
     /// was full).
     async fn writable(&self) -> io::Result<()> {
         match &self.watch {
