@@ -457,6 +457,10 @@ async fn pump(src: &AsyncFd<OwnedFd>, dst: BorrowedFd<'_>, pipe: &Pipe) -> io::R
         fd: dst,
         watch: None,
     };
+    // Whether the last read (nearly) filled the pipe: the source has more
+    // queued, so a write may leave its partial last segment for the next
+    // one (SPLICE_F_MORE); `corked` while such a tail may be held back.
+    let (mut more, mut corked) = (false, false);
     loop {
         let mut moved = false;
         if !eof && in_pipe < pipe.size {
@@ -487,14 +491,23 @@ async fn pump(src: &AsyncFd<OwnedFd>, dst: BorrowedFd<'_>, pipe: &Pipe) -> io::R
                 }
                 in_pipe += got;
                 moved |= got > 0 || eof;
+                if got > 0 {
+                    more = got >= pipe.size / 10 * 9;
+                }
             }
         }
         if in_pipe > 0 {
+            let flags = if more {
+                flags | SpliceFFlags::SPLICE_F_MORE
+            } else {
+                flags
+            };
             match dst.splice_from(pipe, in_pipe, flags)? {
                 Some(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Some(n) => {
                     in_pipe -= n;
                     moved = true;
+                    corked = more;
                 }
                 None => {}
             }
@@ -506,6 +519,12 @@ async fn pump(src: &AsyncFd<OwnedFd>, dst: BorrowedFd<'_>, pipe: &Pipe) -> io::R
         }
         if moved {
             continue;
+        }
+        if corked && in_pipe == 0 {
+            // Going idle: send a held-back tail now (setting TCP_NODELAY
+            // pushes what is queued) rather than when an ACK comes.
+            let _ = SockRef::from(&dst.fd).set_tcp_nodelay(true);
+            corked = false;
         }
         let want_read = !eof && in_pipe < pipe.size;
         tokio::select! {
