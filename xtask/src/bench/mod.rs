@@ -87,11 +87,12 @@ fn data_path(
     let f = Forwarder::start(tool, &ns.path(), &maps)?;
     let hung = |what: &str| anyhow::anyhow!("iperf3 {what} through {who:?} hung");
 
-    let cpu0 = f.cpu_seconds();
+    let (cpu0, busy0) = (f.cpu_seconds(), machine_busy_seconds());
     let (bps, bytes) = iperf(LOOPBACK, ip_port, seconds, false, 1)?.ok_or_else(|| hung("TCP"))?;
-    let cpu = f.cpu_seconds() - cpu0;
+    let (cpu, busy) = (f.cpu_seconds() - cpu0, machine_busy_seconds() - busy0);
     record(s, "tcp_gbps", who, bps / 1e9);
     record(s, "cpu_s_per_gb", who, cpu / (bytes / 1e9));
+    record(s, "machine_s_per_gb", who, busy / (bytes / 1e9));
     let cpu0 = f.cpu_seconds();
     let (bps, bytes) = iperf(LOOPBACK, ip_port, seconds, false, 4)?.ok_or_else(|| hung("-P 4"))?;
     let cpu = f.cpu_seconds() - cpu0;
@@ -160,8 +161,15 @@ fn data_path(
 fn direct_path(s: &mut Samples, iperf_port: u16, echo_port: u16, seconds: u64) -> Result<()> {
     let who = Subject::Direct;
     let hung = || anyhow::anyhow!("iperf3 on direct loopback hung");
-    let (bps, _) = iperf(LOOPBACK, iperf_port, seconds, false, 1)?.ok_or_else(hung)?;
+    let busy0 = machine_busy_seconds();
+    let (bps, bytes) = iperf(LOOPBACK, iperf_port, seconds, false, 1)?.ok_or_else(hung)?;
     record(s, "tcp_gbps", who, bps / 1e9);
+    record(
+        s,
+        "machine_s_per_gb",
+        who,
+        (machine_busy_seconds() - busy0) / (bytes / 1e9),
+    );
     let (bps, _) = iperf(LOOPBACK, iperf_port, seconds, false, 4)?.ok_or_else(hung)?;
     record(s, "tcp4_gbps", who, bps / 1e9);
     let (ubps, _) = iperf(LOOPBACK, iperf_port, seconds, true, 1)?.ok_or_else(hung)?;

@@ -93,6 +93,7 @@ pub(super) const ROWS: &[Row] = &[
     row("tcp_gbps", "TCP throughput, 1 stream (Gbit/s)", true, Some(1.05), Some(1.18)),
     row("tcp4_gbps", "TCP throughput, 4 streams (Gbit/s)", true, None, Some(1.10)),
     row("cpu_s_per_gb", "forwarder CPU per GB moved, 1 stream (s)", false, Some(0.9), Some(0.57)),
+    row("machine_s_per_gb", "  CPU per GB, whole machine, 1 stream (s)", false, None, None),
     row("cpu4_s_per_gb", "forwarder CPU per GB moved, 4 streams (s)", false, None, None),
     row("conn_per_s", "connect + 1-byte req/reply + close (conn/s)", true, Some(1.1), Some(2.49)),
     row("conn_p50_us", "  latency p50 (µs)", false, Some(0.9), Some(0.40)),
