@@ -126,7 +126,7 @@ const PAGES: &[&str] = &[
 
 /// A release build, then every file into place. Returns the layout.
 pub fn install(root: &Path, opts: &InstallOptions) -> Result<Layout> {
-    crate::run(crate::cargo().args([
+    crate::util::run(crate::util::cargo().args([
         "build",
         "--release",
         "-p",
@@ -148,7 +148,7 @@ pub fn install(root: &Path, opts: &InstallOptions) -> Result<Layout> {
     let completions = staging.path().join("completions");
     std::fs::create_dir(&man)?;
     std::fs::create_dir(&completions)?;
-    crate::run_quiet(
+    crate::util::run_quiet(
         Command::new(built.join("slirpnet"))
             .arg("__generate")
             .arg("--man")
@@ -226,7 +226,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// `cargo xtask install-check`: installs into a temporary DESTDIR (prefix
 /// /usr/local under it) and into a temporary `--prefix`, and checks each.
 pub fn install_check(root: &Path) -> Result<Totals> {
-    crate::install_missing(&[("man-db", "man"), ("groff-base", "groff"), ("bash", "bash")])?;
+    crate::util::install_missing(&[("man-db", "man"), ("groff-base", "groff"), ("bash", "bash")])?;
     if let Some(dir) = std::env::split_paths(SYSTEM_PATH).find(|d| d.join("rootlessport").exists())
     {
         bail!(
