@@ -3,7 +3,7 @@
 //! stdout once done:
 //!
 //! - `tcp ADDR PORT`: listen on ADDR:PORT (`::` is dual-stack), echo
-//! - `tcp6only PORT`: listen on [::]:PORT with IPV6_V6ONLY, echo
+//! - `tcp6only PORT`: listen on `[::]:PORT` with IPV6_V6ONLY, echo
 //! - `udp ADDR PORT`: bind ADDR:PORT, send every datagram back
 //! - `many ADDR FIRST N`: `tcp ADDR P` for P in FIRST..FIRST+N
 //! - `close PORT`: close every socket on PORT (connections carry on)
