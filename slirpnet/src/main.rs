@@ -256,31 +256,50 @@ fn main() -> ExitCode {
     finish(result)
 }
 
-/// The exit status of `result`, with a failure reported on stderr.
+/// The exit status of `result`, with a failure reported on stderr: the
+/// error and its causes on one line (each library error prints its cause
+/// either in its message or as its source, never both), then what to
+/// change on this command line, when the library's words name a setting.
 fn finish(result: Result<ExitCode>) -> ExitCode {
     result.unwrap_or_else(|e| {
+        let mut stderr = std::io::stderr();
         // A closed stderr must not turn a failure into a panic.
-        let _ = writeln!(std::io::stderr(), "slirpnet: {}", error_text(&e));
+        let _ = writeln!(stderr, "slirpnet: {e:#}");
+        if let Some(advice) = advice(&e) {
+            let _ = writeln!(stderr, "slirpnet: {advice}");
+        }
         ExitCode::from(EXIT_OWN_FAILURE)
     })
 }
 
-/// The error and its causes on one line, each cause once: the libraries'
-/// messages already end with their cause's text, which anyhow's `{:#}`
-/// would print again.
-fn error_text(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
+/// The options of this program that fix `e`, where the library names its
+/// own settings.
+fn advice(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|cause| {
+        // Transparent wrappers are not in the chain: look inside them.
+        let forwarder = cause
+            .downcast_ref::<slirpnet::PortForwardError>()
+            .or(match cause.downcast_ref() {
+                Some(slirpnet::SetupError::PortForward(e)) => Some(e),
+                _ => None,
+            });
+        let binary = cause
+            .downcast_ref::<slirpnet::BinaryError>()
+            .or(match cause.downcast_ref() {
+                Some(slirpnet::SetupError::Binary(e)) => Some(e),
+                _ => None,
+            });
+        if let Some(slirpnet::PortForwardError::NotFound) = forwarder {
+            return Some(
+                "build rootlessport (cargo build -p rootlessport) or install both (cargo xtask install), \
+                 name a forwarder with --rootlessport PATH, or use -o port_handler=slirp4netns",
+            );
         }
-        if !text.is_empty() {
-            text.push_str(": ");
+        if let Some(slirpnet::BinaryError::NotFound) = binary {
+            return Some("install slirp4netns (apt-get install slirp4netns), or name it with --slirp4netns PATH");
         }
-        text.push_str(&part);
-    }
-    text
+        None
+    })
 }
 
 /// Parses -o and -p, and assigns free host ports where none were given.

@@ -53,7 +53,7 @@ pub enum ForwarderInfo {
 pub enum PortForwardError {
     /// No rootlessport binary next to the program, in its
     /// `../libexec/slirpnet/` or on PATH.
-    #[error("rootlessport not found next to this program, in its ../libexec/slirpnet/ or in PATH; build it (cargo build -p rootlessport) or install both (cargo xtask install), name a forwarder binary (slirpnet --rootlessport PATH), or use -o port_handler=slirp4netns")]
+    #[error("rootlessport not found next to this program, in its ../libexec/slirpnet/ or in PATH; install it there, name a forwarder binary (ForwarderChoice::Binary), or forward through slirp4netns (PortHandler::Slirp4netns)")]
     NotFound,
     /// The named binary is not an executable file.
     #[error("port forwarder {} is not an executable file", .0.display())]
@@ -71,11 +71,11 @@ pub enum PortForwardError {
     Start(HelperError),
     /// The configuration for it is invalid (a bug, or bad ports).
     #[error("invalid port forwarder configuration: {0}")]
-    Config(#[from] slirp_opts::rootlessport::ConfigError),
+    Config(slirp_opts::rootlessport::ConfigError),
     /// The in-process forwarder failed to start.
     #[cfg(feature = "in-process")]
     #[error("in-process port forwarder: {0}")]
-    InProcess(#[from] rootlessport::StartError),
+    InProcess(rootlessport::StartError),
     /// In-process forwarding was asked for, but this build of slirpnet lacks
     /// the `in-process` feature.
     #[error("in-process port forwarding needs slirpnet built with its in-process feature")]
@@ -161,12 +161,12 @@ pub enum PortChangeError {
     #[error("port_handler=slirp4netns can only listen on IPv4 host addresses, not {0}")]
     Ipv6HostAddress(PortKey),
     /// slirp4netns refused a forward.
-    #[error("slirp4netns cannot forward {key}: {source}")]
+    #[error("slirp4netns cannot forward {key}: {error}")]
     Api {
         /// The forward.
         key: PortKey,
-        /// Its API's error.
-        source: slirp_api::ApiError,
+        /// Its API's error (in the message; not also its source).
+        error: slirp_api::ApiError,
     },
     /// The forwarder refused, with its own words.
     #[error("{forwarder}: {message}")]
@@ -412,7 +412,11 @@ mod inprocess {
             keep_source_ip: bool,
         ) -> Result<Self, PortForwardError> {
             let options = rootlessport::ForwardOptions::default().keep_source_ip(keep_source_ip);
-            let forwarder = rootlessport::Forwarder::start_with(config.validate()?, options)?;
+            let forwarder = rootlessport::Forwarder::start_with(
+                config.validate().map_err(PortForwardError::Config)?,
+                options,
+            )
+            .map_err(PortForwardError::InProcess)?;
             let handle = forwarder.handle();
             let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| PortForwardError::Thread(e.into()))?;

@@ -202,12 +202,12 @@ pub enum SetupError {
     #[error(transparent)]
     ApiWait(#[from] slirp_api::WaitError),
     /// Adding a forward.
-    #[error("failed to forward {forward}: {source}")]
+    #[error("failed to forward {forward}: {error}")]
     Forward {
         /// The forward.
         forward: Forward,
-        /// The error.
-        source: slirp_api::ApiError,
+        /// slirp4netns's answer (in the message; not also its source).
+        error: slirp_api::ApiError,
     },
 }
 
@@ -583,11 +583,11 @@ fn add_via_api(
             Some(IpAddr::V4(a)) => {
                 request = request.with_host_addr(a);
                 api.add_hostfwd(&request)
-                    .map_err(|source| PortChangeError::Api { key, source })
+                    .map_err(|error| PortChangeError::Api { key, error })
             }
             None => api
                 .add_hostfwd(&request)
-                .map_err(|source| PortChangeError::Api { key, source }),
+                .map_err(|error| PortChangeError::Api { key, error }),
         };
         match result {
             Ok(id) => {
@@ -623,8 +623,8 @@ impl Network {
                 self.info.forwards = added;
                 Ok(())
             }
-            Err((forward, PortChangeError::Api { source, .. })) => {
-                Err(SetupError::Forward { forward, source })
+            Err((forward, PortChangeError::Api { error, .. })) => {
+                Err(SetupError::Forward { forward, error })
             }
             Err((forward, _)) => Err(SetupError::Ipv6HostAddress {
                 addr: forward.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
@@ -677,13 +677,13 @@ impl Network {
     /// The handler cannot be asked.
     pub fn forwards(&mut self) -> Result<&[ForwardInfo], PortChangeError> {
         if let Some(api) = self.api() {
-            let entries = api.list_hostfwd().map_err(|source| PortChangeError::Api {
+            let entries = api.list_hostfwd().map_err(|error| PortChangeError::Api {
                 key: PortKey {
                     proto: Protocol::Tcp,
                     host_ip: None,
                     host_port: 0,
                 },
-                source,
+                error,
             })?;
             // The ids say which of ours each entry is; an address slirp4netns
             // reports as 0.0.0.0 is "all addresses".
@@ -791,7 +791,7 @@ impl Network {
                 };
                 if let Some(id) = self.info.forwards[pos].id {
                     api.remove_hostfwd(id)
-                        .map_err(|source| PortChangeError::Api { key: *key, source })?;
+                        .map_err(|error| PortChangeError::Api { key: *key, error })?;
                 }
                 self.info.forwards.remove(pos);
             }
