@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_port_handler(PortHandler::Slirp4netns)
         .with_ipv6(false);
     let mut opts = SetupOptions::new(network);
-    opts.ports.push(slirpnet::parse_port_spec(&format!(
+    opts.ports.extend(slirpnet::parse_forwards(&format!(
         "127.0.0.1:{host_port}:8000"
     ))?);
     let checked = plan(&opts)?;

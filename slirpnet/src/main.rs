@@ -16,16 +16,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use slirp_api::portctl::{ForwardEntry, PortKey, Request as PortRequest};
+use slirp_api::portctl::Request as PortRequest;
 use slirp_opts::{
-    parse_port_spec, NetworkOptions, PortMapping, PortSide, Protocol, SpecProblem, Target,
+    expand_all, parse_port_spec, Forward, NetworkOptions, PortMapping, Protocol, Target,
 };
-use slirpnet::session::{SessionServer, SharedNetwork};
+use slirpnet::session::Session;
 use slirpnet::{
-    plan, AutoPublish, AutoPublisher, ForwarderChoice, Network, NsChild, NsCommand, Plan,
+    plan, AutoPublish, ForwarderChoice, NsChild, NsCommand, Plan, PortKey, RemovalError,
     SetupOptions, SpawnError,
 };
-use std::sync::{Arc, Mutex};
 
 /// Our own failure (bad input, setup failed), as podman and runc use it.
 const EXIT_OWN_FAILURE: u8 = 125;
@@ -302,19 +301,26 @@ fn advice(e: &anyhow::Error) -> Option<&'static str> {
     })
 }
 
-/// Parses -o and -p, and assigns free host ports where none were given.
-fn parse_net(net: &NetArgs) -> Result<(NetworkOptions, Vec<PortMapping>)> {
+/// Parses -o and -p, assigns free host ports where none were given, and
+/// checks the ports into forwards.
+fn parse_net(net: &NetArgs) -> Result<(NetworkOptions, Vec<Forward>)> {
     let iface_exists = |name: &str| Path::new("/sys/class/net").join(name).exists();
     let options = NetworkOptions::parse(&[] as &[&str], false, &net.options, iface_exists)?;
-    let mut ports = Vec::new();
-    for spec in &net.publish {
+    let mappings = parse_specs(&net.publish)?;
+    Ok((options, expand_all(&mappings)?))
+}
+
+/// Parses `-p` values, assigning a free host port where none was given.
+fn parse_specs(specs: &[String]) -> Result<Vec<PortMapping>> {
+    let mut mappings = Vec::new();
+    for spec in specs {
         let mut m = parse_port_spec(spec)?;
         if m.host_port == 0 {
             m.host_port = free_host_port(&m).with_context(|| format!("-p {spec}"))?;
         }
-        ports.push(m);
+        mappings.push(m);
     }
-    Ok((options, ports))
+    Ok(mappings)
 }
 
 /// A host port free for every protocol of `m`, as podman picks one for `-p 80`.
@@ -344,40 +350,32 @@ fn free_host_port(m: &PortMapping) -> Result<u16> {
 /// already (a pipe closed after the JSON, `| head`): the network is up and
 /// the session goes on, so a failed write is only logged.
 fn report_setup(net: &NetArgs, info: &slirpnet::SetupInfo, out: &mut dyn Write) {
-    if let Err(e) = print_setup(net, info, out) {
-        tracing::debug!("the setup report was not written in full: {e:#}");
+    if let Err(e) = output::print(out, net.json, info, output::table) {
+        tracing::debug!("the setup report was not written in full: {e}");
     }
-}
-
-fn print_setup(net: &NetArgs, info: &slirpnet::SetupInfo, out: &mut dyn Write) -> Result<()> {
-    if net.json {
-        serde_json::to_writer_pretty(&mut *out, info)?;
-        writeln!(out)?;
-    } else {
-        output::table(info, out)?;
-    }
-    Ok(())
 }
 
 /// The setup options every subcommand shares.
 fn setup_options(
     net: &NetArgs,
     network: NetworkOptions,
-    ports: Vec<PortMapping>,
+    ports: Vec<Forward>,
 ) -> Result<SetupOptions> {
-    let mut opts = SetupOptions::new(network);
-    opts.binary = net.slirp4netns.clone();
-    opts.ports = ports;
-    if let Some(path) = &net.rootlessport {
-        opts.forwarder = ForwarderChoice::Binary(path.clone());
+    let mut opts = SetupOptions::new(network)
+        .with_ports(ports)
+        .with_keep_source_ip(!net.hide_source_ip);
+    if let Some(binary) = &net.slirp4netns {
+        opts = opts.with_binary(binary);
     }
-    opts.keep_source_ip = !net.hide_source_ip;
+    if let Some(path) = &net.rootlessport {
+        opts = opts.with_forwarder(ForwarderChoice::Binary(path.clone()));
+    }
     if let Some(host_ip) = net.publish_auto {
         let mut auto = AutoPublish::new(host_ip);
         for list in &net.publish_auto_exclude {
             auto.exclude.extend(slirpnet::parse_port_list(list)?);
         }
-        opts.publish_auto = Some(auto);
+        opts = opts.with_publish_auto(auto);
     }
     Ok(opts)
 }
@@ -392,8 +390,7 @@ fn dry_run(net: &NetArgs, plan: &Plan, target: &Target) -> Result<ExitCode> {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         value["argv"] = argv.into();
-        serde_json::to_writer_pretty(&mut out, &value)?;
-        writeln!(out)?;
+        output::print(&mut out, true, &value, |_, _| Ok(()))?;
     } else {
         writeln!(
             out,
@@ -421,7 +418,7 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
     let signals = block_signals()?;
     let net = checked.start(target)?;
     report_setup(&args.net, net.info(), &mut std::io::stdout().lock());
-    let session = Session::serve(net)?;
+    let session = Session::serve(net, std::process::id())?;
     loop {
         let sig = next_signal(&signals)?;
         if sig == Signal::SIGCHLD {
@@ -441,69 +438,14 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
     }
 }
 
-/// A running session: its network, shared with the control socket that
-/// `slirpnet ps` and `slirpnet port` talk to.
-struct Session {
-    shared: SharedNetwork,
-    server: Option<SessionServer>,
-    /// `--publish-auto`'s thread.
-    auto: Option<AutoPublisher>,
-}
-
-impl Session {
-    /// Serves the session's control socket; without it the session still
-    /// runs (its ports just cannot be changed), with a warning. Starts
-    /// `--publish-auto`'s thread; when it cannot start, the network is torn
-    /// down and the error returned.
-    fn serve(net: Network) -> Result<Self> {
-        let shared: SharedNetwork = Arc::new(Mutex::new(Some(net)));
-        let server = match SessionServer::start(shared.clone(), std::process::id()) {
-            Ok(server) => Some(server),
-            Err(e) => {
-                tracing::warn!("ports cannot be changed while this session runs: {e}");
-                None
-            }
-        };
-        let mut session = Session {
-            shared,
-            server,
-            auto: None,
-        };
-        match AutoPublisher::start(&session.shared) {
-            Ok(auto) => session.auto = auto,
-            Err(e) => {
-                session.end();
-                return Err(e.into());
-            }
-        }
-        Ok(session)
-    }
-
-    /// Runs `f` on the network (while the session runs).
-    fn with<T: Default>(&self, f: impl FnOnce(&mut Network) -> T) -> T {
-        let mut guard = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_mut().map(f).unwrap_or_default()
-    }
-
-    /// Stops serving the control socket (removing it), then tears the
-    /// network down: forwarder first, then slirp4netns.
-    fn end(mut self) -> Option<slirp_proc::Exit> {
-        drop(self.server.take());
-        drop(self.auto.take());
-        let net = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take();
-        net.map(Network::teardown)
-    }
-}
-
 fn ps(args: PsArgs) -> Result<()> {
     let sessions = slirpnet::session::sessions();
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &sessions)?;
-        writeln!(out)?;
-    } else {
-        output::sessions(&sessions, &mut out)?;
-    }
+    output::print(
+        &mut std::io::stdout().lock(),
+        args.json,
+        &sessions,
+        |s, out| output::sessions(s, out),
+    )?;
     Ok(())
 }
 
@@ -536,133 +478,54 @@ fn session_path(args: &SessionArgs) -> Result<PathBuf> {
         })
 }
 
-/// Sends one port request to a session; the forwards after it.
-fn ask_session(path: &Path, req: &PortRequest) -> Result<Vec<ForwardEntry>> {
-    Ok(slirpnet::session::ports(path, req)?)
-}
-
 fn port(cmd: PortCmd) -> Result<()> {
     let mut out = std::io::stdout().lock();
+    let ask = |path: &Path, req: &PortRequest| slirpnet::session::ports(path, req);
     match cmd {
         PortCmd::Ls { session, json } => {
-            let forwards = ask_session(&session_path(&session)?, &PortRequest::List)?;
-            if json {
-                serde_json::to_writer_pretty(&mut out, &forwards)?;
-                writeln!(out)?;
-            } else {
-                output::forwards(&forwards, &mut out)?;
-            }
+            let forwards = ask(&session_path(&session)?, &PortRequest::List)?;
+            output::print(&mut out, json, &forwards, |f, out| output::forwards(f, out))?;
         }
         PortCmd::Add { session, publish } => {
             let path = session_path(&session)?;
-            let mut mappings = Vec::new();
-            for spec in &publish {
-                let mut m = parse_port_spec(spec)?;
-                if m.host_port == 0 {
-                    m.host_port = free_host_port(&m).with_context(|| format!("-p {spec}"))?;
-                }
-                mappings.push(m);
-            }
-            let forwards = ask_session(&path, &PortRequest::Add { mappings })?;
+            let mappings = parse_specs(&publish)?;
+            let forwards = ask(&path, &PortRequest::Add { mappings })?;
             output::forwards(&forwards, &mut out)?;
         }
         PortCmd::Rm { session, publish } => {
             let path = session_path(&session)?;
-            let now = ask_session(&path, &PortRequest::List)?;
+            let now: Vec<Forward> = ask(&path, &PortRequest::List)?
+                .into_iter()
+                .map(Forward::from)
+                .collect();
             let mut keys: Vec<PortKey> = Vec::new();
             for spec in &publish {
-                for key in removal_keys(spec, &now)? {
+                let named = slirpnet::removal_keys(spec, &now).map_err(|e| match e {
+                    RemovalError::NotForwarded { .. } => anyhow!("-p {e}"),
+                    e => e.into(),
+                })?;
+                for key in named {
                     if !keys.contains(&key) {
                         keys.push(key);
                     }
                 }
             }
-            let forwards = ask_session(&path, &PortRequest::Remove { ports: keys })?;
+            let forwards = ask(&path, &PortRequest::Remove { ports: keys })?;
             output::forwards(&forwards, &mut out)?;
         }
     }
     Ok(())
 }
 
-/// The forwards `spec` names among `now`: the spec they were added with
-/// (its host side), or a host port alone (`[HOST_IP:]HOST_PORT[-END][/PROTO]`,
-/// every protocol when none is named).
-fn removal_keys(spec: &str, now: &[ForwardEntry]) -> Result<Vec<PortKey>> {
-    let m = match host_port_alone(spec) {
-        Some(full) => parse_port_spec(&full).map_err(|mut e| {
-            // Name what was given, and its ports as the host's (they are).
-            e.spec = spec.to_owned();
-            match &mut e.problem {
-                SpecProblem::MissingPort { side }
-                | SpecProblem::PortZero { side }
-                | SpecProblem::InvalidPort { side, .. }
-                | SpecProblem::BackwardRange { side, .. } => *side = PortSide::Host,
-                _ => {}
-            }
-            e
-        })?,
-        None => parse_port_spec(spec)?,
-    };
-    let protos_named = spec.contains('/');
-    let host_ip = m.host_addr()?;
-    // Without a host port the number is the host port (as podman reads a
-    // lone number as the container port, "a host port alone" means it here).
-    let (first, range) = if m.host_port != 0 {
-        (m.host_port, m.range.max(1))
-    } else {
-        (m.container_port, m.range.max(1))
-    };
-    let protos = m.protocols()?;
-    let wanted = |e: &ForwardEntry| {
-        let port_ok =
-            e.host_port >= first && u32::from(e.host_port) < u32::from(first) + u32::from(range);
-        let proto_ok = !protos_named || protos.contains(&e.proto);
-        let ip_ok = m.host_ip.is_empty() || e.host_ip == host_ip;
-        port_ok && proto_ok && ip_ok
-    };
-    let keys: Vec<PortKey> = now
-        .iter()
-        .filter(|e| wanted(e))
-        .map(|e| PortKey {
-            proto: e.proto,
-            host_ip: e.host_ip,
-            host_port: e.host_port,
-        })
-        .collect();
-    if keys.is_empty() {
-        bail!("-p {spec}: no such port is forwarded");
-    }
-    Ok(keys)
-}
-
-/// A host port alone with its address (`HOST_IP:HOST_PORT[-END][/PROTO]`,
-/// IPv6 in brackets), which podman's syntax would read as host and
-/// container port, rewritten as the spec naming the same host side
-/// (`HOST_IP:PORTS:PORTS[/PROTO]`); `None` for any other spec.
-fn host_port_alone(spec: &str) -> Option<String> {
-    let (rest, proto) = match spec.rsplit_once('/') {
-        Some((rest, proto)) => (rest, format!("/{proto}")),
-        None => (spec, String::new()),
-    };
-    let (ip, ports) = rest.rsplit_once(':')?;
-    let bare = match ip.strip_prefix('[') {
-        Some(inner) => inner.strip_suffix(']')?,
-        None => ip,
-    };
-    bare.parse::<IpAddr>().ok()?;
-    Some(format!("{ip}:{ports}:{ports}{proto}"))
-}
-
 fn stats(args: StatsArgs) -> Result<()> {
     let ns = netns_util::Netns::open(&args.netns)?;
     let info = netns_util::interface_info(&ns, &args.interface)?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &info)?;
-        writeln!(out)?;
-    } else {
-        output::stats(&info, &mut out)?;
-    }
+    output::print(
+        &mut std::io::stdout().lock(),
+        args.json,
+        &info,
+        output::stats,
+    )?;
     Ok(())
 }
 
@@ -744,7 +607,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         report_setup(&args.net, net.info(), &mut std::io::stderr().lock());
     }
     // On failure the child is dropped, which kills its namespace.
-    let session = Session::serve(net)?;
+    let session = Session::serve(net, std::process::id())?;
     match child.go() {
         Ok(()) => {}
         // It exits 127 or 126, which becomes ours below.
@@ -805,49 +668,5 @@ fn supervise(signals: &SignalFd, child: &mut NsChild, session: Session) -> Resul
         if from_process {
             let _ = child.signal(sig);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(proto: Protocol, ip: Option<&str>, host_port: u16) -> ForwardEntry {
-        ForwardEntry {
-            proto,
-            host_ip: ip.map(|i| i.parse().unwrap()),
-            host_port,
-            container_port: 80,
-            auto: false,
-        }
-    }
-
-    #[test]
-    fn removal_keys_take_a_host_port_alone_with_its_address() {
-        let now = [
-            entry(Protocol::Tcp, Some("127.0.0.1"), 8080),
-            entry(Protocol::Udp, Some("127.0.0.1"), 8080),
-            entry(Protocol::Tcp, Some("::1"), 8081),
-            entry(Protocol::Tcp, None, 8082),
-        ];
-        let ports = |spec: &str| -> Vec<u16> {
-            removal_keys(spec, &now)
-                .unwrap()
-                .iter()
-                .map(|k| k.host_port)
-                .collect()
-        };
-        assert_eq!(ports("127.0.0.1:8080"), [8080, 8080]);
-        assert_eq!(ports("127.0.0.1:8080/udp"), [8080]);
-        assert_eq!(ports("127.0.0.1:8080-8081"), [8080, 8080]);
-        assert_eq!(ports("[::1]:8081"), [8081]);
-        assert_eq!(ports("8082"), [8082]);
-        assert_eq!(ports("127.0.0.1:8080:80/tcp"), [8080]);
-        assert_eq!(ports("8082:80"), [8082]);
-        assert!(removal_keys("127.0.0.2:8080", &now).is_err());
-        assert_eq!(
-            removal_keys("127.0.0.1:x", &now).unwrap_err().to_string(),
-            r#"invalid port spec "127.0.0.1:x": host port "x" is not a number from 1 to 65535"#
-        );
     }
 }

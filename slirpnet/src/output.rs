@@ -1,13 +1,29 @@
-//! Human-readable output.
+//! What the program prints: each report as JSON or as a table, chosen in
+//! one place ([`print`]).
 
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::Path;
 
 use netns_util::InterfaceInfo;
-use slirp_opts::portctl::ForwardEntry;
+use slirp_api::portctl::ForwardEntry;
 use slirpnet::session::SessionStatus;
 use slirpnet::SetupInfo;
+
+/// Prints `value` as pretty JSON when `json`, else as `table` writes it.
+pub fn print<T: serde::Serialize + ?Sized>(
+    out: &mut dyn Write,
+    json: bool,
+    value: &T,
+    table: impl FnOnce(&T, &mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, value)?;
+        writeln!(out)
+    } else {
+        table(value, out)
+    }
+}
 
 /// The setup as a short table.
 pub fn table(info: &SetupInfo, out: &mut dyn Write) -> io::Result<()> {
@@ -71,7 +87,7 @@ pub fn table(info: &SetupInfo, out: &mut dyn Write) -> io::Result<()> {
         }
     )?;
     writeln!(out, "  {:<5} {:<24} CONTAINER", "PROTO", "HOST")?;
-    for f in &info.forwards {
+    for f in info.forwards.iter().map(|f| f.forward) {
         writeln!(
             out,
             "  {:<5} {:<24} {}",

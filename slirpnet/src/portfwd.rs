@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
-use slirp_api::portctl::{PortKey, Request};
-use slirp_opts::rootlessport::Config;
-use slirp_opts::{Forward, PortMapping};
+use slirp_api::portctl::Request;
+use slirp_opts::rootlessport::{Config, CONTROL_SOCKET_ENV, KEEP_SOURCE_IP_ENV};
+use slirp_opts::{Forward, PortKey};
 use slirp_proc::{Helper, HelperCommand, HelperError};
 
 /// Who forwards the host ports with port_handler=rootlesskit.
@@ -77,7 +77,8 @@ pub enum PortForwardError {
     #[error("in-process port forwarder: {0}")]
     InProcess(rootlessport::StartError),
     /// In-process forwarding was asked for, but this build of slirpnet lacks
-    /// the `in-process` feature.
+    /// the `in-process` feature (never, as [`ForwarderChoice::InProcess`]
+    /// exists only with it).
     #[error("in-process port forwarding needs slirpnet built with its in-process feature")]
     InProcessUnavailable,
     /// The private directory for the forwarder's control socket.
@@ -89,15 +90,14 @@ pub enum PortForwardError {
     Thread(std::io::Error),
 }
 
-/// Resolves `choice` to what will run, checking that a binary exists.
-///
-/// # Errors
-///
+/// Resolves `choice` to what will run, checking that a binary exists:
 /// [`PortForwardError::NotFound`] when our rootlessport is neither next to
 /// this program, nor in its `../libexec/slirpnet/`, nor on PATH;
 /// [`PortForwardError::NotExecutable`] for a named binary that is not an
 /// executable file.
-pub fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, PortForwardError> {
+pub(crate) fn resolve_forwarder(
+    choice: &ForwarderChoice,
+) -> Result<ForwarderInfo, PortForwardError> {
     match choice {
         ForwarderChoice::Binary(path) => {
             if crate::binary::is_executable(path) {
@@ -160,6 +160,9 @@ pub enum PortChangeError {
     /// slirp4netns forwards only IPv4 host addresses.
     #[error("port_handler=slirp4netns can only listen on IPv4 host addresses, not {0}")]
     Ipv6HostAddress(PortKey),
+    /// slirp4netns could not be asked for its forwards.
+    #[error("slirp4netns cannot list its forwards: {0}")]
+    ApiList(slirp_api::ApiError),
     /// slirp4netns refused a forward.
     #[error("slirp4netns cannot forward {key}: {error}")]
     Api {
@@ -190,13 +193,15 @@ pub enum PortChangeError {
 
 /// A running port forwarder. Dropping it stops it.
 #[derive(Debug)]
-pub struct PortForwarder {
+pub(crate) struct PortForwarder {
     running: Running,
 }
 
 #[derive(Debug)]
 enum Running {
-    Helper(Helper, Control),
+    /// The helper, its control socket, and whether it was asked to keep
+    /// client addresses.
+    Helper(Helper, Control, bool),
     #[cfg(feature = "in-process")]
     InProcess(inprocess::InProcess),
 }
@@ -232,7 +237,7 @@ impl PortForwarder {
                     &control.socket,
                     keep_source_ip,
                 )?;
-                Running::Helper(helper, control)
+                Running::Helper(helper, control, keep_source_ip)
             }
             #[cfg(feature = "in-process")]
             ForwarderInfo::InProcess => {
@@ -244,10 +249,21 @@ impl PortForwarder {
         Ok(PortForwarder { running })
     }
 
+    /// Whether the service sees clients' own addresses: in-process, what
+    /// the namespace granted; a binary, what it was asked (it warns itself
+    /// when refused).
+    pub fn keeps_source_ip(&self) -> bool {
+        match &self.running {
+            Running::Helper(_, _, asked) => *asked,
+            #[cfg(feature = "in-process")]
+            Running::InProcess(p) => p.keeps_source_ip(),
+        }
+    }
+
     /// The helper's process id; `None` in-process.
     pub fn pid(&self) -> Option<u32> {
         match &self.running {
-            Running::Helper(h, _) => Some(h.pid()),
+            Running::Helper(h, ..) => Some(h.pid()),
             #[cfg(feature = "in-process")]
             Running::InProcess(_) => None,
         }
@@ -257,7 +273,7 @@ impl PortForwarder {
     /// SIGKILL and is reaped; in-process, the forwarder's threads end.
     pub fn stop(self) {
         match self.running {
-            Running::Helper(h, _control) => {
+            Running::Helper(h, ..) => {
                 let _ = h.stop(Duration::from_secs(2));
             }
             #[cfg(feature = "in-process")]
@@ -289,7 +305,7 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 impl PortForwarder {
     fn name(&self) -> String {
         match &self.running {
-            Running::Helper(h, _) => h.program().display().to_string(),
+            Running::Helper(h, ..) => h.program().display().to_string(),
             #[cfg(feature = "in-process")]
             Running::InProcess(_) => "in-process port forwarder".into(),
         }
@@ -297,7 +313,7 @@ impl PortForwarder {
 
     fn ask(&self, req: &Request) -> Result<Vec<Forward>, PortChangeError> {
         match &self.running {
-            Running::Helper(h, control) => {
+            Running::Helper(h, control, _) => {
                 if !control.socket.exists() {
                     return Err(PortChangeError::Unsupported(h.program().to_owned()));
                 }
@@ -328,14 +344,14 @@ impl PortForwarder {
         self.ask(&Request::List)
     }
 
-    /// Adds `mappings` while it serves: all or none. Returns every forward.
+    /// Adds `forwards` while it serves: all or none. Returns every forward.
     ///
     /// # Errors
     ///
     /// It refused (a port in use, already forwarded, ...) or cannot be asked.
-    pub fn add(&self, mappings: &[PortMapping]) -> Result<Vec<Forward>, PortChangeError> {
+    pub fn add(&self, forwards: &[Forward]) -> Result<Vec<Forward>, PortChangeError> {
         self.ask(&Request::Add {
-            mappings: mappings.to_vec(),
+            mappings: forwards.iter().map(Forward::to_mapping).collect(),
         })
     }
 
@@ -366,12 +382,11 @@ fn start_helper(
     cmd.ready_timeout = timeout;
     // Set either way, so that an inherited value does not decide.
     cmd.env.push((
-        "ROOTLESSPORT_KEEP_SOURCE_IP".into(),
+        KEEP_SOURCE_IP_ENV.into(),
         if keep_source_ip { "1" } else { "0" }.into(),
     ));
     // Our rootlessport serves port changes there; another forwarder ignores it.
-    cmd.env
-        .push(("ROOTLESSPORT_CONTROL_SOCKET".into(), control.into()));
+    cmd.env.push((CONTROL_SOCKET_ENV.into(), control.into()));
     if std::env::var_os("ROOTLESSPORT_LOG").is_none() {
         cmd.env.push(("ROOTLESSPORT_LOG".into(), "warn".into()));
     }
@@ -404,6 +419,7 @@ mod inprocess {
         exit: Option<OwnedFd>,
         thread: Option<JoinHandle<()>>,
         handle: rootlessport::ForwarderHandle,
+        keeps_source_ip: bool,
     }
 
     impl InProcess {
@@ -418,6 +434,7 @@ mod inprocess {
             )
             .map_err(PortForwardError::InProcess)?;
             let handle = forwarder.handle();
+            let keeps_source_ip = forwarder.keeps_source_ip();
             let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| PortForwardError::Thread(e.into()))?;
             let thread = std::thread::Builder::new()
@@ -432,6 +449,7 @@ mod inprocess {
                 exit: Some(write),
                 thread: Some(thread),
                 handle,
+                keeps_source_ip,
             })
         }
 
@@ -444,6 +462,10 @@ mod inprocess {
                 Request::Remove { ports } => self.handle.remove(ports),
                 _ => self.handle.list(),
             }
+        }
+
+        pub(super) fn keeps_source_ip(&self) -> bool {
+            self.keeps_source_ip
         }
 
         pub(super) fn stop(mut self) {

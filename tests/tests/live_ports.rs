@@ -900,7 +900,7 @@ fn first_port_by_port_add(user: &User, handler: &str) {
     assert_eq!(session.ls(), vec![tcp(port, 7000)]);
     assert_tcp_echo(local(port), 5);
     let st = status(&session);
-    assert_eq!(st.port_handler, handler);
+    assert_eq!(st.port_handler.as_str(), handler);
     if handler == "rootlesskit" {
         let forwarder = st.forwarder.expect("a forwarder after the first add");
         assert_eq!(
@@ -1172,7 +1172,7 @@ fn ps_lists_sessions_and_forgets_killed_ones() {
     );
     let sa = listed.iter().find(|s| s.pid == a.pid()).unwrap();
     assert_eq!(sa.netns, format!("/proc/{}/ns/net", a.command_pid.unwrap()));
-    assert_eq!(sa.port_handler, "rootlesskit");
+    assert_eq!(sa.port_handler.as_str(), "rootlesskit");
     assert_eq!(sa.forwards, vec![tcp(port, 7000)]);
     assert!(sa
         .forwarder
@@ -1180,7 +1180,7 @@ fn ps_lists_sessions_and_forgets_killed_ones() {
         .is_some_and(|f| f.ends_with("/rootlessport")));
     assert!(sa.slirp4netns_pid > 0);
     let sb = listed.iter().find(|s| s.pid == b.pid()).unwrap();
-    assert_eq!(sb.port_handler, "slirp4netns");
+    assert_eq!(sb.port_handler.as_str(), "slirp4netns");
     assert!(sb.forwards.is_empty());
     // The table too.
     let table = root.output(["ps"]);
