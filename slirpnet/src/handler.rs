@@ -175,7 +175,7 @@ impl ApiPorts {
     /// Adds `forwards`: all, or none (what this call added is removed
     /// again when one fails, which is returned with why). An IPv6 host
     /// address is refused, never widened to 0.0.0.0.
-    fn add_all(&mut self, forwards: &[Forward]) -> Result<(), (Forward, PortChangeError)> {
+    fn add_all(&mut self, forwards: &[Forward]) -> Result<(), Box<(Forward, PortChangeError)>> {
         let api = self.client();
         let mut added: Vec<ForwardInfo> = Vec::new();
         for f in forwards {
@@ -201,7 +201,7 @@ impl ApiPorts {
                     for id in added.iter().filter_map(|done| done.id) {
                         let _ = api.remove_hostfwd(id);
                     }
-                    return Err((*f, e));
+                    return Err(Box::new((*f, e)));
                 }
             }
         }
@@ -227,7 +227,7 @@ impl Ports for ApiPorts {
                 .exited_within(d)
                 .map(|e| format!("{e}: {}", slirp.log_text()))
         })?;
-        match self.add_all(forwards) {
+        match self.add_all(forwards).map_err(|e| *e) {
             Ok(()) => Ok(self.made.clone()),
             Err((forward, PortChangeError::Api { error, .. })) => {
                 Err(SetupError::Forward { forward, error })
@@ -240,7 +240,7 @@ impl Ports for ApiPorts {
     }
 
     fn add(&mut self, forwards: &[Forward]) -> Result<Vec<ForwardInfo>, PortChangeError> {
-        self.add_all(forwards).map_err(|(_, e)| e)?;
+        self.add_all(forwards).map_err(|e| e.1)?;
         Ok(self.made.clone())
     }
 
