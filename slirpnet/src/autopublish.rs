@@ -100,8 +100,7 @@ pub enum AutoPublishError {
 /// use slirpnet::{plan, AutoPublish, AutoPublisher, NetworkOptions, SetupOptions, Target};
 ///
 /// let network = NetworkOptions::parse(&[] as &[&str], false, &[] as &[&str], |_| false)?;
-/// let mut opts = SetupOptions::new(network);
-/// opts.publish_auto = Some(AutoPublish::new("127.0.0.1".parse()?));
+/// let opts = SetupOptions::new(network).with_publish_auto(AutoPublish::new("127.0.0.1".parse()?));
 /// let net = plan(&opts)?.start(Target::Path { netns: "/run/netns/demo".into(), userns: None })?;
 /// let shared = Arc::new(Mutex::new(Some(net)));
 /// let publisher = AutoPublisher::start(&shared)?;

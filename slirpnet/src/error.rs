@@ -65,3 +65,58 @@ pub enum SetupError {
         error: slirp_api::ApiError,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+    use crate::portfwd::PortChangeError;
+
+    /// `e`'s message repeats none of its sources' (message or source,
+    /// never both), so a printer walking the chain says each once.
+    fn once(e: &dyn Error) {
+        let text = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            assert!(
+                !text.contains(&c.to_string()),
+                "{text:?} repeats its source {c}"
+            );
+            cause = c.source();
+        }
+    }
+
+    #[test]
+    fn every_cause_is_printed_once() {
+        let api = || {
+            slirp_api::Client::new("/nonexistent/slirpnet-test.sock")
+                .list_hostfwd()
+                .unwrap_err()
+        };
+        let forward = slirp_opts::parse_forwards("127.0.0.1:8080:80").unwrap()[0];
+        let errors: Vec<Box<dyn Error>> = vec![
+            Box::new(SetupError::Forward {
+                forward,
+                error: api(),
+            }),
+            Box::new(PortChangeError::Api {
+                key: forward.key(),
+                error: api(),
+            }),
+            Box::new(PortChangeError::ApiList(api())),
+            Box::new(BinaryError::Stat {
+                path: "/nonexistent".into(),
+                error: std::io::Error::other("gone"),
+            }),
+            Box::new(PortForwardError::Config(
+                slirp_opts::rootlessport::Config::default()
+                    .validate()
+                    .unwrap_err(),
+            )),
+        ];
+        for e in &errors {
+            once(e.as_ref());
+        }
+    }
+}

@@ -109,7 +109,8 @@ pub(crate) fn check(
                 // #4586).
                 checked.warnings.push(
                     "UDP forwards through slirp4netns get no replies while host loopback is disabled \
-                     (a slirp4netns limitation); add -o allow_host_loopback=true, or use the rootlesskit port handler"
+                     (a slirp4netns limitation); allow it (allow_host_loopback=true), \
+                     or forward through a port forwarder (PortHandler::Rootlesskit)"
                         .to_owned(),
                 );
             }

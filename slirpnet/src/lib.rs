@@ -17,8 +17,9 @@
 //! let network = NetworkOptions::new()
 //!     .with_port_handler(PortHandler::Slirp4netns)
 //!     .with_mtu(1500);
-//! let mut opts = SetupOptions::new(network);
-//! opts.ports.extend(slirpnet::parse_forwards("127.0.0.1:8080:80/tcp,udp")?);
+//! let opts = SetupOptions::new(network)
+//!     .with_ports(slirpnet::parse_forwards("127.0.0.1:8080:80/tcp,udp")?);
+//! assert_eq!(opts.ports.len(), 2);
 //! assert_eq!(opts.forwarder, ForwarderChoice::Rootlessport);
 //! assert_eq!(opts.network.mtu, 1500);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -30,8 +31,7 @@
 //! use slirpnet::{plan, NetworkOptions, PortHandler, SetupOptions, Target};
 //!
 //! let network = NetworkOptions::new().with_port_handler(PortHandler::Slirp4netns);
-//! let mut opts = SetupOptions::new(network);
-//! opts.ports.extend(slirpnet::parse_forwards("127.0.0.1:8080:80")?);
+//! let opts = SetupOptions::new(network).with_ports(slirpnet::parse_forwards("127.0.0.1:8080:80")?);
 //! let checked = plan(&opts)?;
 //! let net = checked.start(Target::Path { netns: "/run/netns/demo".into(), userns: None })?;
 //! println!("guest {} via {}", net.info().guest, net.info().gateway);

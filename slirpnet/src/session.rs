@@ -18,8 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
-use slirp_api::control::{ControlError, ControlReply, ControlServer, ServeError};
-use slirp_api::portctl::{ForwardEntry, Reply, Request};
+use slirp_api::control::{ControlReply, ControlServer};
+// What this module's signatures name, so that a caller needs no second
+// dependency to name it.
+pub use slirp_api::control::{ControlError, ServeError};
+pub use slirp_api::portctl::{ForwardEntry, Reply, Request};
 use slirp_opts::{expand_all, PortHandler, PortKey, PortMapping};
 
 use crate::autopublish::{AutoPublishError, AutoPublisher};
