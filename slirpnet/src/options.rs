@@ -11,8 +11,8 @@ use slirp_opts::{Forward, NetworkOptions};
 
 use crate::portfwd::ForwarderChoice;
 
-/// How to set up: everything but the namespace, which [`Plan::start`]
-/// (or [`setup`]) takes.
+/// How to set up: everything but the namespace, which [`Plan::start`](crate::Plan::start)
+/// (or [`setup`](crate::setup)) takes.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct SetupOptions {
@@ -31,7 +31,7 @@ pub struct SetupOptions {
     /// Turn IPv6 accept_dad off in the namespace while slirp4netns starts.
     /// Needs the right to enter the namespace (CAP_SYS_ADMIN in this
     /// process's own user namespace too); off when the caller does it from
-    /// inside, as [`Plan::run`] does.
+    /// inside, as [`Plan::run`](crate::Plan::run) does.
     pub toggle_accept_dad: bool,
     /// Start slirp4netns in a new mount namespace when the sandbox is on
     /// (needs CAP_SYS_ADMIN).

@@ -77,7 +77,7 @@ pub enum PortForwardError {
     #[error("in-process port forwarder: {0}")]
     InProcess(rootlessport::StartError),
     /// In-process forwarding was asked for, but this build of slirpnet lacks
-    /// the `in-process` feature (never, as [`ForwarderChoice::InProcess`]
+    /// the `in-process` feature (never, as `ForwarderChoice::InProcess`
     /// exists only with it).
     #[error("in-process port forwarding needs slirpnet built with its in-process feature")]
     InProcessUnavailable,
