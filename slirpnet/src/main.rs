@@ -451,31 +451,11 @@ fn ps(args: PsArgs) -> Result<()> {
 
 /// The control socket of the session `args` names.
 fn session_path(args: &SessionArgs) -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    if let Some(pid) = args.pid {
-        let path = slirpnet::session::session_socket(pid);
-        if !path.exists() {
-            bail!(
-                "no slirpnet session of this user with pid {pid} (no socket {})",
-                path.display()
-            );
-        }
-        return Ok(path);
+    match (args.pid, &args.netns) {
+        (Some(pid), _) => Ok(slirpnet::session::socket_of_pid(pid)?),
+        (None, Some(netns)) => Ok(slirpnet::session::socket_of_netns(netns)?),
+        (None, None) => bail!("--pid or --netns"),
     }
-    let netns = args.netns.as_ref().context("--pid or --netns")?;
-    // The same namespace, however it is named: its nsfs inode.
-    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
-    let wanted = id(netns).with_context(|| format!("cannot read {}", netns.display()))?;
-    slirpnet::session::sessions()
-        .into_iter()
-        .find(|s| id(Path::new(&s.netns)).is_ok_and(|i| i == wanted))
-        .map(|s| slirpnet::session::session_socket(s.pid))
-        .with_context(|| {
-            format!(
-                "no slirpnet session of this user serves {}",
-                netns.display()
-            )
-        })
 }
 
 fn port(cmd: PortCmd) -> Result<()> {

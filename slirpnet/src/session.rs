@@ -55,6 +55,28 @@ pub enum SessionError {
     /// The session refused: nothing changed.
     #[error("{0}")]
     Refused(String),
+    /// No session of this user has this pid.
+    #[error("no slirpnet session of this user with pid {pid} (no socket {})", socket.display())]
+    NoPid {
+        /// The pid asked for.
+        pid: u32,
+        /// Where its socket would be.
+        socket: PathBuf,
+    },
+    /// No session of this user serves this namespace.
+    #[error("no slirpnet session of this user serves {}", netns.display())]
+    NoNetns {
+        /// The namespace asked for.
+        netns: PathBuf,
+    },
+    /// The namespace asked for cannot be read.
+    #[error("cannot read {}: {error}", netns.display())]
+    Netns {
+        /// The namespace asked for.
+        netns: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
     /// Automatic publishing could not start (the session was ended).
     #[error(transparent)]
     AutoPublish(#[from] AutoPublishError),
@@ -164,6 +186,42 @@ pub fn session_dir() -> PathBuf {
 /// The control socket of session `pid`.
 pub fn session_socket(pid: u32) -> PathBuf {
     session_dir().join(format!("{pid}.sock"))
+}
+
+/// The control socket of this user's session with pid `pid`.
+///
+/// # Errors
+///
+/// [`SessionError::NoPid`]: there is no socket for it.
+pub fn socket_of_pid(pid: u32) -> Result<PathBuf, SessionError> {
+    let socket = session_socket(pid);
+    if socket.exists() {
+        Ok(socket)
+    } else {
+        Err(SessionError::NoPid { pid, socket })
+    }
+}
+
+/// The control socket of this user's session that serves `netns`, however
+/// the namespace is named (its nsfs inode is compared).
+///
+/// # Errors
+///
+/// [`SessionError::Netns`] when `netns` cannot be read,
+/// [`SessionError::NoNetns`] when no running session serves it.
+pub fn socket_of_netns(netns: &Path) -> Result<PathBuf, SessionError> {
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let wanted = id(netns).map_err(|error| SessionError::Netns {
+        netns: netns.to_owned(),
+        error,
+    })?;
+    sessions()
+        .into_iter()
+        .find(|s| id(Path::new(&s.netns)).is_ok_and(|i| i == wanted))
+        .map(|s| session_socket(s.pid))
+        .ok_or_else(|| SessionError::NoNetns {
+            netns: netns.to_owned(),
+        })
 }
 
 /// Makes the session directory (0700) and checks that it is ours and
