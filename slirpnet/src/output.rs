@@ -152,14 +152,14 @@ pub fn shell_words(binary: &Path, args: &[OsString]) -> String {
 /// Forwards as a short table.
 pub fn forwards(forwards: &[ForwardEntry], out: &mut dyn Write) -> io::Result<()> {
     writeln!(out, "{:<5} {:<24} {:<9} BY", "PROTO", "HOST", "CONTAINER")?;
-    for f in forwards {
+    for ForwardEntry { forward: f, auto } in forwards {
         writeln!(
             out,
             "{:<5} {:<24} {:<9} {}",
             f.proto,
             host(f.host_ip, f.host_port),
             f.container_port,
-            if f.auto { "auto" } else { "request" }
+            if *auto { "auto" } else { "request" }
         )?;
     }
     Ok(())
@@ -176,13 +176,13 @@ pub fn sessions(sessions: &[SessionStatus], out: &mut dyn Write) -> io::Result<(
         let ports: Vec<String> = s
             .forwards
             .iter()
-            .map(|f| {
+            .map(|ForwardEntry { forward: f, auto }| {
                 format!(
                     "{}->{}/{}{}",
                     host(f.host_ip, f.host_port),
                     f.container_port,
                     f.proto,
-                    if f.auto { " (auto)" } else { "" }
+                    if *auto { " (auto)" } else { "" }
                 )
             })
             .collect();

@@ -23,7 +23,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use slirp_opts::portctl::ForwardEntry;
-use slirp_opts::Protocol;
+use slirp_opts::{Forward, Protocol};
 use slirpnet::session::SessionStatus;
 use slirpnet_tests::{
     free_port_both, free_run, free_tcp_port, payload, require, require_slirp, rootless_possible,
@@ -513,19 +513,21 @@ fn parse_forwards(out: &Out) -> Vec<ForwardEntry> {
     out.ok();
     let mut list: Vec<ForwardEntry> = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("{}: not a forward list ({e}): {}", out.shown, out.stdout));
-    list.sort_by_key(|f| (f.proto, f.host_ip, f.host_port, f.container_port));
+    list.sort_by_key(|f| {
+        let f = f.forward;
+        (f.proto, f.host_ip, f.host_port, f.container_port)
+    });
     list
 }
 
 /// A forward as `port ls` shows it.
 fn fwd(proto: Protocol, host_ip: IpAddr, host_port: u16, container_port: u16) -> ForwardEntry {
-    ForwardEntry {
+    ForwardEntry::from(&Forward {
         proto,
         host_ip: Some(host_ip),
         host_port,
         container_port,
-        auto: false,
-    }
+    })
 }
 
 /// A TCP forward from 127.0.0.1.
@@ -535,7 +537,14 @@ fn tcp(host_port: u16, container_port: u16) -> ForwardEntry {
 
 /// `forwards`, sorted as [`Session::ls`] returns them.
 fn sorted(mut forwards: Vec<ForwardEntry>) -> Vec<ForwardEntry> {
-    forwards.sort_by_key(|f| (f.proto, f.host_ip, f.host_port, f.container_port));
+    forwards.sort_by_key(|f| {
+        (
+            f.forward.proto,
+            f.forward.host_ip,
+            f.forward.host_port,
+            f.forward.container_port,
+        )
+    });
     forwards
 }
 
@@ -1437,7 +1446,7 @@ fn a_six_thousand_forward_table_is_listed_and_changed() {
     session.rm([first.to_string()]);
     let now = session.ls();
     assert_eq!(now.len(), 5998);
-    assert!(now.iter().all(|f| f.host_port != first));
+    assert!(now.iter().all(|f| f.forward.host_port != first));
     // The rest in one request (some 340 KB).
     session.rm([format!(
         "127.0.0.1:{}-{last}:10001-12999/tcp,udp",
