@@ -382,23 +382,13 @@ fn setup_options(
 
 fn dry_run(net: &NetArgs, plan: &Plan, target: &Target) -> Result<ExitCode> {
     let args = plan.args_for(target)?;
-    let mut out = std::io::stdout().lock();
-    if net.json {
-        let mut value = serde_json::to_value(&plan.info)?;
-        let argv: Vec<String> = std::iter::once(plan.binary.as_os_str())
-            .chain(args.iter().map(|a| a.as_os_str()))
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        value["argv"] = argv.into();
-        output::print(&mut out, true, &value, |_, _| Ok(()))?;
-    } else {
-        writeln!(
-            out,
-            "would run: {}",
-            output::shell_words(&plan.binary, &args)
-        )?;
-        output::table(&plan.info, &mut out)?;
-    }
+    let report = output::DryRun::new(&plan.info, &plan.binary, &args);
+    output::print(
+        &mut std::io::stdout().lock(),
+        net.json,
+        &report,
+        output::dry_run,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -130,23 +130,46 @@ pub fn stats(info: &InterfaceInfo, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-/// The argv, quoted for a POSIX shell.
-pub fn shell_words(binary: &Path, args: &[OsString]) -> String {
-    std::iter::once(binary.as_os_str())
-        .chain(args.iter().map(|a| a.as_os_str()))
-        .map(|a| {
-            let s = a.to_string_lossy();
+/// A dry run's report: the plan, and the slirp4netns argv it would run.
+#[derive(serde::Serialize)]
+pub struct DryRun<'a> {
+    /// The plan's report.
+    #[serde(flatten)]
+    pub info: &'a SetupInfo,
+    /// The binary and its arguments.
+    pub argv: Vec<String>,
+}
+
+impl<'a> DryRun<'a> {
+    /// `info`, to be set up by running `binary` with `args`.
+    pub fn new(info: &'a SetupInfo, binary: &Path, args: &[OsString]) -> Self {
+        let argv = std::iter::once(binary.as_os_str())
+            .chain(args.iter().map(|a| a.as_os_str()))
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        DryRun { info, argv }
+    }
+}
+
+/// A dry run as a table: the argv, quoted for a POSIX shell, then the
+/// plan.
+pub fn dry_run(plan: &DryRun<'_>, out: &mut dyn Write) -> io::Result<()> {
+    let words: Vec<String> = plan
+        .argv
+        .iter()
+        .map(|s| {
             if !s.is_empty()
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c))
             {
-                s.into_owned()
+                s.clone()
             } else {
                 format!("'{}'", s.replace('\'', r"'\''"))
             }
         })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    writeln!(out, "would run: {}", words.join(" "))?;
+    table(plan.info, out)
 }
 
 /// Forwards as a short table.
