@@ -257,16 +257,16 @@ fn main() -> ExitCode {
 
 /// The exit status of `result`, with a failure reported on stderr: the
 /// error and its causes on one line (each library error prints its cause
-/// either in its message or as its source, never both), then what to
-/// change on this command line, when the library's words name a setting.
+/// either in its message or as its source, never both), and what to change
+/// on this command line when the library's words name a setting.
 fn finish(result: Result<ExitCode>) -> ExitCode {
     result.unwrap_or_else(|e| {
         let mut stderr = std::io::stderr();
         // A closed stderr must not turn a failure into a panic.
-        let _ = writeln!(stderr, "slirpnet: {e:#}");
-        if let Some(advice) = advice(&e) {
-            let _ = writeln!(stderr, "slirpnet: {advice}");
-        }
+        let _ = match advice(&e) {
+            Some(advice) => writeln!(stderr, "slirpnet: {e:#}; with this program: {advice}"),
+            None => writeln!(stderr, "slirpnet: {e:#}"),
+        };
         ExitCode::from(EXIT_OWN_FAILURE)
     })
 }
