@@ -6,7 +6,7 @@ use slirp_opts::{AddrError, ArgvError, Forward, PortError};
 use slirp_proc::StartError;
 
 use crate::binary::BinaryError;
-use crate::portfwd::PortForwardError;
+use crate::portfwd::ForwarderError;
 
 /// A failed setup. Nothing it started is left running.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,7 @@ pub enum SetupError {
     Port(#[from] PortError),
     /// The port forwarder (port_handler=rootlesskit).
     #[error(transparent)]
-    PortForward(#[from] PortForwardError),
+    Forwarder(#[from] ForwarderError),
     /// The namespace to network, for the accept_dad toggle or the forwarder.
     #[error(transparent)]
     Netns(#[from] netns_util::NetnsError),
@@ -109,7 +109,7 @@ mod tests {
                 path: "/nonexistent".into(),
                 error: std::io::Error::other("gone"),
             }),
-            Box::new(PortForwardError::Config(
+            Box::new(ForwarderError::Config(
                 slirp_opts::rootlessport::Config::default()
                     .validate()
                     .unwrap_err(),

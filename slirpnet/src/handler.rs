@@ -16,7 +16,7 @@ use slirp_proc::Slirp;
 
 use crate::error::SetupError;
 use crate::portfwd::{
-    resolve_forwarder, ForwarderChoice, ForwarderInfo, PortChangeError, PortForwardError,
+    resolve_forwarder, ForwarderChoice, ForwarderError, ForwarderInfo, PortChangeError,
     PortForwarder,
 };
 use crate::report::ForwardInfo;
@@ -309,7 +309,7 @@ struct ForwarderPorts {
 
 impl ForwarderPorts {
     /// Starts the forwarder chosen in `info` with `forwards`.
-    fn start_forwarder(&mut self, forwards: &[Forward]) -> Result<(), PortForwardError> {
+    fn start_forwarder(&mut self, forwards: &[Forward]) -> Result<(), ForwarderError> {
         let Some(forwarder) = self.info.clone() else {
             return Ok(());
         };

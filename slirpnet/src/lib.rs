@@ -86,7 +86,7 @@ pub use error::SetupError;
 pub use network::{Network, SharedNetwork};
 pub use options::{AutoPublish, SetupOptions, DEFAULT_INTERVAL};
 pub use plan::{plan, setup, Plan};
-pub use portfwd::{ForwarderChoice, ForwarderInfo, PortChangeError, PortForwardError};
+pub use portfwd::{ForwarderChoice, ForwarderError, ForwarderInfo, PortChangeError};
 pub use removal::{removal_keys, RemovalError};
 pub use report::{ForwardInfo, SetupInfo};
 pub use run::{RunError, RunningCommand};

@@ -277,9 +277,9 @@ fn advice(e: &anyhow::Error) -> Option<&'static str> {
     e.chain().find_map(|cause| {
         // Transparent wrappers are not in the chain: look inside them.
         let forwarder = cause
-            .downcast_ref::<slirpnet::PortForwardError>()
+            .downcast_ref::<slirpnet::ForwarderError>()
             .or(match cause.downcast_ref() {
-                Some(slirpnet::SetupError::PortForward(e)) => Some(e),
+                Some(slirpnet::SetupError::Forwarder(e)) => Some(e),
                 _ => None,
             });
         let binary = cause
@@ -288,7 +288,7 @@ fn advice(e: &anyhow::Error) -> Option<&'static str> {
                 Some(slirpnet::SetupError::Binary(e)) => Some(e),
                 _ => None,
             });
-        if let Some(slirpnet::PortForwardError::NotFound) = forwarder {
+        if let Some(slirpnet::ForwarderError::NotFound) = forwarder {
             return Some(
                 "build rootlessport (cargo build -p rootlessport) or install both (cargo xtask install), \
                  name a forwarder with --rootlessport PATH, or use -o port_handler=slirp4netns",

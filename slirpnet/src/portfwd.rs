@@ -50,7 +50,7 @@ pub enum ForwarderInfo {
 /// A failure to find or start the port forwarder.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum PortForwardError {
+pub enum ForwarderError {
     /// No rootlessport binary next to the program, in its
     /// `../libexec/slirpnet/` or on PATH.
     #[error("rootlessport not found next to this program, in its ../libexec/slirpnet/ or in PATH; install it there, name a forwarder binary (ForwarderChoice::Binary), or forward through slirp4netns (PortHandler::Slirp4netns)")]
@@ -91,13 +91,11 @@ pub enum PortForwardError {
 }
 
 /// Resolves `choice` to what will run, checking that a binary exists:
-/// [`PortForwardError::NotFound`] when our rootlessport is neither next to
+/// [`ForwarderError::NotFound`] when our rootlessport is neither next to
 /// this program, nor in its `../libexec/slirpnet/`, nor on PATH;
-/// [`PortForwardError::NotExecutable`] for a named binary that is not an
+/// [`ForwarderError::NotExecutable`] for a named binary that is not an
 /// executable file.
-pub(crate) fn resolve_forwarder(
-    choice: &ForwarderChoice,
-) -> Result<ForwarderInfo, PortForwardError> {
+pub(crate) fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, ForwarderError> {
     match choice {
         ForwarderChoice::Binary(path) => {
             if crate::binary::is_executable(path) {
@@ -106,7 +104,7 @@ pub(crate) fn resolve_forwarder(
                     pid: None,
                 })
             } else {
-                Err(PortForwardError::NotExecutable(path.clone()))
+                Err(ForwarderError::NotExecutable(path.clone()))
             }
         }
         ForwarderChoice::Rootlessport => {
@@ -121,7 +119,7 @@ pub(crate) fn resolve_forwarder(
                 .chain(path_dirs.iter().map(|dir| dir.join("rootlessport")))
                 .find(|p| crate::binary::is_executable(p))
                 .map(|path| ForwarderInfo::Binary { path, pid: None })
-                .ok_or(PortForwardError::NotFound)
+                .ok_or(ForwarderError::NotFound)
         }
         #[cfg(feature = "in-process")]
         ForwarderChoice::InProcess => Ok(ForwarderInfo::InProcess),
@@ -188,7 +186,7 @@ pub enum PortChangeError {
     Control(#[from] slirp_api::control::ControlError),
     /// Starting a forwarder for the first ports failed.
     #[error(transparent)]
-    Start(#[from] PortForwardError),
+    Start(#[from] ForwarderError),
 }
 
 /// A running port forwarder. Dropping it stops it.
@@ -225,7 +223,7 @@ impl PortForwarder {
         userns: Option<&Path>,
         timeout: Duration,
         keep_source_ip: bool,
-    ) -> Result<Self, PortForwardError> {
+    ) -> Result<Self, ForwarderError> {
         let running = match forwarder {
             ForwarderInfo::Binary { path, .. } => {
                 let control = Control::new()?;
@@ -244,7 +242,7 @@ impl PortForwarder {
                 Running::InProcess(inprocess::InProcess::start(config, keep_source_ip)?)
             }
             #[cfg(not(feature = "in-process"))]
-            ForwarderInfo::InProcess => return Err(PortForwardError::InProcessUnavailable),
+            ForwarderInfo::InProcess => return Err(ForwarderError::InProcessUnavailable),
         };
         Ok(PortForwarder { running })
     }
@@ -291,9 +289,8 @@ struct Control {
 }
 
 impl Control {
-    fn new() -> Result<Self, PortForwardError> {
-        let dir =
-            crate::dirs::private_dir("slirpnet-fwd-").map_err(PortForwardError::ControlDir)?;
+    fn new() -> Result<Self, ForwarderError> {
+        let dir = crate::dirs::private_dir("slirpnet-fwd-").map_err(ForwarderError::ControlDir)?;
         let socket = dir.path().join("control.sock");
         Ok(Control { _dir: dir, socket })
     }
@@ -374,7 +371,7 @@ fn start_helper(
     timeout: Duration,
     control: &Path,
     keep_source_ip: bool,
-) -> Result<Helper, PortForwardError> {
+) -> Result<Helper, ForwarderError> {
     // Config is plain data; serializing it cannot fail.
     let stdin = serde_json::to_vec(config).unwrap_or_default();
     let mut cmd = HelperCommand::new(binary, "rootlessport", stdin);
@@ -392,13 +389,11 @@ fn start_helper(
     }
     match cmd.start() {
         Ok(helper) => Ok(helper),
-        Err(HelperError::Failed { line, .. }) if !line.is_empty() => {
-            Err(PortForwardError::Failed {
-                program: binary.to_owned(),
-                line,
-            })
-        }
-        Err(e) => Err(PortForwardError::Start(e)),
+        Err(HelperError::Failed { line, .. }) if !line.is_empty() => Err(ForwarderError::Failed {
+            program: binary.to_owned(),
+            line,
+        }),
+        Err(e) => Err(ForwarderError::Start(e)),
     }
 }
 
@@ -410,7 +405,7 @@ mod inprocess {
     use slirp_api::portctl::Request;
     use slirp_opts::rootlessport::Config;
 
-    use super::PortForwardError;
+    use super::ForwarderError;
 
     /// rootlessport's forwarder on a thread of this process, stopped (also
     /// on drop) by closing the write end of its exit pipe and joining it.
@@ -423,20 +418,17 @@ mod inprocess {
     }
 
     impl InProcess {
-        pub(super) fn start(
-            config: Config,
-            keep_source_ip: bool,
-        ) -> Result<Self, PortForwardError> {
+        pub(super) fn start(config: Config, keep_source_ip: bool) -> Result<Self, ForwarderError> {
             let options = rootlessport::ForwardOptions::default().keep_source_ip(keep_source_ip);
             let forwarder = rootlessport::Forwarder::start_with(
-                config.validate().map_err(PortForwardError::Config)?,
+                config.validate().map_err(ForwarderError::Config)?,
                 options,
             )
-            .map_err(PortForwardError::InProcess)?;
+            .map_err(ForwarderError::InProcess)?;
             let handle = forwarder.handle();
             let keeps_source_ip = forwarder.keeps_source_ip();
             let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| PortForwardError::Thread(e.into()))?;
+                .map_err(|e| ForwarderError::Thread(e.into()))?;
             let thread = std::thread::Builder::new()
                 .name("rootlessport".into())
                 .spawn(move || {
@@ -444,7 +436,7 @@ mod inprocess {
                         tracing::warn!(error = %e, "the in-process port forwarder failed");
                     }
                 })
-                .map_err(PortForwardError::Thread)?;
+                .map_err(ForwarderError::Thread)?;
             Ok(InProcess {
                 exit: Some(write),
                 thread: Some(thread),

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slirpnet::{
-    plan, BinaryError, ForwarderChoice, ForwarderInfo, NetworkOptions, PortForwardError,
-    SetupError, SetupOptions, Target,
+    plan, BinaryError, ForwarderChoice, ForwarderError, ForwarderInfo, NetworkOptions, SetupError,
+    SetupOptions, Target,
 };
 
 /// The flags slirp4netns 1.2.0 lists in `--help`, one a line as it does.
@@ -159,6 +159,6 @@ fn a_missing_or_hung_binary_is_named() {
     let opts = options(&slirp, &dir.path().join("no-forwarder"), &[], &["8080:80"]);
     assert!(matches!(
         plan(&opts).unwrap_err(),
-        SetupError::PortForward(PortForwardError::NotExecutable(_))
+        SetupError::Forwarder(ForwarderError::NotExecutable(_))
     ));
 }

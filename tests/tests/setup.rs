@@ -446,10 +446,7 @@ fn the_default_forwarder_is_never_podmans_helper() {
             other => panic!("{other:?}"),
         },
         Err(e) => assert!(
-            matches!(
-                e,
-                SetupError::PortForward(slirpnet::PortForwardError::NotFound)
-            ),
+            matches!(e, SetupError::Forwarder(slirpnet::ForwarderError::NotFound)),
             "{e}"
         ),
     }
