@@ -69,6 +69,7 @@ mod child;
 mod dirs;
 mod error;
 mod handler;
+mod hostport;
 mod listening;
 mod network;
 mod options;
@@ -83,6 +84,7 @@ pub use autopublish::{parse_port_list, AutoPublishError, AutoPublisher, RETRY_AF
 pub use binary::{detect_features, find_binary, BinaryError, HELP_TIMEOUT};
 pub use child::{NsChild, NsCommand, NsOptions, NsStep, SpawnError};
 pub use error::SetupError;
+pub use hostport::{free_host_port, HostPortError};
 pub use network::{Network, SharedNetwork};
 pub use options::{AutoPublish, SetupOptions, DEFAULT_INTERVAL};
 pub use plan::{plan, setup, Plan};

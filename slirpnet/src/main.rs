@@ -6,7 +6,7 @@ mod output;
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
+use std::net::IpAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,9 +17,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use slirp_api::portctl::Request as PortRequest;
-use slirp_opts::{
-    expand_all, parse_port_spec, Forward, NetworkOptions, PortMapping, Protocol, Target,
-};
+use slirp_opts::{expand_all, parse_port_spec, Forward, NetworkOptions, PortMapping, Target};
 use slirpnet::session::Session;
 use slirpnet::{
     plan, AutoPublish, ForwarderChoice, NsChild, NsCommand, Plan, PortKey, RemovalError,
@@ -316,34 +314,11 @@ fn parse_specs(specs: &[String]) -> Result<Vec<PortMapping>> {
     for spec in specs {
         let mut m = parse_port_spec(spec)?;
         if m.host_port == 0 {
-            m.host_port = free_host_port(&m).with_context(|| format!("-p {spec}"))?;
+            m.host_port = slirpnet::free_host_port(&m).with_context(|| format!("-p {spec}"))?;
         }
         mappings.push(m);
     }
     Ok(mappings)
-}
-
-/// A host port free for every protocol of `m`, as podman picks one for `-p 80`.
-fn free_host_port(m: &PortMapping) -> Result<u16> {
-    if m.range > 1 {
-        bail!("a container port range needs host ports too, e.g. 8080-8081:80-81");
-    }
-    let ip = m.host_addr()?.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let protos = m.protocols()?;
-    for _ in 0..32 {
-        let first = match protos[0] {
-            Protocol::Tcp => TcpListener::bind((ip, 0))?.local_addr()?.port(),
-            Protocol::Udp => UdpSocket::bind((ip, 0))?.local_addr()?.port(),
-        };
-        let all_free = protos.iter().all(|p| match p {
-            Protocol::Tcp => TcpListener::bind((ip, first)).is_ok(),
-            Protocol::Udp => UdpSocket::bind((ip, first)).is_ok(),
-        });
-        if all_free {
-            return Ok(first);
-        }
-    }
-    bail!("found no host port free for {}", m.protocol)
 }
 
 /// Prints the report of a setup that is running. Its reader may be gone
