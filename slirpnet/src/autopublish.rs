@@ -285,13 +285,14 @@ impl State {
         out
     }
 
-    fn mapping(&self, p: Port) -> Option<Forward> {
-        (p.1 != 0).then_some(Forward {
+    /// `p` forwarded to the same port on the host address.
+    fn forward(&self, p: Port) -> Forward {
+        Forward {
             proto: p.0,
             host_ip: Some(self.opts.host_ip),
             host_port: p.1,
             container_port: p.1,
-        })
+        }
     }
 
     /// Makes the network's automatic forwards those of `self.wanted`.
@@ -356,9 +357,9 @@ impl State {
         if new.is_empty() {
             return;
         }
-        let mappings: Vec<Forward> = new.iter().filter_map(|&p| self.mapping(p)).collect();
+        let forwards: Vec<Forward> = new.iter().map(|&p| self.forward(p)).collect();
         // All at once; when one fails, one by one, to find which.
-        if net.add_auto(&mappings).is_ok() {
+        if net.add_auto(&forwards).is_ok() {
             tracing::debug!(?new, "published");
             for p in &new {
                 self.retry.remove(p);
@@ -366,8 +367,8 @@ impl State {
             }
             return;
         }
-        for (p, m) in new.iter().zip(&mappings) {
-            match net.add_auto(std::slice::from_ref(m)) {
+        for (p, f) in new.iter().zip(&forwards) {
+            match net.add_auto(std::slice::from_ref(f)) {
                 Ok(()) => {
                     self.retry.remove(p);
                     self.warned.remove(p);

@@ -21,7 +21,7 @@ pub enum SetupError {
     /// An address cannot be derived from the subnet.
     #[error(transparent)]
     Address(#[from] AddrError),
-    /// A port mapping.
+    /// Two forwards claim one host port.
     #[error(transparent)]
     Port(#[from] PortError),
     /// The port forwarder (port_handler=rootlesskit).

@@ -36,14 +36,15 @@ pub struct Plan {
 }
 
 /// Checks everything that can be checked without starting anything: the
-/// binary and its features, the addresses, the port mappings, the port
+/// binary and its features, the addresses, the forwards, the port
 /// forwarder.
 ///
 /// # Errors
 ///
 /// The binary is missing or its `--help` fails, an address falls outside
-/// the subnet, a port mapping is invalid (or names an IPv6 host address for
-/// port_handler=slirp4netns), the port forwarder cannot be found, or a
+/// the subnet, two forwards claim one host port (or one names an IPv6 host
+/// address for port_handler=slirp4netns), the port forwarder cannot be
+/// found, or a
 /// setting needs a privilege this process lacks
 /// ([`SetupError::Unprivileged`] says which setting to change).
 pub fn plan(opts: &SetupOptions) -> Result<Plan, SetupError> {
