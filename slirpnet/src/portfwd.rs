@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use slirp_api::portctl::Request;
 use slirp_opts::rootlessport::{Config, CONTROL_SOCKET_ENV, KEEP_SOURCE_IP_ENV};
 use slirp_opts::{Forward, PortKey};
@@ -31,8 +31,9 @@ pub enum ForwarderChoice {
     InProcess,
 }
 
-/// The forwarder a setup uses, as reported in [`SetupInfo`](crate::SetupInfo).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The forwarder a setup uses, as reported in [`SetupInfo`](crate::SetupInfo)
+/// and by a session ([`SessionStatus`](crate::session::SessionStatus)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum ForwarderInfo {

@@ -27,6 +27,7 @@ use slirp_opts::{expand_all, PortHandler, PortKey, PortMapping};
 
 use crate::autopublish::{AutoPublishError, AutoPublisher};
 use crate::network::{Network, SharedNetwork};
+use crate::portfwd::ForwarderInfo;
 
 /// How long a client may take to send its whole request.
 pub const CLIENT_DEADLINE: Duration = slirp_api::control::REQUEST_DEADLINE;
@@ -164,8 +165,8 @@ pub struct SessionStatus {
     pub netns: String,
     /// Who forwards the ports (`rootlesskit` or `slirp4netns` on the wire).
     pub port_handler: PortHandler,
-    /// The port forwarder (a binary's path, `in-process`), when one runs.
-    pub forwarder: Option<String>,
+    /// The port forwarder, when one runs.
+    pub forwarder: Option<ForwarderInfo>,
     /// slirp4netns's pid.
     pub slirp4netns_pid: u32,
     /// Every forward now.
@@ -415,15 +416,11 @@ fn entries(net: &Network) -> Vec<ForwardEntry> {
 
 fn status(net: &Network, pid: u32) -> SessionStatus {
     let info = net.info();
-    let forwarder = info.forwarder.as_ref().map(|f| match f {
-        crate::ForwarderInfo::Binary { path, .. } => path.display().to_string(),
-        _ => "in-process".to_owned(),
-    });
     SessionStatus {
         pid,
         netns: net.target().netns_path().display().to_string(),
         port_handler: info.port_handler,
-        forwarder,
+        forwarder: info.forwarder.clone(),
         slirp4netns_pid: info.pid,
         forwards: entries(net),
     }

@@ -25,9 +25,10 @@ use serde_json::Value;
 use slirp_opts::portctl::ForwardEntry;
 use slirp_opts::{Forward, Protocol};
 use slirpnet::session::SessionStatus;
+use slirpnet::ForwarderInfo;
 use slirpnet_tests::{
-    free_port_both, free_run, free_tcp_port, payload, require, require_slirp, rootless_possible,
-    rootlessport_bin, slirpnet_bin, world_runnable, PersistentNetns,
+    free_port_both, free_run, free_tcp_port, payload, pid_exists, require, require_slirp,
+    rootless_possible, rootlessport_bin, slirpnet_bin, world_runnable, PersistentNetns,
 };
 
 const ECHO: &str = env!("CARGO_BIN_EXE_echo-server");
@@ -911,12 +912,15 @@ fn first_port_by_port_add(user: &User, handler: &str) {
     let st = status(&session);
     assert_eq!(st.port_handler.as_str(), handler);
     if handler == "rootlesskit" {
-        let forwarder = st.forwarder.expect("a forwarder after the first add");
+        let Some(ForwarderInfo::Binary { path, pid }) = st.forwarder else {
+            panic!("a forwarder binary after the first add: {:?}", st.forwarder);
+        };
         assert_eq!(
-            Path::new(&forwarder),
+            path,
             user.slirpnet.with_file_name("rootlessport"),
             "the rootlessport next to slirpnet"
         );
+        assert!(pid.is_some_and(pid_exists), "{pid:?}");
     } else {
         assert_eq!(st.forwarder, None);
     }
@@ -1183,10 +1187,11 @@ fn ps_lists_sessions_and_forgets_killed_ones() {
     assert_eq!(sa.netns, format!("/proc/{}/ns/net", a.command_pid.unwrap()));
     assert_eq!(sa.port_handler.as_str(), "rootlesskit");
     assert_eq!(sa.forwards, vec![tcp(port, 7000)]);
-    assert!(sa
-        .forwarder
-        .as_deref()
-        .is_some_and(|f| f.ends_with("/rootlessport")));
+    assert!(
+        matches!(&sa.forwarder, Some(ForwarderInfo::Binary { path, .. }) if path.ends_with("rootlessport")),
+        "{:?}",
+        sa.forwarder
+    );
     assert!(sa.slirp4netns_pid > 0);
     let sb = listed.iter().find(|s| s.pid == b.pid()).unwrap();
     assert_eq!(sb.port_handler.as_str(), "slirp4netns");
