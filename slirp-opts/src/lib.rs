@@ -62,8 +62,11 @@ pub use addr::{
 pub use argv::{build_args, ArgvError, Features, Invocation, Target, MAX_SOCKET_PATH};
 pub use json::from_go_json;
 pub use options::{NetworkOptions, OptionError, PortHandler, DEFAULT_MTU, MAX_MTU, MIN_MTU};
-pub use ports::{expand_all, Forward, PortError, PortMapping, PortProblem, PortSide, Protocol};
-pub use spec::{parse_port_spec, SpecError, SpecProblem};
+pub use portctl::PortKey;
+pub use ports::{
+    check_forwards, expand_all, Forward, PortError, PortMapping, PortProblem, PortSide, Protocol,
+};
+pub use spec::{parse_forwards, parse_port_spec, SpecError, SpecProblem};
 
 pub use ipnet;
 pub use ipnet::{Ipv4Net, Ipv6Net};

@@ -50,7 +50,8 @@ pub enum OptionError {
 ///
 /// `#[non_exhaustive]`: podman may name another handler, so a match on it
 /// needs a wildcard arm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum PortHandler {
     /// The rootlessport forwarder (podman's default).

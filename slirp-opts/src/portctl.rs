@@ -1,5 +1,6 @@
 //! A forward as our control sockets name it: [`PortKey`], its host side
-//! (what a removal matches), and [`ForwardEntry`], a whole forward. The
+//! (what a removal matches), and [`ForwardEntry`], a whole [`Forward`] in
+//! a reply. The
 //! requests and replies that carry them belong to their one owner,
 //! `slirp_api::portctl`.
 //!
@@ -59,17 +60,25 @@ impl fmt::Display for PortKey {
     }
 }
 
-/// One forward, on the wire.
+/// One forward in a control socket's reply: the [`Forward`] (its fields
+/// inline on the wire) and whether a session's automatic publishing made it.
+///
+/// ```
+/// use slirp_opts::portctl::ForwardEntry;
+/// use slirp_opts::parse_forwards;
+///
+/// let entry = ForwardEntry::from(&parse_forwards("127.0.0.1:8080:80")?[0]);
+/// assert_eq!(
+///     serde_json::to_string(&entry)?,
+///     r#"{"proto":"tcp","host_ip":"127.0.0.1","host_port":8080,"container_port":80}"#
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardEntry {
-    /// tcp or udp.
-    pub proto: Protocol,
-    /// The host address; `None` is all addresses.
-    pub host_ip: Option<IpAddr>,
-    /// The host port.
-    pub host_port: u16,
-    /// The port inside the namespace.
-    pub container_port: u16,
+    /// The forward.
+    #[serde(flatten)]
+    pub forward: Forward,
     /// Made by a session's automatic publishing (`--publish-auto`);
     /// absent on the wire when not.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -83,10 +92,7 @@ fn is_false(b: &bool) -> bool {
 impl From<&Forward> for ForwardEntry {
     fn from(f: &Forward) -> Self {
         ForwardEntry {
-            proto: f.proto,
-            host_ip: f.host_ip,
-            host_port: f.host_port,
-            container_port: f.container_port,
+            forward: *f,
             auto: false,
         }
     }
@@ -94,11 +100,6 @@ impl From<&Forward> for ForwardEntry {
 
 impl From<ForwardEntry> for Forward {
     fn from(e: ForwardEntry) -> Self {
-        Forward {
-            proto: e.proto,
-            host_ip: e.host_ip,
-            host_port: e.host_port,
-            container_port: e.container_port,
-        }
+        e.forward
     }
 }

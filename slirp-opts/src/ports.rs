@@ -149,17 +149,54 @@ pub struct PortMapping {
     pub protocol: String,
 }
 
-/// One forward: one protocol, one host port, one container port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// One forward: one protocol, one host port, one container port. The
+/// checked form of a port mapping ([`PortMapping::expand`],
+/// [`parse_forwards`](crate::parse_forwards)), handed as it is to whichever
+/// port handler serves it; on the wire to a forwarder it is a mapping of
+/// one port ([`Forward::to_mapping`]).
+///
+/// ```
+/// use slirp_opts::{parse_forwards, Forward, Protocol};
+///
+/// let fwd: Vec<Forward> = parse_forwards("127.0.0.1:8080:80/tcp,udp")?;
+/// assert_eq!(fwd[1].proto, Protocol::Udp);
+/// assert_eq!(fwd[1].key().to_string(), "127.0.0.1:8080/udp");
+/// assert_eq!(fwd[1].to_mapping().to_string(), "127.0.0.1:8080:80/udp");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Forward {
     /// The protocol.
+    #[serde(rename = "proto")]
     pub proto: Protocol,
     /// The host address; `None` means all addresses.
+    #[serde(rename = "host_ip")]
     pub host_ip: Option<IpAddr>,
     /// The host port.
+    #[serde(rename = "host_port")]
     pub host_port: u16,
     /// The port inside the namespace.
+    #[serde(rename = "container_port")]
     pub container_port: u16,
+}
+
+impl Forward {
+    /// Its host side: what a removal names.
+    pub fn key(&self) -> crate::portctl::PortKey {
+        crate::portctl::PortKey::from(self)
+    }
+
+    /// The forward as podman's wire type carries it: a mapping of one port
+    /// and one protocol (all addresses as an empty `host_ip`).
+    pub fn to_mapping(&self) -> PortMapping {
+        PortMapping {
+            host_ip: self.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            container_port: self.container_port,
+            host_port: self.host_port,
+            range: 1,
+            protocol: self.proto.as_str().to_owned(),
+        }
+    }
 }
 
 impl fmt::Display for Forward {
@@ -337,4 +374,25 @@ pub fn expand_all(mappings: &[PortMapping]) -> Result<Vec<Forward>, PortError> {
         }
     }
     Ok(out)
+}
+
+/// Checks that no two of `forwards` claim the same protocol, host address
+/// and host port.
+///
+/// # Errors
+///
+/// [`PortProblem::HostPortTaken`] for the later of the first two that do,
+/// each named as a mapping of one port.
+pub fn check_forwards(forwards: &[Forward]) -> Result<(), PortError> {
+    let mut seen = std::collections::HashMap::new();
+    for fwd in forwards {
+        if let Some(first) = seen.insert(fwd.key(), fwd) {
+            let mapping = fwd.to_mapping();
+            return Err(mapping.error(PortProblem::HostPortTaken {
+                forward: *fwd,
+                other: Box::new(first.to_mapping()),
+            }));
+        }
+    }
+    Ok(())
 }

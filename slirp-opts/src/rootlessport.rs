@@ -11,6 +11,16 @@ use serde::{Deserialize, Serialize};
 use crate::json::from_go_json;
 use crate::ports::{expand_all, Forward, PortError, PortMapping};
 
+/// The environment variable that turns keeping client addresses on in our
+/// rootlessport program (`1`) or off (`0`): set by whoever starts it with
+/// the setting its caller chose.
+pub const KEEP_SOURCE_IP_ENV: &str = "ROOTLESSPORT_KEEP_SOURCE_IP";
+
+/// The environment variable naming the control socket our rootlessport
+/// program serves port changes on (`slirp_api::portctl`); another
+/// forwarder ignores it.
+pub const CONTROL_SOCKET_ENV: &str = "ROOTLESSPORT_CONTROL_SOCKET";
+
 /// rootlessport's configuration, as podman sends it. Keys are Go field names;
 /// like Go, decoding matches them case-insensitively and ignores unknown ones
 /// (see [`from_go_json`]).

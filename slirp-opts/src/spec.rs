@@ -3,7 +3,8 @@
 
 use std::net::IpAddr;
 
-use crate::ports::{parse_protocols, PortMapping, PortProblem, PortSide};
+use crate::portctl::PortKey;
+use crate::ports::{parse_protocols, Forward, PortMapping, PortProblem, PortSide};
 
 /// A `-p` value that cannot be parsed.
 ///
@@ -17,6 +18,16 @@ pub struct SpecError {
     pub spec: String,
     /// What is wrong with it.
     pub problem: SpecProblem,
+}
+
+impl SpecError {
+    /// `spec`, refused because of `problem`.
+    pub fn new(spec: impl Into<String>, problem: SpecProblem) -> Self {
+        SpecError {
+            spec: spec.into(),
+            problem,
+        }
+    }
 }
 
 /// What is wrong with a `-p` value.
@@ -76,6 +87,12 @@ pub enum SpecProblem {
         /// The last port given.
         end: u16,
     },
+    /// More than one protocol where one forward is named.
+    #[error("name one protocol")]
+    TooManyProtocols,
+    /// A range where one forward is named.
+    #[error("name one port, not a range")]
+    PortRange,
     /// Host and container ranges of different lengths.
     #[error("host range has {host} ports but container range has {container}")]
     RangeMismatch {
@@ -113,6 +130,94 @@ pub fn parse_port_spec(spec: &str) -> Result<PortMapping, SpecError> {
     parse(spec).map_err(|problem| SpecError {
         spec: spec.to_owned(),
         problem,
+    })
+}
+
+/// Parses one `-p` value that names its host ports and checks it into the
+/// forwards it makes: one per protocol per port ([`PortMapping::expand`]).
+///
+/// ```
+/// use slirp_opts::{parse_forwards, PortProblem, SpecProblem};
+///
+/// let fwd = parse_forwards("[::1]:8080-8081:80-81/udp")?;
+/// assert_eq!(fwd.len(), 2);
+/// assert_eq!(fwd[1].to_string(), "[::1]:8081 -> 81/udp");
+/// let err = parse_forwards("80").unwrap_err();
+/// assert_eq!(err.problem, SpecProblem::Mapping(PortProblem::HostPortZero));
+/// # Ok::<(), slirp_opts::SpecError>(())
+/// ```
+///
+/// # Errors
+///
+/// A [`SpecError`] carrying the value: it does not parse, or names no host
+/// port ([`PortProblem::HostPortZero`] in [`SpecProblem::Mapping`]).
+pub fn parse_forwards(spec: &str) -> Result<Vec<Forward>, SpecError> {
+    parse_port_spec(spec)?.expand().map_err(|e| SpecError {
+        spec: spec.to_owned(),
+        problem: SpecProblem::Mapping(e.problem),
+    })
+}
+
+impl std::str::FromStr for PortKey {
+    type Err = SpecError;
+
+    /// Parses a forward's host side as [`PortKey`]'s `Display` writes it:
+    /// `[HOST_IP:]HOST_PORT[/PROTO]` (all addresses without an address or
+    /// with `*`; IPv6 in brackets; tcp without a protocol).
+    ///
+    /// ```
+    /// use slirp_opts::{PortKey, Protocol};
+    ///
+    /// let key: PortKey = "127.0.0.1:18501/udp".parse()?;
+    /// assert_eq!((key.proto, key.host_port), (Protocol::Udp, 18501));
+    /// assert_eq!("*:80/tcp".parse::<PortKey>()?, "80".parse::<PortKey>()?);
+    /// assert_eq!("[::1]:80/tcp".parse::<PortKey>()?.to_string(), "[::1]:80/tcp");
+    /// # Ok::<(), slirp_opts::SpecError>(())
+    /// ```
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        parse_key(text).map_err(|problem| SpecError {
+            spec: text.to_owned(),
+            problem,
+        })
+    }
+}
+
+fn parse_key(text: &str) -> Result<PortKey, SpecProblem> {
+    let (rest, proto) = match text.rsplit_once('/') {
+        Some((_, "")) => return Err(SpecProblem::EmptyProtocol),
+        Some((rest, proto)) => (rest, proto),
+        None => (text, "tcp"),
+    };
+    let protos = parse_protocols(proto).map_err(SpecProblem::Mapping)?;
+    let [proto] = protos[..] else {
+        return Err(SpecProblem::TooManyProtocols);
+    };
+    let (ip, port) = match rest.rsplit_once(':') {
+        None => (None, rest),
+        Some((ip, port)) => {
+            let bare = match ip.strip_prefix('[') {
+                Some(inner) => inner.strip_suffix(']').ok_or(SpecProblem::MissingBracket)?,
+                None if ip.contains(':') => return Err(SpecProblem::UnbracketedIpv6),
+                None => ip,
+            };
+            (Some(bare), port)
+        }
+    };
+    let host_ip = match ip {
+        None | Some("*") => None,
+        Some(ip) => Some(
+            ip.parse()
+                .map_err(|_| SpecProblem::Mapping(PortProblem::InvalidHostIp(ip.to_owned())))?,
+        ),
+    };
+    let (host_port, count) = parse_span(port, PortSide::Host)?;
+    if count != 1 {
+        return Err(SpecProblem::PortRange);
+    }
+    Ok(PortKey {
+        proto,
+        host_ip,
+        host_port,
     })
 }
 

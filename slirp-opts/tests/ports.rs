@@ -403,3 +403,65 @@ fn ipv6_constants() {
     assert_eq!(IPV6_DNS.to_string(), "fd00::3");
     assert_eq!(IPV6_GUEST.to_string(), "fd00::100");
 }
+
+#[test]
+fn a_port_key_parses_as_it_is_written() {
+    use slirp_opts::{PortKey, SpecProblem};
+    let key = |text: &str| text.parse::<PortKey>();
+    for (text, written) in [
+        ("127.0.0.1:18501/tcp", "127.0.0.1:18501/tcp"),
+        ("127.0.0.1:18501", "127.0.0.1:18501/tcp"),
+        ("18501/udp", "*:18501/udp"),
+        ("*:80/udp", "*:80/udp"),
+        ("[::1]:80/tcp", "[::1]:80/tcp"),
+    ] {
+        assert_eq!(key(text).unwrap().to_string(), written, "{text}");
+        assert_eq!(key(written).unwrap(), key(text).unwrap(), "{text}");
+    }
+    for (text, problem) in [
+        ("80/tcp,udp", SpecProblem::TooManyProtocols),
+        ("80-81/tcp", SpecProblem::PortRange),
+        ("::1:80", SpecProblem::UnbracketedIpv6),
+        ("80/", SpecProblem::EmptyProtocol),
+        ("[::1:80", SpecProblem::MissingBracket),
+    ] {
+        assert_eq!(key(text).unwrap_err().problem, problem, "{text}");
+    }
+    assert!(key("x:80").is_err());
+    assert!(key("0").is_err());
+}
+
+#[test]
+fn forwards_are_checked_once_and_written_back_as_one_port_mappings() {
+    use slirp_opts::{check_forwards, parse_forwards, PortProblem};
+    let forwards = parse_forwards("[::1]:8080-8081:80-81/udp,tcp").unwrap();
+    assert_eq!(forwards.len(), 4);
+    let mappings: Vec<String> = forwards
+        .iter()
+        .map(|f| f.to_mapping().to_string())
+        .collect();
+    assert_eq!(
+        mappings,
+        [
+            "[::1]:8080:80/udp",
+            "[::1]:8080:80/tcp",
+            "[::1]:8081:81/udp",
+            "[::1]:8081:81/tcp"
+        ]
+    );
+    for f in &forwards {
+        assert_eq!(f.to_mapping().expand().unwrap(), [*f]);
+    }
+    assert!(check_forwards(&forwards).is_ok());
+    let mut twice = forwards.clone();
+    twice.push(forwards[2]);
+    let err = check_forwards(&twice).unwrap_err();
+    assert!(
+        matches!(err.problem, PortProblem::HostPortTaken { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "port mapping [::1]:8081:81/udp: [::1]:8081 -> 81/udp is also forwarded by [::1]:8081:81/udp"
+    );
+}

@@ -26,8 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let network = NetworkOptions::new()
         .with_port_handler(PortHandler::Slirp4netns)
         .with_ipv6(false);
-    let mut opts = SetupOptions::new(network);
-    opts.ports.push(slirpnet::parse_port_spec(&format!(
+    let opts = SetupOptions::new(network).with_ports(slirpnet::parse_forwards(&format!(
         "127.0.0.1:{host_port}:8000"
     ))?);
     let checked = plan(&opts)?;

@@ -36,9 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             false
         })?;
     // The defaults fit this process: root or not.
-    let mut opts = SetupOptions::new(network);
     let host_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    opts.ports.push(slirpnet::parse_port_spec(&format!(
+    let opts = SetupOptions::new(network).with_ports(slirpnet::parse_forwards(&format!(
         "127.0.0.1:{host_port}:8000"
     ))?);
     let checked = plan(&opts)?;

@@ -21,18 +21,17 @@
 //! second to follow changes made by hand.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use slirp_opts::portctl::PortKey;
-use slirp_opts::{parse_port_spec, PortMapping, Protocol};
+use slirp_opts::{Forward, PortKey, Protocol};
 
 use crate::listening::{Listener, Reach, Scanner};
-use crate::session::SharedNetwork;
-use crate::setup::{AutoPublish, Network};
+use crate::network::{Network, SharedNetwork};
+use crate::options::AutoPublish;
 
 /// How long a port that could not be forwarded (taken on the host) waits
 /// before it is tried again.
@@ -101,8 +100,7 @@ pub enum AutoPublishError {
 /// use slirpnet::{plan, AutoPublish, AutoPublisher, NetworkOptions, SetupOptions, Target};
 ///
 /// let network = NetworkOptions::parse(&[] as &[&str], false, &[] as &[&str], |_| false)?;
-/// let mut opts = SetupOptions::new(network);
-/// opts.publish_auto = Some(AutoPublish::new("127.0.0.1".parse()?));
+/// let opts = SetupOptions::new(network).with_publish_auto(AutoPublish::new("127.0.0.1".parse()?));
 /// let net = plan(&opts)?.start(Target::Path { netns: "/run/netns/demo".into(), userns: None })?;
 /// let shared = Arc::new(Mutex::new(Some(net)));
 /// let publisher = AutoPublisher::start(&shared)?;
@@ -287,12 +285,14 @@ impl State {
         out
     }
 
-    fn mapping(&self, p: Port) -> Option<PortMapping> {
-        let host = match self.opts.host_ip {
-            IpAddr::V6(a) => format!("[{a}]"),
-            a => a.to_string(),
-        };
-        parse_port_spec(&format!("{host}:{}:{}/{}", p.1, p.1, p.0)).ok()
+    /// `p` forwarded to the same port on the host address.
+    fn forward(&self, p: Port) -> Forward {
+        Forward {
+            proto: p.0,
+            host_ip: Some(self.opts.host_ip),
+            host_port: p.1,
+            container_port: p.1,
+        }
     }
 
     /// Makes the network's automatic forwards those of `self.wanted`.
@@ -339,6 +339,7 @@ impl State {
             .forwards
             .iter()
             .filter(|f| !f.auto)
+            .map(|f| f.forward)
             .flat_map(|f| [(f.proto, f.host_port), (f.proto, f.container_port)])
             .collect();
         let retry = &self.retry;
@@ -356,9 +357,9 @@ impl State {
         if new.is_empty() {
             return;
         }
-        let mappings: Vec<PortMapping> = new.iter().filter_map(|&p| self.mapping(p)).collect();
+        let forwards: Vec<Forward> = new.iter().map(|&p| self.forward(p)).collect();
         // All at once; when one fails, one by one, to find which.
-        if net.add_auto(&mappings).is_ok() {
+        if net.add_auto(&forwards).is_ok() {
             tracing::debug!(?new, "published");
             for p in &new {
                 self.retry.remove(p);
@@ -366,8 +367,8 @@ impl State {
             }
             return;
         }
-        for (p, m) in new.iter().zip(&mappings) {
-            match net.add_auto(std::slice::from_ref(m)) {
+        for (p, f) in new.iter().zip(&forwards) {
+            match net.add_auto(std::slice::from_ref(f)) {
                 Ok(()) => {
                     self.retry.remove(p);
                     self.warned.remove(p);

@@ -17,7 +17,7 @@ pub const HELP_TIMEOUT: Duration = Duration::from_secs(10);
 #[non_exhaustive]
 pub enum BinaryError {
     /// Not on PATH.
-    #[error("slirp4netns not found in PATH; install it (apt-get install slirp4netns) or name it with --slirp4netns PATH")]
+    #[error("slirp4netns not found in PATH; install it, or name it in SetupOptions::binary")]
     NotFound,
     /// The given path is not an executable file.
     #[error("{path} is not an executable file: {reason}")]
@@ -28,12 +28,12 @@ pub enum BinaryError {
         reason: String,
     },
     /// The binary cannot be read.
-    #[error("failed to read {path}: {source}")]
+    #[error("failed to read {path}: {error}")]
     Stat {
         /// The path.
         path: PathBuf,
-        /// The error.
-        source: std::io::Error,
+        /// The error (in the message; not also its source).
+        error: std::io::Error,
     },
     /// `--help` could not be run, or did not exit in time.
     #[error(transparent)]
@@ -100,9 +100,9 @@ static FEATURES: Mutex<Option<HashMap<CacheKey, Features>>> = Mutex::new(None);
 ///
 /// The binary cannot be read or run, hangs, or `--help` fails.
 pub fn detect_features(binary: &Path, timeout: Duration) -> Result<Features, BinaryError> {
-    let meta = std::fs::metadata(binary).map_err(|source| BinaryError::Stat {
+    let meta = std::fs::metadata(binary).map_err(|error| BinaryError::Stat {
         path: binary.to_owned(),
-        source,
+        error,
     })?;
     let key = (binary.to_owned(), meta.dev(), meta.ino(), meta.mtime());
     if let Some(f) = FEATURES

@@ -17,8 +17,9 @@
 //! let network = NetworkOptions::new()
 //!     .with_port_handler(PortHandler::Slirp4netns)
 //!     .with_mtu(1500);
-//! let mut opts = SetupOptions::new(network);
-//! opts.ports.push(slirpnet::parse_port_spec("127.0.0.1:8080:80/tcp,udp")?);
+//! let opts = SetupOptions::new(network)
+//!     .with_ports(slirpnet::parse_forwards("127.0.0.1:8080:80/tcp,udp")?);
+//! assert_eq!(opts.ports.len(), 2);
 //! assert_eq!(opts.forwarder, ForwarderChoice::Rootlessport);
 //! assert_eq!(opts.network.mtu, 1500);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -30,8 +31,7 @@
 //! use slirpnet::{plan, NetworkOptions, PortHandler, SetupOptions, Target};
 //!
 //! let network = NetworkOptions::new().with_port_handler(PortHandler::Slirp4netns);
-//! let mut opts = SetupOptions::new(network);
-//! opts.ports.push(slirpnet::parse_port_spec("127.0.0.1:8080:80")?);
+//! let opts = SetupOptions::new(network).with_ports(slirpnet::parse_forwards("127.0.0.1:8080:80")?);
 //! let checked = plan(&opts)?;
 //! let net = checked.start(Target::Path { netns: "/run/netns/demo".into(), userns: None })?;
 //! println!("guest {} via {}", net.info().guest, net.info().gateway);
@@ -67,24 +67,31 @@ mod autopublish;
 mod binary;
 mod child;
 mod dirs;
+mod error;
+mod handler;
+mod hostport;
 mod listening;
+mod network;
+mod options;
+mod plan;
 mod portfwd;
+mod removal;
+mod report;
 mod run;
 pub mod session;
-mod setup;
 
 pub use autopublish::{parse_port_list, AutoPublishError, AutoPublisher, RETRY_AFTER};
 pub use binary::{detect_features, find_binary, BinaryError, HELP_TIMEOUT};
 pub use child::{NsChild, NsCommand, NsOptions, NsStep, SpawnError};
-pub use portfwd::{
-    resolve_forwarder, ForwarderChoice, ForwarderInfo, PortChangeError, PortForwardError,
-    PortForwarder,
-};
+pub use error::SetupError;
+pub use hostport::{free_host_port, HostPortError};
+pub use network::{Network, SharedNetwork};
+pub use options::{AutoPublish, SetupOptions, DEFAULT_INTERVAL};
+pub use plan::{plan, setup, Plan};
+pub use portfwd::{ForwarderChoice, ForwarderError, ForwarderInfo, PortChangeError};
+pub use removal::{removal_keys, RemovalError};
+pub use report::{ForwardInfo, SetupInfo};
 pub use run::{RunError, RunningCommand};
-pub use setup::{
-    plan, setup, AutoPublish, ForwardInfo, Network, Plan, SetupError, SetupInfo, SetupOptions,
-    DEFAULT_INTERVAL,
-};
 
 // What public signatures mention, so users need no second dependency to
 // name it.
@@ -96,7 +103,7 @@ pub use nix::sys::signal::Signal;
 /// carry ([`slirp_api::ApiError`], [`slirp_api::WaitError`]).
 pub use slirp_api;
 pub use slirp_opts::{
-    self, parse_port_spec, rootlessport::Config as RootlessportConfig, NetworkOptions, PortHandler,
-    PortMapping, Protocol, Target,
+    self, parse_forwards, parse_port_spec, Forward, NetworkOptions, PortHandler, PortKey,
+    PortMapping, Protocol, SpecError, Target,
 };
 pub use slirp_proc::{self, Exit, Slirp};

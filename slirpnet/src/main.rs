@@ -6,7 +6,7 @@ mod output;
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
+use std::net::IpAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,16 +16,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use slirp_api::portctl::{ForwardEntry, PortKey, Request as PortRequest};
-use slirp_opts::{
-    parse_port_spec, NetworkOptions, PortMapping, PortSide, Protocol, SpecProblem, Target,
-};
-use slirpnet::session::{SessionServer, SharedNetwork};
+use slirp_api::portctl::Request as PortRequest;
+use slirp_opts::{expand_all, parse_port_spec, Forward, NetworkOptions, PortMapping, Target};
+use slirpnet::session::Session;
 use slirpnet::{
-    plan, AutoPublish, AutoPublisher, ForwarderChoice, Network, NsChild, NsCommand, Plan,
+    plan, AutoPublish, ForwarderChoice, NsChild, NsCommand, Plan, PortKey, RemovalError,
     SetupOptions, SpawnError,
 };
-use std::sync::{Arc, Mutex};
 
 /// Our own failure (bad input, setup failed), as podman and runc use it.
 const EXIT_OWN_FAILURE: u8 = 125;
@@ -256,133 +253,117 @@ fn main() -> ExitCode {
     finish(result)
 }
 
-/// The exit status of `result`, with a failure reported on stderr.
+/// The exit status of `result`, with a failure reported on stderr: the
+/// error and its causes on one line (each library error prints its cause
+/// either in its message or as its source, never both), and what to change
+/// on this command line when the library's words name a setting.
 fn finish(result: Result<ExitCode>) -> ExitCode {
     result.unwrap_or_else(|e| {
+        let mut stderr = std::io::stderr();
         // A closed stderr must not turn a failure into a panic.
-        let _ = writeln!(std::io::stderr(), "slirpnet: {}", error_text(&e));
+        let _ = match advice(&e) {
+            Some(advice) => writeln!(stderr, "slirpnet: {e:#}; with this program: {advice}"),
+            None => writeln!(stderr, "slirpnet: {e:#}"),
+        };
         ExitCode::from(EXIT_OWN_FAILURE)
     })
 }
 
-/// The error and its causes on one line, each cause once: the libraries'
-/// messages already end with their cause's text, which anyhow's `{:#}`
-/// would print again.
-fn error_text(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
+/// The options of this program that fix `e`, where the library names its
+/// own settings.
+fn advice(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|cause| {
+        // Transparent wrappers are not in the chain: look inside them.
+        let forwarder = cause
+            .downcast_ref::<slirpnet::ForwarderError>()
+            .or(match cause.downcast_ref() {
+                Some(slirpnet::SetupError::Forwarder(e)) => Some(e),
+                _ => None,
+            });
+        let binary = cause
+            .downcast_ref::<slirpnet::BinaryError>()
+            .or(match cause.downcast_ref() {
+                Some(slirpnet::SetupError::Binary(e)) => Some(e),
+                _ => None,
+            });
+        if let Some(slirpnet::ForwarderError::NotFound) = forwarder {
+            return Some(
+                "build rootlessport (cargo build -p rootlessport) or install both (cargo xtask install), \
+                 name a forwarder with --rootlessport PATH, or use -o port_handler=slirp4netns",
+            );
         }
-        if !text.is_empty() {
-            text.push_str(": ");
+        if let Some(slirpnet::BinaryError::NotFound) = binary {
+            return Some("install slirp4netns (apt-get install slirp4netns), or name it with --slirp4netns PATH");
         }
-        text.push_str(&part);
-    }
-    text
+        None
+    })
 }
 
-/// Parses -o and -p, and assigns free host ports where none were given.
-fn parse_net(net: &NetArgs) -> Result<(NetworkOptions, Vec<PortMapping>)> {
+/// Parses -o and -p, assigns free host ports where none were given, and
+/// checks the ports into forwards.
+fn parse_net(net: &NetArgs) -> Result<(NetworkOptions, Vec<Forward>)> {
     let iface_exists = |name: &str| Path::new("/sys/class/net").join(name).exists();
     let options = NetworkOptions::parse(&[] as &[&str], false, &net.options, iface_exists)?;
-    let mut ports = Vec::new();
-    for spec in &net.publish {
-        let mut m = parse_port_spec(spec)?;
-        if m.host_port == 0 {
-            m.host_port = free_host_port(&m).with_context(|| format!("-p {spec}"))?;
-        }
-        ports.push(m);
-    }
-    Ok((options, ports))
+    let mappings = parse_specs(&net.publish)?;
+    Ok((options, expand_all(&mappings)?))
 }
 
-/// A host port free for every protocol of `m`, as podman picks one for `-p 80`.
-fn free_host_port(m: &PortMapping) -> Result<u16> {
-    if m.range > 1 {
-        bail!("a container port range needs host ports too, e.g. 8080-8081:80-81");
-    }
-    let ip = m.host_addr()?.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let protos = m.protocols()?;
-    for _ in 0..32 {
-        let first = match protos[0] {
-            Protocol::Tcp => TcpListener::bind((ip, 0))?.local_addr()?.port(),
-            Protocol::Udp => UdpSocket::bind((ip, 0))?.local_addr()?.port(),
-        };
-        let all_free = protos.iter().all(|p| match p {
-            Protocol::Tcp => TcpListener::bind((ip, first)).is_ok(),
-            Protocol::Udp => UdpSocket::bind((ip, first)).is_ok(),
-        });
-        if all_free {
-            return Ok(first);
+/// Parses `-p` values, assigning a free host port where none was given.
+fn parse_specs(specs: &[String]) -> Result<Vec<PortMapping>> {
+    let mut mappings = Vec::new();
+    for spec in specs {
+        let mut m = parse_port_spec(spec)?;
+        if m.host_port == 0 {
+            m.host_port = slirpnet::free_host_port(&m).with_context(|| format!("-p {spec}"))?;
         }
+        mappings.push(m);
     }
-    bail!("found no host port free for {}", m.protocol)
+    Ok(mappings)
 }
 
 /// Prints the report of a setup that is running. Its reader may be gone
 /// already (a pipe closed after the JSON, `| head`): the network is up and
 /// the session goes on, so a failed write is only logged.
 fn report_setup(net: &NetArgs, info: &slirpnet::SetupInfo, out: &mut dyn Write) {
-    if let Err(e) = print_setup(net, info, out) {
-        tracing::debug!("the setup report was not written in full: {e:#}");
+    if let Err(e) = output::print(out, net.json, info, output::table) {
+        tracing::debug!("the setup report was not written in full: {e}");
     }
-}
-
-fn print_setup(net: &NetArgs, info: &slirpnet::SetupInfo, out: &mut dyn Write) -> Result<()> {
-    if net.json {
-        serde_json::to_writer_pretty(&mut *out, info)?;
-        writeln!(out)?;
-    } else {
-        output::table(info, out)?;
-    }
-    Ok(())
 }
 
 /// The setup options every subcommand shares.
 fn setup_options(
     net: &NetArgs,
     network: NetworkOptions,
-    ports: Vec<PortMapping>,
+    ports: Vec<Forward>,
 ) -> Result<SetupOptions> {
-    let mut opts = SetupOptions::new(network);
-    opts.binary = net.slirp4netns.clone();
-    opts.ports = ports;
-    if let Some(path) = &net.rootlessport {
-        opts.forwarder = ForwarderChoice::Binary(path.clone());
+    let mut opts = SetupOptions::new(network)
+        .with_ports(ports)
+        .with_keep_source_ip(!net.hide_source_ip);
+    if let Some(binary) = &net.slirp4netns {
+        opts = opts.with_binary(binary);
     }
-    opts.keep_source_ip = !net.hide_source_ip;
+    if let Some(path) = &net.rootlessport {
+        opts = opts.with_forwarder(ForwarderChoice::Binary(path.clone()));
+    }
     if let Some(host_ip) = net.publish_auto {
         let mut auto = AutoPublish::new(host_ip);
         for list in &net.publish_auto_exclude {
             auto.exclude.extend(slirpnet::parse_port_list(list)?);
         }
-        opts.publish_auto = Some(auto);
+        opts = opts.with_publish_auto(auto);
     }
     Ok(opts)
 }
 
 fn dry_run(net: &NetArgs, plan: &Plan, target: &Target) -> Result<ExitCode> {
     let args = plan.args_for(target)?;
-    let mut out = std::io::stdout().lock();
-    if net.json {
-        let mut value = serde_json::to_value(&plan.info)?;
-        let argv: Vec<String> = std::iter::once(plan.binary.as_os_str())
-            .chain(args.iter().map(|a| a.as_os_str()))
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        value["argv"] = argv.into();
-        serde_json::to_writer_pretty(&mut out, &value)?;
-        writeln!(out)?;
-    } else {
-        writeln!(
-            out,
-            "would run: {}",
-            output::shell_words(&plan.binary, &args)
-        )?;
-        output::table(&plan.info, &mut out)?;
-    }
+    let report = output::DryRun::new(&plan.info, &plan.binary, &args);
+    output::print(
+        &mut std::io::stdout().lock(),
+        net.json,
+        &report,
+        output::dry_run,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -407,7 +388,7 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
     let signals = block_signals()?;
     let net = checked.start(target)?;
     report_setup(&args.net, net.info(), &mut std::io::stdout().lock());
-    let session = Session::serve(net)?;
+    let session = Session::serve(net, std::process::id())?;
     loop {
         let sig = next_signal(&signals)?;
         if sig == Signal::SIGCHLD {
@@ -427,228 +408,74 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
     }
 }
 
-/// A running session: its network, shared with the control socket that
-/// `slirpnet ps` and `slirpnet port` talk to.
-struct Session {
-    shared: SharedNetwork,
-    server: Option<SessionServer>,
-    /// `--publish-auto`'s thread.
-    auto: Option<AutoPublisher>,
-}
-
-impl Session {
-    /// Serves the session's control socket; without it the session still
-    /// runs (its ports just cannot be changed), with a warning. Starts
-    /// `--publish-auto`'s thread; when it cannot start, the network is torn
-    /// down and the error returned.
-    fn serve(net: Network) -> Result<Self> {
-        let shared: SharedNetwork = Arc::new(Mutex::new(Some(net)));
-        let server = match SessionServer::start(shared.clone(), std::process::id()) {
-            Ok(server) => Some(server),
-            Err(e) => {
-                tracing::warn!("ports cannot be changed while this session runs: {e}");
-                None
-            }
-        };
-        let mut session = Session {
-            shared,
-            server,
-            auto: None,
-        };
-        match AutoPublisher::start(&session.shared) {
-            Ok(auto) => session.auto = auto,
-            Err(e) => {
-                session.end();
-                return Err(e.into());
-            }
-        }
-        Ok(session)
-    }
-
-    /// Runs `f` on the network (while the session runs).
-    fn with<T: Default>(&self, f: impl FnOnce(&mut Network) -> T) -> T {
-        let mut guard = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_mut().map(f).unwrap_or_default()
-    }
-
-    /// Stops serving the control socket (removing it), then tears the
-    /// network down: forwarder first, then slirp4netns.
-    fn end(mut self) -> Option<slirp_proc::Exit> {
-        drop(self.server.take());
-        drop(self.auto.take());
-        let net = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take();
-        net.map(Network::teardown)
-    }
-}
-
 fn ps(args: PsArgs) -> Result<()> {
     let sessions = slirpnet::session::sessions();
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &sessions)?;
-        writeln!(out)?;
-    } else {
-        output::sessions(&sessions, &mut out)?;
-    }
+    output::print(
+        &mut std::io::stdout().lock(),
+        args.json,
+        &sessions,
+        |s, out| output::sessions(s, out),
+    )?;
     Ok(())
 }
 
 /// The control socket of the session `args` names.
 fn session_path(args: &SessionArgs) -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    if let Some(pid) = args.pid {
-        let path = slirpnet::session::session_socket(pid);
-        if !path.exists() {
-            bail!(
-                "no slirpnet session of this user with pid {pid} (no socket {})",
-                path.display()
-            );
-        }
-        return Ok(path);
+    match (args.pid, &args.netns) {
+        (Some(pid), _) => Ok(slirpnet::session::socket_of_pid(pid)?),
+        (None, Some(netns)) => Ok(slirpnet::session::socket_of_netns(netns)?),
+        (None, None) => bail!("--pid or --netns"),
     }
-    let netns = args.netns.as_ref().context("--pid or --netns")?;
-    // The same namespace, however it is named: its nsfs inode.
-    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
-    let wanted = id(netns).with_context(|| format!("cannot read {}", netns.display()))?;
-    slirpnet::session::sessions()
-        .into_iter()
-        .find(|s| id(Path::new(&s.netns)).is_ok_and(|i| i == wanted))
-        .map(|s| slirpnet::session::session_socket(s.pid))
-        .with_context(|| {
-            format!(
-                "no slirpnet session of this user serves {}",
-                netns.display()
-            )
-        })
-}
-
-/// Sends one port request to a session; the forwards after it.
-fn ask_session(path: &Path, req: &PortRequest) -> Result<Vec<ForwardEntry>> {
-    Ok(slirpnet::session::ports(path, req)?)
 }
 
 fn port(cmd: PortCmd) -> Result<()> {
     let mut out = std::io::stdout().lock();
+    let ask = |path: &Path, req: &PortRequest| slirpnet::session::ports(path, req);
     match cmd {
         PortCmd::Ls { session, json } => {
-            let forwards = ask_session(&session_path(&session)?, &PortRequest::List)?;
-            if json {
-                serde_json::to_writer_pretty(&mut out, &forwards)?;
-                writeln!(out)?;
-            } else {
-                output::forwards(&forwards, &mut out)?;
-            }
+            let forwards = ask(&session_path(&session)?, &PortRequest::List)?;
+            output::print(&mut out, json, &forwards, |f, out| output::forwards(f, out))?;
         }
         PortCmd::Add { session, publish } => {
             let path = session_path(&session)?;
-            let mut mappings = Vec::new();
-            for spec in &publish {
-                let mut m = parse_port_spec(spec)?;
-                if m.host_port == 0 {
-                    m.host_port = free_host_port(&m).with_context(|| format!("-p {spec}"))?;
-                }
-                mappings.push(m);
-            }
-            let forwards = ask_session(&path, &PortRequest::Add { mappings })?;
+            let mappings = parse_specs(&publish)?;
+            let forwards = ask(&path, &PortRequest::Add { mappings })?;
             output::forwards(&forwards, &mut out)?;
         }
         PortCmd::Rm { session, publish } => {
             let path = session_path(&session)?;
-            let now = ask_session(&path, &PortRequest::List)?;
+            let now: Vec<Forward> = ask(&path, &PortRequest::List)?
+                .into_iter()
+                .map(Forward::from)
+                .collect();
             let mut keys: Vec<PortKey> = Vec::new();
             for spec in &publish {
-                for key in removal_keys(spec, &now)? {
+                let named = slirpnet::removal_keys(spec, &now).map_err(|e| match e {
+                    RemovalError::NotForwarded { .. } => anyhow!("-p {e}"),
+                    e => e.into(),
+                })?;
+                for key in named {
                     if !keys.contains(&key) {
                         keys.push(key);
                     }
                 }
             }
-            let forwards = ask_session(&path, &PortRequest::Remove { ports: keys })?;
+            let forwards = ask(&path, &PortRequest::Remove { ports: keys })?;
             output::forwards(&forwards, &mut out)?;
         }
     }
     Ok(())
 }
 
-/// The forwards `spec` names among `now`: the spec they were added with
-/// (its host side), or a host port alone (`[HOST_IP:]HOST_PORT[-END][/PROTO]`,
-/// every protocol when none is named).
-fn removal_keys(spec: &str, now: &[ForwardEntry]) -> Result<Vec<PortKey>> {
-    let m = match host_port_alone(spec) {
-        Some(full) => parse_port_spec(&full).map_err(|mut e| {
-            // Name what was given, and its ports as the host's (they are).
-            e.spec = spec.to_owned();
-            match &mut e.problem {
-                SpecProblem::MissingPort { side }
-                | SpecProblem::PortZero { side }
-                | SpecProblem::InvalidPort { side, .. }
-                | SpecProblem::BackwardRange { side, .. } => *side = PortSide::Host,
-                _ => {}
-            }
-            e
-        })?,
-        None => parse_port_spec(spec)?,
-    };
-    let protos_named = spec.contains('/');
-    let host_ip = m.host_addr()?;
-    // Without a host port the number is the host port (as podman reads a
-    // lone number as the container port, "a host port alone" means it here).
-    let (first, range) = if m.host_port != 0 {
-        (m.host_port, m.range.max(1))
-    } else {
-        (m.container_port, m.range.max(1))
-    };
-    let protos = m.protocols()?;
-    let wanted = |e: &ForwardEntry| {
-        let port_ok =
-            e.host_port >= first && u32::from(e.host_port) < u32::from(first) + u32::from(range);
-        let proto_ok = !protos_named || protos.contains(&e.proto);
-        let ip_ok = m.host_ip.is_empty() || e.host_ip == host_ip;
-        port_ok && proto_ok && ip_ok
-    };
-    let keys: Vec<PortKey> = now
-        .iter()
-        .filter(|e| wanted(e))
-        .map(|e| PortKey {
-            proto: e.proto,
-            host_ip: e.host_ip,
-            host_port: e.host_port,
-        })
-        .collect();
-    if keys.is_empty() {
-        bail!("-p {spec}: no such port is forwarded");
-    }
-    Ok(keys)
-}
-
-/// A host port alone with its address (`HOST_IP:HOST_PORT[-END][/PROTO]`,
-/// IPv6 in brackets), which podman's syntax would read as host and
-/// container port, rewritten as the spec naming the same host side
-/// (`HOST_IP:PORTS:PORTS[/PROTO]`); `None` for any other spec.
-fn host_port_alone(spec: &str) -> Option<String> {
-    let (rest, proto) = match spec.rsplit_once('/') {
-        Some((rest, proto)) => (rest, format!("/{proto}")),
-        None => (spec, String::new()),
-    };
-    let (ip, ports) = rest.rsplit_once(':')?;
-    let bare = match ip.strip_prefix('[') {
-        Some(inner) => inner.strip_suffix(']')?,
-        None => ip,
-    };
-    bare.parse::<IpAddr>().ok()?;
-    Some(format!("{ip}:{ports}:{ports}{proto}"))
-}
-
 fn stats(args: StatsArgs) -> Result<()> {
     let ns = netns_util::Netns::open(&args.netns)?;
     let info = netns_util::interface_info(&ns, &args.interface)?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &info)?;
-        writeln!(out)?;
-    } else {
-        output::stats(&info, &mut out)?;
-    }
+    output::print(
+        &mut std::io::stdout().lock(),
+        args.json,
+        &info,
+        output::stats,
+    )?;
     Ok(())
 }
 
@@ -732,7 +559,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         report_setup(&args.net, net.info(), &mut std::io::stderr().lock());
     }
     // On failure the child is dropped, which kills its namespace.
-    let session = Session::serve(net)?;
+    let session = Session::serve(net, std::process::id())?;
     match child.go() {
         Ok(()) => {}
         // It exits 127 or 126, which becomes ours below.
@@ -793,49 +620,5 @@ fn supervise(signals: &SignalFd, child: &mut NsChild, session: Session) -> Resul
         if from_process {
             let _ = child.signal(sig);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(proto: Protocol, ip: Option<&str>, host_port: u16) -> ForwardEntry {
-        ForwardEntry {
-            proto,
-            host_ip: ip.map(|i| i.parse().unwrap()),
-            host_port,
-            container_port: 80,
-            auto: false,
-        }
-    }
-
-    #[test]
-    fn removal_keys_take_a_host_port_alone_with_its_address() {
-        let now = [
-            entry(Protocol::Tcp, Some("127.0.0.1"), 8080),
-            entry(Protocol::Udp, Some("127.0.0.1"), 8080),
-            entry(Protocol::Tcp, Some("::1"), 8081),
-            entry(Protocol::Tcp, None, 8082),
-        ];
-        let ports = |spec: &str| -> Vec<u16> {
-            removal_keys(spec, &now)
-                .unwrap()
-                .iter()
-                .map(|k| k.host_port)
-                .collect()
-        };
-        assert_eq!(ports("127.0.0.1:8080"), [8080, 8080]);
-        assert_eq!(ports("127.0.0.1:8080/udp"), [8080]);
-        assert_eq!(ports("127.0.0.1:8080-8081"), [8080, 8080]);
-        assert_eq!(ports("[::1]:8081"), [8081]);
-        assert_eq!(ports("8082"), [8082]);
-        assert_eq!(ports("127.0.0.1:8080:80/tcp"), [8080]);
-        assert_eq!(ports("8082:80"), [8082]);
-        assert!(removal_keys("127.0.0.2:8080", &now).is_err());
-        assert_eq!(
-            removal_keys("127.0.0.1:x", &now).unwrap_err().to_string(),
-            r#"invalid port spec "127.0.0.1:x": host port "x" is not a number from 1 to 65535"#
-        );
     }
 }

@@ -1,13 +1,29 @@
-//! Human-readable output.
+//! What the program prints: each report as JSON or as a table, chosen in
+//! one place ([`print`]).
 
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::Path;
 
 use netns_util::InterfaceInfo;
-use slirp_opts::portctl::ForwardEntry;
+use slirp_api::portctl::ForwardEntry;
 use slirpnet::session::SessionStatus;
 use slirpnet::SetupInfo;
+
+/// Prints `value` as pretty JSON when `json`, else as `table` writes it.
+pub fn print<T: serde::Serialize + ?Sized>(
+    out: &mut dyn Write,
+    json: bool,
+    value: &T,
+    table: impl FnOnce(&T, &mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, value)?;
+        writeln!(out)
+    } else {
+        table(value, out)
+    }
+}
 
 /// The setup as a short table.
 pub fn table(info: &SetupInfo, out: &mut dyn Write) -> io::Result<()> {
@@ -71,7 +87,7 @@ pub fn table(info: &SetupInfo, out: &mut dyn Write) -> io::Result<()> {
         }
     )?;
     writeln!(out, "  {:<5} {:<24} CONTAINER", "PROTO", "HOST")?;
-    for f in &info.forwards {
+    for f in info.forwards.iter().map(|f| f.forward) {
         writeln!(
             out,
             "  {:<5} {:<24} {}",
@@ -114,36 +130,59 @@ pub fn stats(info: &InterfaceInfo, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-/// The argv, quoted for a POSIX shell.
-pub fn shell_words(binary: &Path, args: &[OsString]) -> String {
-    std::iter::once(binary.as_os_str())
-        .chain(args.iter().map(|a| a.as_os_str()))
-        .map(|a| {
-            let s = a.to_string_lossy();
+/// A dry run's report: the plan, and the slirp4netns argv it would run.
+#[derive(serde::Serialize)]
+pub struct DryRun<'a> {
+    /// The plan's report.
+    #[serde(flatten)]
+    pub info: &'a SetupInfo,
+    /// The binary and its arguments.
+    pub argv: Vec<String>,
+}
+
+impl<'a> DryRun<'a> {
+    /// `info`, to be set up by running `binary` with `args`.
+    pub fn new(info: &'a SetupInfo, binary: &Path, args: &[OsString]) -> Self {
+        let argv = std::iter::once(binary.as_os_str())
+            .chain(args.iter().map(|a| a.as_os_str()))
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        DryRun { info, argv }
+    }
+}
+
+/// A dry run as a table: the argv, quoted for a POSIX shell, then the
+/// plan.
+pub fn dry_run(plan: &DryRun<'_>, out: &mut dyn Write) -> io::Result<()> {
+    let words: Vec<String> = plan
+        .argv
+        .iter()
+        .map(|s| {
             if !s.is_empty()
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c))
             {
-                s.into_owned()
+                s.clone()
             } else {
                 format!("'{}'", s.replace('\'', r"'\''"))
             }
         })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    writeln!(out, "would run: {}", words.join(" "))?;
+    table(plan.info, out)
 }
 
 /// Forwards as a short table.
 pub fn forwards(forwards: &[ForwardEntry], out: &mut dyn Write) -> io::Result<()> {
     writeln!(out, "{:<5} {:<24} {:<9} BY", "PROTO", "HOST", "CONTAINER")?;
-    for f in forwards {
+    for ForwardEntry { forward: f, auto } in forwards {
         writeln!(
             out,
             "{:<5} {:<24} {:<9} {}",
             f.proto,
             host(f.host_ip, f.host_port),
             f.container_port,
-            if f.auto { "auto" } else { "request" }
+            if *auto { "auto" } else { "request" }
         )?;
     }
     Ok(())
@@ -160,13 +199,13 @@ pub fn sessions(sessions: &[SessionStatus], out: &mut dyn Write) -> io::Result<(
         let ports: Vec<String> = s
             .forwards
             .iter()
-            .map(|f| {
+            .map(|ForwardEntry { forward: f, auto }| {
                 format!(
                     "{}->{}/{}{}",
                     host(f.host_ip, f.host_port),
                     f.container_port,
                     f.proto,
-                    if f.auto { " (auto)" } else { "" }
+                    if *auto { " (auto)" } else { "" }
                 )
             })
             .collect();

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
-use slirp_api::portctl::{PortKey, Request};
-use slirp_opts::rootlessport::Config;
-use slirp_opts::{Forward, PortMapping};
+use serde::{Deserialize, Serialize};
+use slirp_api::portctl::Request;
+use slirp_opts::rootlessport::{Config, CONTROL_SOCKET_ENV, KEEP_SOURCE_IP_ENV};
+use slirp_opts::{Forward, PortKey};
 use slirp_proc::{Helper, HelperCommand, HelperError};
 
 /// Who forwards the host ports with port_handler=rootlesskit.
@@ -31,8 +31,9 @@ pub enum ForwarderChoice {
     InProcess,
 }
 
-/// The forwarder a setup uses, as reported in [`SetupInfo`](crate::SetupInfo).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The forwarder a setup uses, as reported in [`SetupInfo`](crate::SetupInfo)
+/// and by a session ([`SessionStatus`](crate::session::SessionStatus)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum ForwarderInfo {
@@ -50,10 +51,10 @@ pub enum ForwarderInfo {
 /// A failure to find or start the port forwarder.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum PortForwardError {
+pub enum ForwarderError {
     /// No rootlessport binary next to the program, in its
     /// `../libexec/slirpnet/` or on PATH.
-    #[error("rootlessport not found next to this program, in its ../libexec/slirpnet/ or in PATH; build it (cargo build -p rootlessport) or install both (cargo xtask install), name a forwarder binary (slirpnet --rootlessport PATH), or use -o port_handler=slirp4netns")]
+    #[error("rootlessport not found next to this program, in its ../libexec/slirpnet/ or in PATH; install it there, name a forwarder binary (ForwarderChoice::Binary), or forward through slirp4netns (PortHandler::Slirp4netns)")]
     NotFound,
     /// The named binary is not an executable file.
     #[error("port forwarder {} is not an executable file", .0.display())]
@@ -71,13 +72,14 @@ pub enum PortForwardError {
     Start(HelperError),
     /// The configuration for it is invalid (a bug, or bad ports).
     #[error("invalid port forwarder configuration: {0}")]
-    Config(#[from] slirp_opts::rootlessport::ConfigError),
+    Config(slirp_opts::rootlessport::ConfigError),
     /// The in-process forwarder failed to start.
     #[cfg(feature = "in-process")]
     #[error("in-process port forwarder: {0}")]
-    InProcess(#[from] rootlessport::StartError),
+    InProcess(rootlessport::StartError),
     /// In-process forwarding was asked for, but this build of slirpnet lacks
-    /// the `in-process` feature.
+    /// the `in-process` feature (never, as `ForwarderChoice::InProcess`
+    /// exists only with it).
     #[error("in-process port forwarding needs slirpnet built with its in-process feature")]
     InProcessUnavailable,
     /// The private directory for the forwarder's control socket.
@@ -89,15 +91,12 @@ pub enum PortForwardError {
     Thread(std::io::Error),
 }
 
-/// Resolves `choice` to what will run, checking that a binary exists.
-///
-/// # Errors
-///
-/// [`PortForwardError::NotFound`] when our rootlessport is neither next to
+/// Resolves `choice` to what will run, checking that a binary exists:
+/// [`ForwarderError::NotFound`] when our rootlessport is neither next to
 /// this program, nor in its `../libexec/slirpnet/`, nor on PATH;
-/// [`PortForwardError::NotExecutable`] for a named binary that is not an
+/// [`ForwarderError::NotExecutable`] for a named binary that is not an
 /// executable file.
-pub fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, PortForwardError> {
+pub(crate) fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, ForwarderError> {
     match choice {
         ForwarderChoice::Binary(path) => {
             if crate::binary::is_executable(path) {
@@ -106,7 +105,7 @@ pub fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, Port
                     pid: None,
                 })
             } else {
-                Err(PortForwardError::NotExecutable(path.clone()))
+                Err(ForwarderError::NotExecutable(path.clone()))
             }
         }
         ForwarderChoice::Rootlessport => {
@@ -121,7 +120,7 @@ pub fn resolve_forwarder(choice: &ForwarderChoice) -> Result<ForwarderInfo, Port
                 .chain(path_dirs.iter().map(|dir| dir.join("rootlessport")))
                 .find(|p| crate::binary::is_executable(p))
                 .map(|path| ForwarderInfo::Binary { path, pid: None })
-                .ok_or(PortForwardError::NotFound)
+                .ok_or(ForwarderError::NotFound)
         }
         #[cfg(feature = "in-process")]
         ForwarderChoice::InProcess => Ok(ForwarderInfo::InProcess),
@@ -160,13 +159,16 @@ pub enum PortChangeError {
     /// slirp4netns forwards only IPv4 host addresses.
     #[error("port_handler=slirp4netns can only listen on IPv4 host addresses, not {0}")]
     Ipv6HostAddress(PortKey),
+    /// slirp4netns could not be asked for its forwards.
+    #[error("slirp4netns cannot list its forwards: {0}")]
+    ApiList(slirp_api::ApiError),
     /// slirp4netns refused a forward.
-    #[error("slirp4netns cannot forward {key}: {source}")]
+    #[error("slirp4netns cannot forward {key}: {error}")]
     Api {
         /// The forward.
         key: PortKey,
-        /// Its API's error.
-        source: slirp_api::ApiError,
+        /// Its API's error (in the message; not also its source).
+        error: slirp_api::ApiError,
     },
     /// The forwarder refused, with its own words.
     #[error("{forwarder}: {message}")]
@@ -185,18 +187,20 @@ pub enum PortChangeError {
     Control(#[from] slirp_api::control::ControlError),
     /// Starting a forwarder for the first ports failed.
     #[error(transparent)]
-    Start(#[from] PortForwardError),
+    Start(#[from] ForwarderError),
 }
 
 /// A running port forwarder. Dropping it stops it.
 #[derive(Debug)]
-pub struct PortForwarder {
+pub(crate) struct PortForwarder {
     running: Running,
 }
 
 #[derive(Debug)]
 enum Running {
-    Helper(Helper, Control),
+    /// The helper, its control socket, and whether it was asked to keep
+    /// client addresses.
+    Helper(Helper, Control, bool),
     #[cfg(feature = "in-process")]
     InProcess(inprocess::InProcess),
 }
@@ -220,7 +224,7 @@ impl PortForwarder {
         userns: Option<&Path>,
         timeout: Duration,
         keep_source_ip: bool,
-    ) -> Result<Self, PortForwardError> {
+    ) -> Result<Self, ForwarderError> {
         let running = match forwarder {
             ForwarderInfo::Binary { path, .. } => {
                 let control = Control::new()?;
@@ -232,22 +236,33 @@ impl PortForwarder {
                     &control.socket,
                     keep_source_ip,
                 )?;
-                Running::Helper(helper, control)
+                Running::Helper(helper, control, keep_source_ip)
             }
             #[cfg(feature = "in-process")]
             ForwarderInfo::InProcess => {
                 Running::InProcess(inprocess::InProcess::start(config, keep_source_ip)?)
             }
             #[cfg(not(feature = "in-process"))]
-            ForwarderInfo::InProcess => return Err(PortForwardError::InProcessUnavailable),
+            ForwarderInfo::InProcess => return Err(ForwarderError::InProcessUnavailable),
         };
         Ok(PortForwarder { running })
+    }
+
+    /// Whether the service sees clients' own addresses: in-process, what
+    /// the namespace granted; a binary, what it was asked (it warns itself
+    /// when refused).
+    pub fn keeps_source_ip(&self) -> bool {
+        match &self.running {
+            Running::Helper(_, _, asked) => *asked,
+            #[cfg(feature = "in-process")]
+            Running::InProcess(p) => p.keeps_source_ip(),
+        }
     }
 
     /// The helper's process id; `None` in-process.
     pub fn pid(&self) -> Option<u32> {
         match &self.running {
-            Running::Helper(h, _) => Some(h.pid()),
+            Running::Helper(h, ..) => Some(h.pid()),
             #[cfg(feature = "in-process")]
             Running::InProcess(_) => None,
         }
@@ -257,7 +272,7 @@ impl PortForwarder {
     /// SIGKILL and is reaped; in-process, the forwarder's threads end.
     pub fn stop(self) {
         match self.running {
-            Running::Helper(h, _control) => {
+            Running::Helper(h, ..) => {
                 let _ = h.stop(Duration::from_secs(2));
             }
             #[cfg(feature = "in-process")]
@@ -275,9 +290,8 @@ struct Control {
 }
 
 impl Control {
-    fn new() -> Result<Self, PortForwardError> {
-        let dir =
-            crate::dirs::private_dir("slirpnet-fwd-").map_err(PortForwardError::ControlDir)?;
+    fn new() -> Result<Self, ForwarderError> {
+        let dir = crate::dirs::private_dir("slirpnet-fwd-").map_err(ForwarderError::ControlDir)?;
         let socket = dir.path().join("control.sock");
         Ok(Control { _dir: dir, socket })
     }
@@ -289,7 +303,7 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 impl PortForwarder {
     fn name(&self) -> String {
         match &self.running {
-            Running::Helper(h, _) => h.program().display().to_string(),
+            Running::Helper(h, ..) => h.program().display().to_string(),
             #[cfg(feature = "in-process")]
             Running::InProcess(_) => "in-process port forwarder".into(),
         }
@@ -297,7 +311,7 @@ impl PortForwarder {
 
     fn ask(&self, req: &Request) -> Result<Vec<Forward>, PortChangeError> {
         match &self.running {
-            Running::Helper(h, control) => {
+            Running::Helper(h, control, _) => {
                 if !control.socket.exists() {
                     return Err(PortChangeError::Unsupported(h.program().to_owned()));
                 }
@@ -328,14 +342,14 @@ impl PortForwarder {
         self.ask(&Request::List)
     }
 
-    /// Adds `mappings` while it serves: all or none. Returns every forward.
+    /// Adds `forwards` while it serves: all or none. Returns every forward.
     ///
     /// # Errors
     ///
     /// It refused (a port in use, already forwarded, ...) or cannot be asked.
-    pub fn add(&self, mappings: &[PortMapping]) -> Result<Vec<Forward>, PortChangeError> {
+    pub fn add(&self, forwards: &[Forward]) -> Result<Vec<Forward>, PortChangeError> {
         self.ask(&Request::Add {
-            mappings: mappings.to_vec(),
+            mappings: forwards.iter().map(Forward::to_mapping).collect(),
         })
     }
 
@@ -358,7 +372,7 @@ fn start_helper(
     timeout: Duration,
     control: &Path,
     keep_source_ip: bool,
-) -> Result<Helper, PortForwardError> {
+) -> Result<Helper, ForwarderError> {
     // Config is plain data; serializing it cannot fail.
     let stdin = serde_json::to_vec(config).unwrap_or_default();
     let mut cmd = HelperCommand::new(binary, "rootlessport", stdin);
@@ -366,24 +380,21 @@ fn start_helper(
     cmd.ready_timeout = timeout;
     // Set either way, so that an inherited value does not decide.
     cmd.env.push((
-        "ROOTLESSPORT_KEEP_SOURCE_IP".into(),
+        KEEP_SOURCE_IP_ENV.into(),
         if keep_source_ip { "1" } else { "0" }.into(),
     ));
     // Our rootlessport serves port changes there; another forwarder ignores it.
-    cmd.env
-        .push(("ROOTLESSPORT_CONTROL_SOCKET".into(), control.into()));
+    cmd.env.push((CONTROL_SOCKET_ENV.into(), control.into()));
     if std::env::var_os("ROOTLESSPORT_LOG").is_none() {
         cmd.env.push(("ROOTLESSPORT_LOG".into(), "warn".into()));
     }
     match cmd.start() {
         Ok(helper) => Ok(helper),
-        Err(HelperError::Failed { line, .. }) if !line.is_empty() => {
-            Err(PortForwardError::Failed {
-                program: binary.to_owned(),
-                line,
-            })
-        }
-        Err(e) => Err(PortForwardError::Start(e)),
+        Err(HelperError::Failed { line, .. }) if !line.is_empty() => Err(ForwarderError::Failed {
+            program: binary.to_owned(),
+            line,
+        }),
+        Err(e) => Err(ForwarderError::Start(e)),
     }
 }
 
@@ -395,7 +406,7 @@ mod inprocess {
     use slirp_api::portctl::Request;
     use slirp_opts::rootlessport::Config;
 
-    use super::PortForwardError;
+    use super::ForwarderError;
 
     /// rootlessport's forwarder on a thread of this process, stopped (also
     /// on drop) by closing the write end of its exit pipe and joining it.
@@ -404,18 +415,21 @@ mod inprocess {
         exit: Option<OwnedFd>,
         thread: Option<JoinHandle<()>>,
         handle: rootlessport::ForwarderHandle,
+        keeps_source_ip: bool,
     }
 
     impl InProcess {
-        pub(super) fn start(
-            config: Config,
-            keep_source_ip: bool,
-        ) -> Result<Self, PortForwardError> {
+        pub(super) fn start(config: Config, keep_source_ip: bool) -> Result<Self, ForwarderError> {
             let options = rootlessport::ForwardOptions::default().keep_source_ip(keep_source_ip);
-            let forwarder = rootlessport::Forwarder::start_with(config.validate()?, options)?;
+            let forwarder = rootlessport::Forwarder::start_with(
+                config.validate().map_err(ForwarderError::Config)?,
+                options,
+            )
+            .map_err(ForwarderError::InProcess)?;
             let handle = forwarder.handle();
+            let keeps_source_ip = forwarder.keeps_source_ip();
             let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| PortForwardError::Thread(e.into()))?;
+                .map_err(|e| ForwarderError::Thread(e.into()))?;
             let thread = std::thread::Builder::new()
                 .name("rootlessport".into())
                 .spawn(move || {
@@ -423,11 +437,12 @@ mod inprocess {
                         tracing::warn!(error = %e, "the in-process port forwarder failed");
                     }
                 })
-                .map_err(PortForwardError::Thread)?;
+                .map_err(ForwarderError::Thread)?;
             Ok(InProcess {
                 exit: Some(write),
                 thread: Some(thread),
                 handle,
+                keeps_source_ip,
             })
         }
 
@@ -440,6 +455,10 @@ mod inprocess {
                 Request::Remove { ports } => self.handle.remove(ports),
                 _ => self.handle.list(),
             }
+        }
+
+        pub(super) fn keeps_source_ip(&self) -> bool {
+            self.keeps_source_ip
         }
 
         pub(super) fn stop(mut self) {

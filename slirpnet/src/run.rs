@@ -9,7 +9,10 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
 use crate::child::{NsChild, NsCommand, NsOptions, SpawnError};
-use crate::setup::{Network, Plan, SetupError, SetupInfo};
+use crate::error::SetupError;
+use crate::network::Network;
+use crate::plan::Plan;
+use crate::report::SetupInfo;
 
 /// A failure of [`Plan::run`]. Nothing it started is left running.
 #[derive(Debug, thiserror::Error)]

@@ -18,11 +18,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
-use slirp_api::control::{ControlError, ControlReply, ControlServer, ServeError};
-use slirp_api::portctl::{ForwardEntry, PortKey, Reply, Request};
-use slirp_opts::PortMapping;
+use slirp_api::control::{ControlReply, ControlServer};
+// What this module's signatures name, so that a caller needs no second
+// dependency to name it.
+pub use slirp_api::control::{ControlError, ServeError};
+pub use slirp_api::portctl::{ForwardEntry, Reply, Request};
+use slirp_opts::{expand_all, PortHandler, PortKey, PortMapping};
 
-use crate::setup::Network;
+use crate::autopublish::{AutoPublishError, AutoPublisher};
+use crate::network::{Network, SharedNetwork};
+use crate::portfwd::ForwarderInfo;
 
 /// How long a client may take to send its whole request.
 pub const CLIENT_DEADLINE: Duration = slirp_api::control::REQUEST_DEADLINE;
@@ -51,6 +56,31 @@ pub enum SessionError {
     /// The session refused: nothing changed.
     #[error("{0}")]
     Refused(String),
+    /// No session of this user has this pid.
+    #[error("no slirpnet session of this user with pid {pid} (no socket {})", socket.display())]
+    NoPid {
+        /// The pid asked for.
+        pid: u32,
+        /// Where its socket would be.
+        socket: PathBuf,
+    },
+    /// No session of this user serves this namespace.
+    #[error("no slirpnet session of this user serves {}", netns.display())]
+    NoNetns {
+        /// The namespace asked for.
+        netns: PathBuf,
+    },
+    /// The namespace asked for cannot be read.
+    #[error("cannot read {}: {error}", netns.display())]
+    Netns {
+        /// The namespace asked for.
+        netns: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// Automatic publishing could not start (the session was ended).
+    #[error(transparent)]
+    AutoPublish(#[from] AutoPublishError),
     /// The session answered something else than was asked.
     #[error("unexpected reply from {}: {reply}", path.display())]
     Unexpected {
@@ -133,10 +163,10 @@ pub struct SessionStatus {
     pub pid: u32,
     /// The network namespace it serves.
     pub netns: String,
-    /// `rootlesskit` or `slirp4netns`.
-    pub port_handler: String,
-    /// The port forwarder (a binary's path, `in-process`), when one runs.
-    pub forwarder: Option<String>,
+    /// Who forwards the ports (`rootlesskit` or `slirp4netns` on the wire).
+    pub port_handler: PortHandler,
+    /// The port forwarder, when one runs.
+    pub forwarder: Option<ForwarderInfo>,
     /// slirp4netns's pid.
     pub slirp4netns_pid: u32,
     /// Every forward now.
@@ -157,6 +187,42 @@ pub fn session_dir() -> PathBuf {
 /// The control socket of session `pid`.
 pub fn session_socket(pid: u32) -> PathBuf {
     session_dir().join(format!("{pid}.sock"))
+}
+
+/// The control socket of this user's session with pid `pid`.
+///
+/// # Errors
+///
+/// [`SessionError::NoPid`]: there is no socket for it.
+pub fn socket_of_pid(pid: u32) -> Result<PathBuf, SessionError> {
+    let socket = session_socket(pid);
+    if socket.exists() {
+        Ok(socket)
+    } else {
+        Err(SessionError::NoPid { pid, socket })
+    }
+}
+
+/// The control socket of this user's session that serves `netns`, however
+/// the namespace is named (its nsfs inode is compared).
+///
+/// # Errors
+///
+/// [`SessionError::Netns`] when `netns` cannot be read,
+/// [`SessionError::NoNetns`] when no running session serves it.
+pub fn socket_of_netns(netns: &Path) -> Result<PathBuf, SessionError> {
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let wanted = id(netns).map_err(|error| SessionError::Netns {
+        netns: netns.to_owned(),
+        error,
+    })?;
+    sessions()
+        .into_iter()
+        .find(|s| id(Path::new(&s.netns)).is_ok_and(|i| i == wanted))
+        .map(|s| session_socket(s.pid))
+        .ok_or_else(|| SessionError::NoNetns {
+            netns: netns.to_owned(),
+        })
 }
 
 /// Makes the session directory (0700) and checks that it is ours and
@@ -190,10 +256,6 @@ fn ensure_dir(dir: &Path) -> Result<(), SessionError> {
     Ok(())
 }
 
-/// A session's network, shared between the session and its control socket;
-/// `None` once the session is ending.
-pub type SharedNetwork = Arc<Mutex<Option<Network>>>;
-
 /// Serves a session's control socket on threads of its own. Dropping it
 /// stops serving and removes the socket.
 #[derive(Debug)]
@@ -220,6 +282,84 @@ impl SessionServer {
     /// The socket's path.
     pub fn path(&self) -> &Path {
         self.0.path()
+    }
+}
+
+/// A running session: its network, shared with the session's control
+/// socket ([`SessionServer`]) and with automatic publishing
+/// ([`AutoPublisher`]), as `slirpnet run` and `slirpnet attach` keep it.
+/// [`Session::end`] (or dropping it) stops serving, stops publishing, then
+/// tears the network down.
+#[derive(Debug)]
+pub struct Session {
+    shared: SharedNetwork,
+    server: Option<SessionServer>,
+    auto: Option<AutoPublisher>,
+}
+
+impl Session {
+    /// Serves the control socket of session `pid` for `net`; without it
+    /// the session still runs (its ports just cannot be changed), with a
+    /// warning. Starts automatic publishing when the network was set up
+    /// with it.
+    ///
+    /// # Errors
+    ///
+    /// Automatic publishing cannot start; the network has been torn down.
+    pub fn serve(net: Network, pid: u32) -> Result<Self, SessionError> {
+        let shared: SharedNetwork = Arc::new(Mutex::new(Some(net)));
+        let server = match SessionServer::start(shared.clone(), pid) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                tracing::warn!("ports cannot be changed while this session runs: {e}");
+                None
+            }
+        };
+        let mut session = Session {
+            shared,
+            server,
+            auto: None,
+        };
+        match AutoPublisher::start(&session.shared) {
+            Ok(auto) => session.auto = auto,
+            Err(e) => {
+                session.end();
+                return Err(e.into());
+            }
+        }
+        Ok(session)
+    }
+
+    /// The control socket, when it is served.
+    pub fn path(&self) -> Option<&Path> {
+        self.server.as_ref().map(SessionServer::path)
+    }
+
+    /// Runs `f` on the network while the session runs; the default after
+    /// it ended.
+    pub fn with<T: Default>(&self, f: impl FnOnce(&mut Network) -> T) -> T {
+        let mut guard = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_mut().map(f).unwrap_or_default()
+    }
+
+    /// Stops serving the control socket (removing it) and publishing, then
+    /// tears the network down: forwarder first, then slirp4netns. Returns
+    /// how slirp4netns ended.
+    pub fn end(mut self) -> Option<slirp_proc::Exit> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Option<slirp_proc::Exit> {
+        drop(self.server.take());
+        drop(self.auto.take());
+        let net = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take();
+        net.map(Network::teardown)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -253,8 +393,10 @@ fn respond(request: SessionRequest, network: &SharedNetwork, pid: u32) -> Sessio
     }
 }
 
+/// The mappings of a port request, expanded once here where they enter,
+/// then forwarded.
 fn add(net: &mut Network, mappings: &[PortMapping]) -> Result<(), crate::PortChangeError> {
-    net.add_ports(mappings).map(drop)
+    net.add_ports(&expand_all(mappings)?).map(drop)
 }
 
 fn remove(net: &mut Network, ports: &[PortKey]) -> Result<(), crate::PortChangeError> {
@@ -267,22 +409,18 @@ fn entries(net: &Network) -> Vec<ForwardEntry> {
         .iter()
         .map(|f| ForwardEntry {
             auto: f.auto,
-            ..ForwardEntry::from(&f.forward())
+            ..ForwardEntry::from(&f.forward)
         })
         .collect()
 }
 
 fn status(net: &Network, pid: u32) -> SessionStatus {
     let info = net.info();
-    let forwarder = info.forwarder.as_ref().map(|f| match f {
-        crate::ForwarderInfo::Binary { path, .. } => path.display().to_string(),
-        _ => "in-process".to_owned(),
-    });
     SessionStatus {
         pid,
         netns: net.target().netns_path().display().to_string(),
-        port_handler: info.port_handler.clone(),
-        forwarder,
+        port_handler: info.port_handler,
+        forwarder: info.forwarder.clone(),
         slirp4netns_pid: info.pid,
         forwards: entries(net),
     }
@@ -354,7 +492,7 @@ pub fn sessions() -> Vec<SessionStatus> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Reply, Request, SessionReply, SessionRequest, SessionStatus};
+    use super::{PortHandler, Reply, Request, SessionReply, SessionRequest, SessionStatus};
 
     #[test]
     fn the_wire_is_the_port_protocol_plus_the_session_request() {
@@ -379,7 +517,7 @@ mod tests {
         let status = SessionStatus {
             pid: 1,
             netns: "/n".into(),
-            port_handler: "rootlesskit".into(),
+            port_handler: PortHandler::Rootlesskit,
             forwarder: None,
             slirp4netns_pid: 2,
             forwards: Vec::new(),

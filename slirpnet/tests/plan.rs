@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slirpnet::{
-    plan, BinaryError, ForwarderChoice, ForwarderInfo, NetworkOptions, PortForwardError,
-    SetupError, SetupOptions, Target,
+    plan, BinaryError, ForwarderChoice, ForwarderError, ForwarderInfo, NetworkOptions, SetupError,
+    SetupOptions, Target,
 };
 
 /// The flags slirp4netns 1.2.0 lists in `--help`, one a line as it does.
@@ -57,7 +57,7 @@ fn options(slirp: &Path, forwarder: &Path, network: &[&str], ports: &[&str]) -> 
     opts.forwarder = ForwarderChoice::Binary(forwarder.to_owned());
     opts.ports = ports
         .iter()
-        .map(|p| slirpnet::parse_port_spec(p).unwrap())
+        .flat_map(|p| slirpnet::parse_forwards(p).unwrap())
         .collect();
     opts
 }
@@ -85,7 +85,10 @@ fn a_plan_has_the_addresses_the_forwards_and_the_forwarder() {
     );
     assert_eq!(info.mtu, 1500);
     assert_eq!(info.forwards.len(), 5);
-    assert_eq!(info.forwards[4].host_ip, Some("::1".parse().unwrap()));
+    assert_eq!(
+        info.forwards[4].forward.host_ip,
+        Some("::1".parse().unwrap())
+    );
     assert_eq!(
         info.forwarder,
         Some(ForwarderInfo::Binary {
@@ -156,30 +159,6 @@ fn a_missing_or_hung_binary_is_named() {
     let opts = options(&slirp, &dir.path().join("no-forwarder"), &[], &["8080:80"]);
     assert!(matches!(
         plan(&opts).unwrap_err(),
-        SetupError::PortForward(PortForwardError::NotExecutable(_))
+        SetupError::Forwarder(ForwarderError::NotExecutable(_))
     ));
-}
-
-/// Without the `in-process` feature, asking for in-process forwarding is an
-/// error, not a panic.
-#[cfg(not(feature = "in-process"))]
-#[test]
-fn in_process_forwarding_without_the_feature_is_an_error() {
-    let config = slirpnet::RootlessportConfig::new(
-        Vec::new(),
-        "/run/netns/none",
-        "10.0.2.100".parse().unwrap(),
-    );
-    let err = slirpnet::PortForwarder::start(
-        &ForwarderInfo::InProcess,
-        config,
-        None,
-        Duration::from_secs(1),
-        false,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err, PortForwardError::InProcessUnavailable),
-        "{err}"
-    );
 }

@@ -254,9 +254,9 @@ impl<'a> Session<'a> {
             .iter()
             .filter(|f| f.auto)
             .map(|f| {
-                assert_eq!(f.host_ip, Some(LOCAL), "{f:?}");
-                assert_eq!(f.host_port, f.container_port, "{f:?}");
-                (f.proto, f.host_port)
+                assert_eq!(f.forward.host_ip, Some(LOCAL), "{f:?}");
+                assert_eq!(f.forward.host_port, f.forward.container_port, "{f:?}");
+                (f.forward.proto, f.forward.host_port)
             })
             .collect()
     }
@@ -483,7 +483,7 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
     });
     // The explicit forward stays the only one of its port.
     let ls = s.ls();
-    let of_7: Vec<_> = ls.iter().filter(|f| f.host_port == p[7]).collect();
+    let of_7: Vec<_> = ls.iter().filter(|f| f.forward.host_port == p[7]).collect();
     assert!(of_7.len() == 1 && !of_7[0].auto, "{ls:?}");
     assert_tcp_echo(p[0], 1);
     assert_tcp_echo(p[1], 2);
@@ -547,11 +547,11 @@ fn publishes_what_the_namespace_listens_on(user: &User, handler: &str) {
     });
     let ls = s.ls();
     assert!(
-        !ls.iter().any(|f| f.host_port == p[1]),
+        !ls.iter().any(|f| f.forward.host_port == p[1]),
         "a forward removed by hand came back: {ls:?}"
     );
     assert!(
-        ls.iter().any(|f| f.host_port == p[9] && !f.auto),
+        ls.iter().any(|f| f.forward.host_port == p[9] && !f.auto),
         "the forward published by hand went with its socket: {ls:?}"
     );
     assert!(tcp_refused(p[1]));
@@ -700,7 +700,7 @@ fn an_ipv6_host_address() {
     s.wait_for("the listener to be published on ::1", |s| {
         s.ls()
             .iter()
-            .any(|f| f.auto && f.host_ip == Some(v6) && f.host_port == port)
+            .any(|f| f.auto && f.forward.host_ip == Some(v6) && f.forward.host_port == port)
     });
     let mut conn = TcpStream::connect_timeout(&SocketAddr::new(v6, port), STEP).unwrap();
     conn.set_read_timeout(Some(STEP)).unwrap();

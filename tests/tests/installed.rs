@@ -76,6 +76,12 @@ fn installed_slirpnet_finds_its_forwarder_in_libexec() {
         err.contains("rootlessport not found") && err.contains("../libexec/slirpnet/"),
         "{err}"
     );
+    // The library's words, then the program's own options, on one line.
+    assert!(
+        err.contains("ForwarderChoice::Binary") && err.contains("--rootlessport PATH"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]

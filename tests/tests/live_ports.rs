@@ -23,11 +23,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use slirp_opts::portctl::ForwardEntry;
-use slirp_opts::Protocol;
+use slirp_opts::{Forward, Protocol};
 use slirpnet::session::SessionStatus;
+use slirpnet::ForwarderInfo;
 use slirpnet_tests::{
-    free_port_both, free_run, free_tcp_port, payload, require, require_slirp, rootless_possible,
-    rootlessport_bin, slirpnet_bin, world_runnable, PersistentNetns,
+    free_port_both, free_run, free_tcp_port, payload, pid_exists, require, require_slirp,
+    rootless_possible, rootlessport_bin, slirpnet_bin, world_runnable, PersistentNetns,
 };
 
 const ECHO: &str = env!("CARGO_BIN_EXE_echo-server");
@@ -513,19 +514,21 @@ fn parse_forwards(out: &Out) -> Vec<ForwardEntry> {
     out.ok();
     let mut list: Vec<ForwardEntry> = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("{}: not a forward list ({e}): {}", out.shown, out.stdout));
-    list.sort_by_key(|f| (f.proto, f.host_ip, f.host_port, f.container_port));
+    list.sort_by_key(|f| {
+        let f = f.forward;
+        (f.proto, f.host_ip, f.host_port, f.container_port)
+    });
     list
 }
 
 /// A forward as `port ls` shows it.
 fn fwd(proto: Protocol, host_ip: IpAddr, host_port: u16, container_port: u16) -> ForwardEntry {
-    ForwardEntry {
+    ForwardEntry::from(&Forward {
         proto,
         host_ip: Some(host_ip),
         host_port,
         container_port,
-        auto: false,
-    }
+    })
 }
 
 /// A TCP forward from 127.0.0.1.
@@ -535,7 +538,14 @@ fn tcp(host_port: u16, container_port: u16) -> ForwardEntry {
 
 /// `forwards`, sorted as [`Session::ls`] returns them.
 fn sorted(mut forwards: Vec<ForwardEntry>) -> Vec<ForwardEntry> {
-    forwards.sort_by_key(|f| (f.proto, f.host_ip, f.host_port, f.container_port));
+    forwards.sort_by_key(|f| {
+        (
+            f.forward.proto,
+            f.forward.host_ip,
+            f.forward.host_port,
+            f.forward.container_port,
+        )
+    });
     forwards
 }
 
@@ -900,14 +910,17 @@ fn first_port_by_port_add(user: &User, handler: &str) {
     assert_eq!(session.ls(), vec![tcp(port, 7000)]);
     assert_tcp_echo(local(port), 5);
     let st = status(&session);
-    assert_eq!(st.port_handler, handler);
+    assert_eq!(st.port_handler.as_str(), handler);
     if handler == "rootlesskit" {
-        let forwarder = st.forwarder.expect("a forwarder after the first add");
+        let Some(ForwarderInfo::Binary { path, pid }) = st.forwarder else {
+            panic!("a forwarder binary after the first add: {:?}", st.forwarder);
+        };
         assert_eq!(
-            Path::new(&forwarder),
+            path,
             user.slirpnet.with_file_name("rootlessport"),
             "the rootlessport next to slirpnet"
         );
+        assert!(pid.is_some_and(pid_exists), "{pid:?}");
     } else {
         assert_eq!(st.forwarder, None);
     }
@@ -1172,15 +1185,16 @@ fn ps_lists_sessions_and_forgets_killed_ones() {
     );
     let sa = listed.iter().find(|s| s.pid == a.pid()).unwrap();
     assert_eq!(sa.netns, format!("/proc/{}/ns/net", a.command_pid.unwrap()));
-    assert_eq!(sa.port_handler, "rootlesskit");
+    assert_eq!(sa.port_handler.as_str(), "rootlesskit");
     assert_eq!(sa.forwards, vec![tcp(port, 7000)]);
-    assert!(sa
-        .forwarder
-        .as_deref()
-        .is_some_and(|f| f.ends_with("/rootlessport")));
+    assert!(
+        matches!(&sa.forwarder, Some(ForwarderInfo::Binary { path, .. }) if path.ends_with("rootlessport")),
+        "{:?}",
+        sa.forwarder
+    );
     assert!(sa.slirp4netns_pid > 0);
     let sb = listed.iter().find(|s| s.pid == b.pid()).unwrap();
-    assert_eq!(sb.port_handler, "slirp4netns");
+    assert_eq!(sb.port_handler.as_str(), "slirp4netns");
     assert!(sb.forwards.is_empty());
     // The table too.
     let table = root.output(["ps"]);
@@ -1437,7 +1451,7 @@ fn a_six_thousand_forward_table_is_listed_and_changed() {
     session.rm([first.to_string()]);
     let now = session.ls();
     assert_eq!(now.len(), 5998);
-    assert!(now.iter().all(|f| f.host_port != first));
+    assert!(now.iter().all(|f| f.forward.host_port != first));
     // The rest in one request (some 340 KB).
     session.rm([format!(
         "127.0.0.1:{}-{last}:10001-12999/tcp,udp",

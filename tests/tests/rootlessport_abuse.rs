@@ -271,7 +271,8 @@ fn every_port_refuses_the_instant_stop_returns() {
 fn network(ns: &PersistentNetns, forwarder: ForwarderChoice, anchor: u16) -> slirpnet::Network {
     let mut opts = SetupOptions::new(NetworkOptions::default());
     opts.forwarder = forwarder;
-    opts.ports.push(tcp_mapping(anchor, 7000));
+    opts.ports
+        .extend(tcp_mapping(anchor, 7000).expand().unwrap());
     slirpnet::setup(
         Target::Path {
             netns: ns.path.clone(),
@@ -288,8 +289,13 @@ fn network_remove_refuses_at_once(what: &str, forwarder: ForwarderChoice, base: 
     let mut net = network(&ns, forwarder, anchor);
     remove_refuses_at_once(what, base + 1, |change, ports| {
         if change == Change::Add {
-            let maps: Vec<_> = ports.iter().map(|&p| tcp_mapping(p, 7001)).collect();
-            net.add_ports(&maps).map(drop).map_err(|e| e.to_string())
+            let forwards: Vec<_> = ports
+                .iter()
+                .flat_map(|&p| tcp_mapping(p, 7001).expand().unwrap())
+                .collect();
+            net.add_ports(&forwards)
+                .map(drop)
+                .map_err(|e| e.to_string())
         } else {
             let keys: Vec<_> = ports.iter().map(|&p| key(p)).collect();
             let now = net.remove_ports(&keys).unwrap();

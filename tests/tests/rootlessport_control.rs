@@ -157,11 +157,11 @@ fn six_thousand_forwards_are_listed_and_changed() {
     // request of some 340 KB).
     let ports: Vec<PortKey> = forwards
         .iter()
-        .filter(|f| f.host_port != first)
+        .filter(|f| f.forward.host_port != first)
         .map(|f| PortKey {
-            proto: f.proto,
-            host_ip: f.host_ip,
-            host_port: f.host_port,
+            proto: f.forward.proto,
+            host_ip: f.forward.host_ip,
+            host_port: f.forward.host_port,
         })
         .collect();
     assert_eq!(ports.len(), 5998);
@@ -169,7 +169,7 @@ fn six_thousand_forwards_are_listed_and_changed() {
         .into_forwards()
         .unwrap();
     assert_eq!(left.len(), 2, "{left:?}");
-    assert!(left.iter().all(|f| f.host_port == first));
+    assert!(left.iter().all(|f| f.forward.host_port == first));
     TcpListener::bind(("127.0.0.1", first + 1)).expect("a removed port is free");
     assert_eq!(ask(&control, &Request::List).into_forwards().unwrap(), left);
     let _ = helper.stop(Duration::from_secs(5));

@@ -4,7 +4,7 @@
 use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
 
-use slirp_opts::{parse_port_spec, NetworkOptions, PortHandler, Target};
+use slirp_opts::{parse_forwards, NetworkOptions, PortHandler, Target};
 use slirpnet::{setup, ForwarderChoice, SetupError, SetupOptions};
 use slirpnet_tests::{free_tcp_port, pid_exists, require_slirp, PersistentNetns};
 
@@ -69,7 +69,7 @@ fn udp_and_tcp_forwards_carry_data() {
     let port = free_tcp_port();
     let mut opts = options();
     opts.ports
-        .push(parse_port_spec(&format!("127.0.0.1:{port}:5300/udp,tcp")).unwrap());
+        .extend(parse_forwards(&format!("127.0.0.1:{port}:5300/udp,tcp")).unwrap());
     // With host loopback disabled (the default) slirp4netns drops the UDP
     // replies: the plan says so and how to fix it.
     let warned = slirpnet::plan(&opts).unwrap().info.warnings;
@@ -139,9 +139,9 @@ fn a_failed_forward_undoes_everything() {
     let free = free_tcp_port();
     let mut opts = options();
     opts.ports
-        .push(parse_port_spec(&format!("127.0.0.1:{free}:80")).unwrap());
+        .extend(parse_forwards(&format!("127.0.0.1:{free}:80")).unwrap());
     opts.ports
-        .push(parse_port_spec(&format!("127.0.0.1:{busy}:81")).unwrap());
+        .extend(parse_forwards(&format!("127.0.0.1:{busy}:81")).unwrap());
     let before = our_slirp_children();
     let err = setup(target(&made), &opts).unwrap_err();
     assert!(matches!(err, SetupError::Forward { .. }), "{err}");
@@ -211,11 +211,11 @@ fn rootlesskit_forwards_tcp_and_udp_through_rootlessport() {
     let mut opts = SetupOptions::new(NetworkOptions::default());
     opts.forwarder = ForwarderChoice::Binary(slirpnet_tests::rootlessport_bin());
     opts.ports
-        .push(parse_port_spec(&format!("127.0.0.1:{port}:7100/tcp,udp")).unwrap());
+        .extend(parse_forwards(&format!("127.0.0.1:{port}:7100/tcp,udp")).unwrap());
     let plan = slirpnet::plan(&opts).unwrap();
     assert!(plan.info.warnings.is_empty(), "{:?}", plan.info.warnings);
     let net = setup(target(&made), &opts).unwrap();
-    assert_eq!(net.info().port_handler, "rootlesskit");
+    assert_eq!(net.info().port_handler, PortHandler::Rootlesskit);
     assert!(net.info().api_socket.is_none());
 
     echo_tcp_and_udp(&made, 7100, port, "127.0.0.1");
@@ -240,7 +240,7 @@ fn a_failing_rootlessport_undoes_everything() {
     let mut opts = SetupOptions::new(NetworkOptions::default());
     opts.forwarder = ForwarderChoice::Binary(slirpnet_tests::rootlessport_bin());
     opts.ports
-        .push(parse_port_spec(&format!("127.0.0.1:{busy}:80")).unwrap());
+        .extend(parse_forwards(&format!("127.0.0.1:{busy}:80")).unwrap());
     let before = our_slirp_children();
     let err = setup(target(&made), &opts).unwrap_err();
     assert_eq!(
@@ -268,9 +268,9 @@ fn an_api_socket_beside_rootlessport_forwards_each_port_once_and_never_wider() {
     opts.forwarder = ForwarderChoice::Binary(slirpnet_tests::rootlessport_bin());
     opts.api_socket = Some(sock.clone());
     opts.ports
-        .push(parse_port_spec(&format!("[::1]:{v6_port}:7100")).unwrap());
+        .extend(parse_forwards(&format!("[::1]:{v6_port}:7100")).unwrap());
     opts.ports
-        .push(parse_port_spec(&format!("127.0.0.1:{v4_port}:7101")).unwrap());
+        .extend(parse_forwards(&format!("127.0.0.1:{v4_port}:7101")).unwrap());
     let net = setup(target(&made), &opts).unwrap();
     // rootlessport forwards; slirp4netns, whose API socket the caller asked
     // for, forwards nothing.
@@ -280,7 +280,7 @@ fn an_api_socket_beside_rootlessport_forwards_each_port_once_and_never_wider() {
         .info()
         .forwards
         .iter()
-        .map(|f| f.host_ip.unwrap().to_string())
+        .map(|f| f.forward.host_ip.unwrap().to_string())
         .collect();
     assert_eq!(hosts, ["::1", "127.0.0.1"]);
     // [::1]:PORT is open on ::1 only, not on any IPv4 address.
@@ -327,7 +327,7 @@ if kill -0 "$pid" 2>/dev/null; then echo running > {mark}; else echo gone > {mar
     let mut opts = SetupOptions::new(NetworkOptions::default());
     opts.forwarder = ForwarderChoice::Binary(script);
     opts.ports
-        .push(parse_port_spec(&format!("127.0.0.1:{}:80", free_tcp_port())).unwrap());
+        .extend(parse_forwards(&format!("127.0.0.1:{}:80", free_tcp_port())).unwrap());
     let net = setup(target(&made), &opts).unwrap();
     let pid = net.info().pid;
     net.teardown();
@@ -396,7 +396,7 @@ fn an_in_process_forwarder_serves_without_a_helper_and_says_so() {
     let mut opts = SetupOptions::new(NetworkOptions::default());
     opts.forwarder = ForwarderChoice::InProcess;
     opts.ports
-        .push(parse_port_spec(&format!("127.0.0.1:{port}:7200/tcp,udp")).unwrap());
+        .extend(parse_forwards(&format!("127.0.0.1:{port}:7200/tcp,udp")).unwrap());
     let net = setup(target(&made), &opts).unwrap();
     assert_eq!(
         net.info().forwarder,
@@ -427,7 +427,7 @@ fn the_default_forwarder_is_never_podmans_helper() {
     let mut opts = SetupOptions::new(NetworkOptions::default());
     opts.binary = Some(fake_slirp);
     opts.ports
-        .push(parse_port_spec("127.0.0.1:8080:80").unwrap());
+        .extend(parse_forwards("127.0.0.1:8080:80").unwrap());
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     std::env::set_var("CONTAINERS_HELPER_BINARY_DIR", dir.path());
     let planned = slirpnet::plan(&opts);
@@ -446,10 +446,7 @@ fn the_default_forwarder_is_never_podmans_helper() {
             other => panic!("{other:?}"),
         },
         Err(e) => assert!(
-            matches!(
-                e,
-                SetupError::PortForward(slirpnet::PortForwardError::NotFound)
-            ),
+            matches!(e, SetupError::Forwarder(slirpnet::ForwarderError::NotFound)),
             "{e}"
         ),
     }
@@ -487,7 +484,7 @@ fn client_addresses_are_kept_by_default_and_hidden_when_asked() {
             opts.keep_source_ip = false;
         }
         opts.ports
-            .push(parse_port_spec(&format!("127.0.0.1:{}:80", free_tcp_port())).unwrap());
+            .extend(parse_forwards(&format!("127.0.0.1:{}:80", free_tcp_port())).unwrap());
         let net = setup(target(&made), &opts).unwrap();
         assert_eq!(net.info().keep_source_ip, keep);
         net.teardown();
