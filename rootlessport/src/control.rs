@@ -16,8 +16,9 @@ use crate::ports::ForwarderHandle;
 
 use slirp_api::control::ServeError;
 
-/// The environment variable that asks the binary for a control socket.
-pub const CONTROL_SOCKET_ENV: &str = "ROOTLESSPORT_CONTROL_SOCKET";
+/// The environment variable that asks the binary for a control socket
+/// (named once, in slirp-opts, for whoever starts the program).
+pub use slirp_opts::rootlessport::CONTROL_SOCKET_ENV;
 
 /// The port control socket: slirp-api's
 /// [`ControlServer`](slirp_api::control::ControlServer) answering

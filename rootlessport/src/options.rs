@@ -1,8 +1,9 @@
 //! How a forwarder forwards, beyond what podman's configuration says.
 
 /// The environment variable that turns [`ForwardOptions::keep_source_ip`]
-/// on for the `rootlessport` program: `ROOTLESSPORT_KEEP_SOURCE_IP=1`.
-pub const KEEP_SOURCE_IP_ENV: &str = "ROOTLESSPORT_KEEP_SOURCE_IP";
+/// on for the `rootlessport` program: `ROOTLESSPORT_KEEP_SOURCE_IP=1`
+/// (named once, in slirp-opts, for whoever starts the program).
+pub use slirp_opts::rootlessport::KEEP_SOURCE_IP_ENV;
 
 /// Options of [`Forwarder::start_with`](crate::Forwarder::start_with).
 /// The default is what podman's Go helper does.

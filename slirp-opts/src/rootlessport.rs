@@ -21,6 +21,11 @@ pub const KEEP_SOURCE_IP_ENV: &str = "ROOTLESSPORT_KEEP_SOURCE_IP";
 /// forwarder ignores it.
 pub const CONTROL_SOCKET_ENV: &str = "ROOTLESSPORT_CONTROL_SOCKET";
 
+/// The environment variable that turns our rootlessport program's sandbox
+/// (seccomp, no_new_privs, capabilities, Landlock) off with `0`, for
+/// debugging; unset, empty or `1` keep it on.
+pub const SANDBOX_ENV: &str = "ROOTLESSPORT_SANDBOX";
+
 /// rootlessport's configuration, as podman sends it. Keys are Go field names;
 /// like Go, decoding matches them case-insensitively and ignores unknown ones
 /// (see [`from_go_json`]).

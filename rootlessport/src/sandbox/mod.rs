@@ -32,8 +32,8 @@ use landlock::{
 };
 
 /// The environment variable that turns the program's sandbox off (`0`),
-/// for debugging.
-pub const SANDBOX_ENV: &str = "ROOTLESSPORT_SANDBOX";
+/// for debugging (named once, in slirp-opts).
+pub use slirp_opts::rootlessport::SANDBOX_ENV;
 
 /// CAP_NET_BIND_SERVICE.
 const CAP_NET_BIND_SERVICE: u32 = 10;
