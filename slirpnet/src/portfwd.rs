@@ -400,7 +400,6 @@ fn start_helper(
 
 #[cfg(feature = "in-process")]
 mod inprocess {
-    use std::os::fd::OwnedFd;
     use std::thread::JoinHandle;
 
     use slirp_api::portctl::Request;
@@ -409,10 +408,10 @@ mod inprocess {
     use super::ForwarderError;
 
     /// rootlessport's forwarder on a thread of this process, stopped (also
-    /// on drop) by closing the write end of its exit pipe and joining it.
+    /// on drop) through its handle, which returns once its ports are
+    /// closed, then joined.
     #[derive(Debug)]
     pub(super) struct InProcess {
-        exit: Option<OwnedFd>,
         thread: Option<JoinHandle<()>>,
         handle: rootlessport::ForwarderHandle,
         keeps_source_ip: bool,
@@ -428,18 +427,15 @@ mod inprocess {
             .map_err(ForwarderError::InProcess)?;
             let handle = forwarder.handle();
             let keeps_source_ip = forwarder.keeps_source_ip();
-            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| ForwarderError::Thread(e.into()))?;
             let thread = std::thread::Builder::new()
                 .name("rootlessport".into())
                 .spawn(move || {
-                    if let Err(e) = forwarder.run_until_eof(read) {
+                    if let Err(e) = forwarder.serve() {
                         tracing::warn!(error = %e, "the in-process port forwarder failed");
                     }
                 })
                 .map_err(ForwarderError::Thread)?;
             Ok(InProcess {
-                exit: Some(write),
                 thread: Some(thread),
                 handle,
                 keeps_source_ip,
@@ -466,8 +462,10 @@ mod inprocess {
         }
 
         fn stop_inner(&mut self) {
-            self.exit.take();
             if let Some(t) = self.thread.take() {
+                // Returns once the forwarder has closed its ports (or
+                // ended on its own).
+                self.handle.stop();
                 let _ = t.join();
             }
         }
