@@ -87,6 +87,13 @@ pub enum PersistError {
 /// the parent directory), so it outlives this process. On failure nothing is
 /// left at `path`.
 ///
+/// The new namespace has only `lo`, and it is down: loopback there (such as
+/// binding 127.0.0.1) fails until it is up, for example by running
+/// `ip link set lo up` as a child spawned inside with [`Netns::run`]
+/// (`examples/persistent.rs` does).
+///
+/// [`Netns::run`]: crate::Netns::run
+///
 /// # Errors
 ///
 /// [`PersistError::Privilege`] without CAP_SYS_ADMIN, or when the bind mount

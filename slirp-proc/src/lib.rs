@@ -48,7 +48,8 @@
 //! ends with the OS error's text, kept in the variant's `error` field (a
 //! [`std::io::Error`]), and [`source`](std::error::Error::source) returns
 //! `None`, so a printer that walks the chain (such as anyhow's `{:#}`) does
-//! not repeat it. Variants marked `#[error(transparent)]` are the inner
+//! not repeat it. Show them with `Display`: a `main` that returns the error
+//! prints its `Debug` form instead. Variants marked `#[error(transparent)]` are the inner
 //! error itself.
 
 mod child;

@@ -65,6 +65,12 @@ pub struct SlirpCommand {
 impl SlirpCommand {
     /// The usual command: a new mount namespace exactly when the sandbox is
     /// on, accept_dad toggled when IPv6 is on, 30 s to become ready.
+    ///
+    /// `features` is what the binary supports: [`Features::from_help`] of
+    /// what `slirp4netns --help` prints (run it with
+    /// [`output_within`](crate::output_within)), or [`Features::all`] for
+    /// slirp4netns 1.1 and newer. `examples/start_slirp.rs` shows the whole
+    /// start, root and rootless.
     pub fn new(
         binary: impl Into<PathBuf>,
         options: NetworkOptions,
