@@ -39,7 +39,9 @@
 //! ends with the OS error's text, and [`source`](std::error::Error::source)
 //! returns `None`, so that a printer walking the chain (such as anyhow's
 //! `{:#}`) does not repeat it. The OS error stays reachable as the variant's
-//! `error` field (a [`std::io::Error`]). Variants marked
+//! `error` field (a [`std::io::Error`]). Show them with `Display` (`{e}` or
+//! `{e:#}`): a `main` that returns the error prints its `Debug` form
+//! instead. Variants marked
 //! `#[error(transparent)]` ([`NetnsError::Privilege`],
 //! [`IfaceError::Netns`], [`PersistError::Privilege`]) are the inner error
 //! itself.

@@ -87,10 +87,19 @@ pub enum PersistError {
 /// the parent directory), so it outlives this process. On failure nothing is
 /// left at `path`.
 ///
+/// The new namespace has only `lo`, and it is down: loopback there (such as
+/// binding 127.0.0.1) fails until it is up, for example by running
+/// `ip link set lo up` as a child spawned inside with [`Netns::run`]
+/// (`examples/persistent.rs` does).
+///
+/// [`Netns::run`]: crate::Netns::run
+///
 /// # Errors
 ///
-/// [`PersistError::Privilege`] without CAP_SYS_ADMIN,
-/// [`PersistError::Exists`] when something is at `path` (it is left alone),
+/// [`PersistError::Privilege`] without CAP_SYS_ADMIN, or when the bind mount
+/// is refused because this process's mount namespace is not owned by its
+/// user namespace (rootless: `unshare --user --map-root-user --mount`, not
+/// only `--user`), [`PersistError::Exists`] when something is at `path` (it is left alone),
 /// and one variant for each step that fails: [`PersistError::CreateFile`],
 /// [`PersistError::Spawn`], [`PersistError::Unshare`],
 /// [`PersistError::Mount`], [`PersistError::Panicked`].
@@ -141,9 +150,19 @@ pub fn create_persistent(path: &Path) -> Result<(), PersistError> {
                     MsFlags::MS_BIND,
                     None::<&str>,
                 )
-                .map_err(|errno| PersistError::Mount {
-                    path: path.to_owned(),
-                    error: errno.into(),
+                .map_err(|errno| match errno {
+                    // CAP_SYS_ADMIN in a user namespace of one's own, but the
+                    // mount namespace belongs to another (`unshare -r`
+                    // without `-m`).
+                    Errno::EPERM => PersistError::Privilege(PrivilegeError::new(
+                        format!("bind-mounting network namespace {}", path.display()),
+                        Capability::CAP_SYS_ADMIN,
+                        "in the user namespace that owns this process's mount namespace (rootless: make a mount namespace of your own too, as `unshare --user --map-root-user --mount` does)",
+                    )),
+                    errno => PersistError::Mount {
+                        path: path.to_owned(),
+                        error: errno.into(),
+                    },
                 })
             })
             .map_err(|error| PersistError::Spawn {

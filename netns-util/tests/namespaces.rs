@@ -307,3 +307,58 @@ fn open_inside_makes_sockets_and_files() {
         Err(NetnsError::Inside { .. })
     ));
 }
+
+/// Set in the copy of this test binary that runs in a user namespace of
+/// its own (made by `unshare`) for the test below.
+const IN_OWN_USERNS: &str = "NETNS_UTIL_TEST_IN_OWN_USERNS";
+
+/// With CAP_SYS_ADMIN only in a user namespace of one's own (`unshare -r`
+/// without `-m`), the bind mount is refused; the error says what is missing
+/// and how a rootless caller gets it, and nothing is left at the path.
+#[test]
+fn a_refused_bind_mount_says_a_mount_namespace_is_needed() {
+    if let Some(dir) = std::env::var_os(IN_OWN_USERNS) {
+        let path = std::path::Path::new(&dir).join("ns");
+        let err = create_persistent(&path).unwrap_err();
+        let PersistError::Privilege(p) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(p.cap, Capability::CAP_SYS_ADMIN);
+        let text = err.to_string();
+        assert!(text.contains("mount namespace"), "{text}");
+        assert!(
+            text.contains("unshare --user --map-root-user --mount"),
+            "{text}"
+        );
+        check_message(&err);
+        assert!(!path.exists());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_refused_bind_mount_says_a_mount_namespace_is_needed",
+            "--nocapture",
+        ])
+        .env(IN_OWN_USERNS, dir.path())
+        .status();
+    match status {
+        Ok(status) if status.success() => {}
+        Ok(status) if status.code() == Some(1) && std::env::var_os("CI").is_none() => {
+            // unshare itself failed (no user namespaces here) or the test
+            // did: tell them apart by running unshare alone.
+            let alone = std::process::Command::new("unshare")
+                .args(["--user", "--map-root-user", "true"])
+                .status();
+            assert!(
+                !alone.is_ok_and(|s| s.success()),
+                "the test in a user namespace failed: {status}"
+            );
+            eprintln!("skipped: no user namespaces here (with CI=true this fails)");
+        }
+        other => panic!("the test in a user namespace failed: {other:?}"),
+    }
+}

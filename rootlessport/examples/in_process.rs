@@ -9,6 +9,16 @@
 //! ip -n demo link set v0 up; ip -n demo link set v1 up
 //! cargo run -p rootlessport --example in_process -- /run/netns/demo 10.77.0.1
 //! ```
+//!
+//! Rootless, it needs a namespace it may enter: one in a user namespace of
+//! its own, where it runs too (the host side is then that namespace):
+//!
+//! ```sh
+//! unshare --user --map-root-user --net sh -ec 'ip link set lo up
+//!   ip link add v0 type veth peer name v1; ip addr add 10.77.0.1/24 dev v0
+//!   ip link set v0 up; ip link set v1 up
+//!   exec target/debug/examples/in_process /proc/self/ns/net 10.77.0.1'
+//! ```
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
@@ -19,7 +29,7 @@ use rootlessport::{Forwarder, ForwarderConfig};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (Some(netns), Some(child_ip)) = (args.next(), args.next()) else {
-        eprintln!("usage: in_process NETNS_PATH CHILD_IP   (CHILD_IP: a non-loopback address inside; needs root)");
+        eprintln!("usage: in_process NETNS_PATH CHILD_IP   (CHILD_IP: a non-loopback address inside; needs the right to enter NETNS)");
         std::process::exit(2);
     };
     let child_ip: IpAddr = child_ip.parse()?;

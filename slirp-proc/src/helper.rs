@@ -62,6 +62,11 @@ pub struct HelperCommand {
 impl HelperCommand {
     /// `program` started as `arg0` with `stdin`, stderr inherited, and a
     /// 30 s ready timeout.
+    ///
+    /// It gets no other arguments: as podman's helpers, it reads everything
+    /// from stdin. A program that is its own helper (podman re-executes
+    /// itself as `rootlessport`) tells the two apart by `argv[0]`, as
+    /// `examples/helper.rs` does.
     pub fn new(program: impl Into<PathBuf>, arg0: impl Into<OsString>, stdin: Vec<u8>) -> Self {
         HelperCommand {
             program: program.into(),

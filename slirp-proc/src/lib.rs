@@ -2,7 +2,7 @@
 //!
 //! [`Slirp::start`] spawns slirp4netns with exactly two extra descriptors (the
 //! ready pipe's write end and the exit pipe's read end, at the fd numbers the
-//! [`Invocation`](slirp_opts::Invocation) names), its output in an unlinked log
+//! [`Invocation`] names), its output in an unlinked log
 //! file, in its own process group, and waits until it is ready. A death while
 //! waiting is seen at once through a pidfd, not at the next tick of a timer.
 //! The returned [`Slirp`] owns the process: dropping it stops and reaps it.
@@ -30,13 +30,26 @@
 //! # Ok::<(), slirp_proc::RunError>(())
 //! ```
 //!
+//! # Re-exports
+//!
+//! Foreign types in this crate's API can be named through it, so a user
+//! needs no other dependency: [`SlirpCommand::new`]'s [`NetworkOptions`],
+//! [`Features`] and [`Invocation`] (with its [`Target`]) and
+//! [`StartError::Args`]'s [`ArgvError`] are `slirp-opts`'s (the whole crate
+//! is [`slirp_opts`]); [`StartError::Netns`]'s [`NetnsError`] and
+//! [`AcceptDadGuard::disable`]'s [`Netns`] and [`StartError::Privilege`]'s
+//! [`PrivilegeError`] (with its [`Capability`]) are `netns-util`'s (the whole
+//! crate is [`netns_util`]); [`SlirpCommand::parent_death_signal`]'s
+//! [`Signal`] is nix's.
+//!
 //! # Errors
 //!
 //! Each error's message is complete: when a system call fails, the message
 //! ends with the OS error's text, kept in the variant's `error` field (a
 //! [`std::io::Error`]), and [`source`](std::error::Error::source) returns
 //! `None`, so a printer that walks the chain (such as anyhow's `{:#}`) does
-//! not repeat it. Variants marked `#[error(transparent)]` are the inner
+//! not repeat it. Show them with `Display`: a `main` that returns the error
+//! prints its `Debug` form instead. Variants marked `#[error(transparent)]` are the inner
 //! error itself.
 
 mod child;
@@ -59,3 +72,9 @@ pub use helper::{
 };
 pub use process::{Slirp, SlirpCommand, StartError};
 pub use run::{output_within, RunError};
+
+pub use netns_util;
+pub use netns_util::{Capability, Netns, NetnsError, PrivilegeError};
+pub use nix::sys::signal::Signal;
+pub use slirp_opts;
+pub use slirp_opts::{ArgvError, Features, Invocation, NetworkOptions, Target};

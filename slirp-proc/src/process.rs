@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netns_util::Netns;
+use netns_util::{Capability, Netns, PrivilegeError};
 use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{pipe2, Pid};
@@ -40,7 +40,9 @@ pub struct SlirpCommand {
     /// Start it in a new mount namespace. Needed with `--enable-sandbox`
     /// (slirp4netns PR #153: its pivot_root wants a mount namespace of its
     /// own); needs CAP_SYS_ADMIN. [`SlirpCommand::new`] sets it when the argv
-    /// has `--enable-sandbox`.
+    /// has `--enable-sandbox`. Rootless, also set
+    /// [`SlirpCommand::join_userns`], or the start fails with
+    /// [`StartError::Privilege`].
     pub new_mount_ns: bool,
     /// Signal slirp4netns gets when the thread that started it dies.
     pub parent_death_signal: Option<Signal>,
@@ -51,7 +53,10 @@ pub struct SlirpCommand {
     /// from its rootless user namespace.
     pub join_userns: Option<PathBuf>,
     /// Turn IPv6 `accept_dad` off in the target namespace while it starts
-    /// (only when IPv6 is on; needs the right to enter the namespace).
+    /// (only when IPv6 is on; needs the right to enter the namespace, so a
+    /// rootless caller outside the namespace's user namespace sets it to
+    /// `false`, or the start fails with [`StartError::Netns`]'s
+    /// [`NetnsError::Privilege`](netns_util::NetnsError::Privilege)).
     pub toggle_accept_dad: bool,
     /// How long to wait for the ready byte.
     pub ready_timeout: Duration,
@@ -60,6 +65,12 @@ pub struct SlirpCommand {
 impl SlirpCommand {
     /// The usual command: a new mount namespace exactly when the sandbox is
     /// on, accept_dad toggled when IPv6 is on, 30 s to become ready.
+    ///
+    /// `features` is what the binary supports: [`Features::from_help`] of
+    /// what `slirp4netns --help` prints (run it with
+    /// [`output_within`](crate::output_within)), or [`Features::all`] for
+    /// slirp4netns 1.1 and newer. `examples/start_slirp.rs` shows the whole
+    /// start, root and rootless.
     pub fn new(
         binary: impl Into<PathBuf>,
         options: NetworkOptions,
@@ -125,13 +136,18 @@ pub enum StartError {
     /// The target namespace could not be opened for the accept_dad toggle.
     #[error(transparent)]
     Netns(#[from] netns_util::NetnsError),
+    /// The new mount namespace `--enable-sandbox` needs was refused for
+    /// lack of CAP_SYS_ADMIN (rootless without
+    /// [`SlirpCommand::join_userns`]).
+    #[error(transparent)]
+    Privilege(PrivilegeError),
     /// The user namespace to join could not be opened.
-    #[error("failed to open the user namespace {path} for slirp4netns: {source}")]
+    #[error("failed to open the user namespace {path} for slirp4netns: {error}")]
     UserNs {
         /// Its path.
         path: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// exec failed.
     #[error("failed to start {binary}: {error}")]
@@ -198,7 +214,8 @@ impl Slirp {
     ///
     /// # Errors
     ///
-    /// The argv, pipes, log file or accept_dad toggle failed, it could not
+    /// The argv, pipes, log file or accept_dad toggle failed, the new mount
+    /// namespace was refused ([`StartError::Privilege`]), it could not
     /// be executed, or it died, was killed or timed out before ready (with
     /// its output). Whatever was started is stopped and reaped first.
     pub fn start(cmd: &SlirpCommand) -> Result<Slirp, StartError> {
@@ -223,9 +240,9 @@ impl Slirp {
             None => None,
         };
         let userns = match &cmd.join_userns {
-            Some(path) => Some(File::open(path).map_err(|source| StartError::UserNs {
+            Some(path) => Some(File::open(path).map_err(|error| StartError::UserNs {
                 path: path.clone(),
-                source,
+                error,
             })?),
             None => None,
         };
@@ -255,9 +272,27 @@ impl Slirp {
             },
         );
         tracing::debug!(binary = %cmd.binary.display(), ?args, "starting slirp4netns");
-        let child = command.spawn().map_err(|error| StartError::Spawn {
-            binary: cmd.binary.clone(),
-            error,
+        let child = command.spawn().map_err(|error| {
+            // The new mount namespace (for --enable-sandbox) is refused
+            // without CAP_SYS_ADMIN over this process's user namespace.
+            if error.raw_os_error() == Some(libc::EPERM)
+                && cmd.new_mount_ns
+                && cmd.join_userns.is_none()
+            {
+                StartError::Privilege(PrivilegeError::new(
+                    format!(
+                        "starting {} in a new mount namespace (for --enable-sandbox)",
+                        cmd.binary.display()
+                    ),
+                    Capability::CAP_SYS_ADMIN,
+                    "(rootless: set SlirpCommand::join_userns to the target's user namespace, such as Target::userns_path, and the mount namespace is made there; or set NetworkOptions::no_pivot_root)",
+                ))
+            } else {
+                StartError::Spawn {
+                    binary: cmd.binary.clone(),
+                    error,
+                }
+            }
         })?;
         // Our copies of the child's ends go now: a dead child then gives EOF
         // on the ready pipe, and the exit pipe's only reader is slirp4netns.
