@@ -96,8 +96,7 @@ impl Launcher {
             "rootlessport",
             config.to_string().into_bytes(),
         );
-        cmd.env
-            .push((spec.env.into(), spec.value(on).into()));
+        cmd.env.push((spec.env.into(), spec.value(on).into()));
         let helper = cmd.start().map_err(|e| {
             anyhow::anyhow!(
                 "failed to start rootlessport in {}: {e}; its stderr: {}",
@@ -291,7 +290,10 @@ fn ab_path(
             ab.record("udp_cpu_s_per_gb", on, cpu / (ubytes / 1e9));
         }
         None if spec.measures("udp_gbps") => {
-            eprintln!("iperf3 UDP with {} {setting} hung and was killed", spec.name);
+            eprintln!(
+                "iperf3 UDP with {} {setting} hung and was killed",
+                spec.name
+            );
             for m in ["udp_gbps", "udp_cpu_s_per_gb"] {
                 ab.gaps.insert((m, on), "n/a: iperf3 hung".to_owned());
             }
@@ -509,7 +511,12 @@ and replaces the table below. BENCHMARKS.md says how it is measured.";
 /// Replaces the table under README.md's `### TITLE` heading; adds the
 /// heading, `intro` and the table at the end of "## Benchmarks" when it is
 /// not there yet.
-pub(super) fn update_readme_table(path: &Path, title: &str, intro: &str, table: &str) -> Result<()> {
+pub(super) fn update_readme_table(
+    path: &Path,
+    title: &str,
+    intro: &str,
+    table: &str,
+) -> Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("failed to read {}", path.display()))?;
     let heading = format!("### {title}");

@@ -113,7 +113,13 @@ impl Session {
 
     fn answers(&self) -> bool {
         Command::new(&self.slirpnet)
-            .args(["port", "ls", "--json", "--pid", &self.child.id().to_string()])
+            .args([
+                "port",
+                "ls",
+                "--json",
+                "--pid",
+                &self.child.id().to_string(),
+            ])
             .env("XDG_RUNTIME_DIR", self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -144,7 +150,11 @@ impl Session {
         let deadline = Instant::now() + STEP;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                ensure!(status.success(), "slirpnet ended with {status}: {}", self.log());
+                ensure!(
+                    status.success(),
+                    "slirpnet ended with {status}: {}",
+                    self.log()
+                );
                 return Ok(());
             }
             ensure!(Instant::now() < deadline, "slirpnet did not end on SIGTERM");
@@ -190,10 +200,7 @@ fn listen_in(netns: &Path, port: u16) -> Result<(Arc<TcpListener>, Instant)> {
 
 /// Closes a listener of [`listen_in`]: its thread's accept returns.
 fn close(listener: Arc<TcpListener>) {
-    let _ = nix::sys::socket::shutdown(
-        listener.as_raw_fd(),
-        nix::sys::socket::Shutdown::Both,
-    );
+    let _ = nix::sys::socket::shutdown(listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     drop(listener);
 }
 

@@ -16,7 +16,12 @@ pub(super) const SANDBOX_TITLE: &str = "The sandbox's cost (rootlessport)";
 const WITHIN: Option<f64> = Some(0.02);
 
 const SANDBOX_ROWS: &[KeepRow] = &[
-    keep_row("tcp_gbps", "TCP throughput, 1 stream (Gbit/s)", true, WITHIN),
+    keep_row(
+        "tcp_gbps",
+        "TCP throughput, 1 stream (Gbit/s)",
+        true,
+        WITHIN,
+    ),
     keep_row(
         "cpu_s_per_gb",
         "forwarder CPU per GB moved, 1 stream (s)",
