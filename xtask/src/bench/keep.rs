@@ -137,7 +137,7 @@ pub(super) struct AbSpec {
     /// Run on every start before it is measured: fails unless the
     /// forwarder is what `on` says; records what it saw in `Ab::seen`.
     pub(super) check: fn(&AbCtx<'_>, &Forwarder, bool, &mut Ab) -> Result<()>,
-    pub(super) rows: &'static [KeepRow],
+    pub(super) rows: &'static [AbRow],
 }
 
 impl AbSpec {
@@ -327,7 +327,7 @@ fn ab_path(
 }
 
 /// A row of an on/off table.
-pub(super) struct KeepRow {
+pub(super) struct AbRow {
     metric: &'static str,
     label: &'static str,
     higher_is_better: bool,
@@ -335,13 +335,13 @@ pub(super) struct KeepRow {
     within: Option<f64>,
 }
 
-pub(super) const fn keep_row(
+pub(super) const fn ab_row(
     metric: &'static str,
     label: &'static str,
     higher_is_better: bool,
     within: Option<f64>,
-) -> KeepRow {
-    KeepRow {
+) -> AbRow {
+    AbRow {
         metric,
         label,
         higher_is_better,
@@ -349,39 +349,39 @@ pub(super) const fn keep_row(
     }
 }
 
-pub(super) const KEEP_ROWS: &[KeepRow] = &[
-    keep_row(
+pub(super) const KEEP_ROWS: &[AbRow] = &[
+    ab_row(
         "tcp_gbps",
         "TCP throughput, 1 stream (Gbit/s)",
         true,
         Some(0.05),
     ),
-    keep_row(
+    ab_row(
         "cpu_s_per_gb",
         "forwarder CPU per GB moved, 1 stream (s)",
         false,
         Some(0.05),
     ),
-    keep_row(
+    ab_row(
         "conn_per_s",
         "connect + 1-byte req/reply + close (conn/s)",
         true,
         Some(0.05),
     ),
-    keep_row("conn_p50_us", "  latency p50 (µs)", false, None),
-    keep_row(
+    ab_row("conn_p50_us", "  latency p50 (µs)", false, None),
+    ab_row(
         "conn_fwd_cpu_us",
         "  CPU per connection, forwarder (µs)",
         false,
         None,
     ),
-    keep_row(
+    ab_row(
         "udp_gbps",
         "UDP throughput, 1400-byte datagrams (Gbit/s)",
         true,
         Some(0.10),
     ),
-    keep_row(
+    ab_row(
         "udp_cpu_s_per_gb",
         "  forwarder CPU per GB, UDP (s)",
         false,

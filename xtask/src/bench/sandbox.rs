@@ -5,7 +5,7 @@
 use anyhow::{ensure, Context, Result};
 
 use super::forwarder::Forwarder;
-use super::keep::{keep_row, render_ab, Ab, AbCtx, AbSpec, KeepRow, CLIENT_ADDR, OUTER_ADDR};
+use super::keep::{ab_row, render_ab, Ab, AbCtx, AbRow, AbSpec, CLIENT_ADDR, OUTER_ADDR};
 use super::report::today;
 use super::{BenchOptions, NS_ADDR};
 
@@ -15,27 +15,27 @@ pub(super) const SANDBOX_TITLE: &str = "The sandbox's cost (rootlessport)";
 /// The target: with the sandbox on, within 2% of off.
 const WITHIN: Option<f64> = Some(0.02);
 
-const SANDBOX_ROWS: &[KeepRow] = &[
-    keep_row(
+const SANDBOX_ROWS: &[AbRow] = &[
+    ab_row(
         "tcp_gbps",
         "TCP throughput, 1 stream (Gbit/s)",
         true,
         WITHIN,
     ),
-    keep_row(
+    ab_row(
         "cpu_s_per_gb",
         "forwarder CPU per GB moved, 1 stream (s)",
         false,
         WITHIN,
     ),
-    keep_row(
+    ab_row(
         "conn_per_s",
         "connect + 1-byte req/reply + close (conn/s)",
         true,
         WITHIN,
     ),
-    keep_row("conn_p50_us", "  latency p50 (µs)", false, WITHIN),
-    keep_row(
+    ab_row("conn_p50_us", "  latency p50 (µs)", false, WITHIN),
+    ab_row(
         "conn_fwd_cpu_us",
         "  CPU per connection, forwarder (µs)",
         false,
