@@ -43,15 +43,17 @@ commands:
           page renders without a warning, the bash completion loads, and the
           installed slirpnet forwards a port through the installed forwarder
           (needs root)
-  bench   [--rounds N] [--seconds S] [--only keep-source-ip]: our
+  bench   [--rounds N] [--seconds S] [--only SECTION]: our
           rootlessport against the current pasta (passt 2026_07_16, built
           from its source tarball into target/peers/ when missing), podman's
           Go helper and direct loopback, then ours with
           ROOTLESSPORT_KEEP_SOURCE_IP=1 against =0 for a client in another
           namespace (installs podman, iperf3 and a C toolchain when missing,
           needs root); prints the tables, writes BENCHMARKS.md and
-          the tables in README.md. --only keep-source-ip runs just the second
-          part and replaces only its section and table
+          the tables in README.md. --only keep-source-ip, loops, sandbox
+          (ROOTLESSPORT_SANDBOX on against =0) or publish-auto (listen() to
+          host port reachable through slirpnet attach --publish-auto) runs
+          just that section and replaces only its section and table
   podman  real rootless podman (a throw-away user, a busybox --rootfs
           container, -p through port_handler=rootlesskit) with podman's Go
           helper and then with our rootlessport; checks the page is served on

@@ -1,6 +1,7 @@
-//! The keep-source-ip section: our rootlessport with
-//! ROOTLESSPORT_KEEP_SOURCE_IP=1 against =0, for a client in a namespace of
-//! its own.
+//! The on/off sections: our rootlessport with one environment variable
+//! set one way against the other, for a client in a namespace of its own.
+//! The keep-source-ip section (ROOTLESSPORT_KEEP_SOURCE_IP=1 against =0)
+//! is defined here; the sandbox section (sandbox.rs) runs the same way.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -77,12 +78,13 @@ impl Launcher {
             .to_owned()
     }
 
-    /// Starts it with ROOTLESSPORT_KEEP_SOURCE_IP=1 (`on`) or =0, and
+    /// Starts it with `spec`'s variable set to its on or off value, and
     /// checks that the pid is rootlessport's, in the outer namespace.
     pub(super) fn start(
         &self,
         ns_path: &str,
         mappings: &serde_json::Value,
+        spec: &AbSpec,
         on: bool,
     ) -> Result<Forwarder> {
         use std::os::unix::fs::MetadataExt;
@@ -94,10 +96,7 @@ impl Launcher {
             "rootlessport",
             config.to_string().into_bytes(),
         );
-        cmd.env.push((
-            "ROOTLESSPORT_KEEP_SOURCE_IP".into(),
-            if on { "1" } else { "0" }.into(),
-        ));
+        cmd.env.push((spec.env.into(), spec.value(on).into()));
         let helper = cmd.start().map_err(|e| {
             anyhow::anyhow!(
                 "failed to start rootlessport in {}: {e}; its stderr: {}",
@@ -125,18 +124,53 @@ impl Launcher {
     }
 }
 
-/// What the keep-source-ip section measured, per metric and setting (`true`:
-/// on).
-#[derive(Debug, Default)]
-pub(super) struct Keep {
-    samples: HashMap<(&'static str, bool), Vec<f64>>,
-    gaps: HashMap<(&'static str, bool), String>,
-    /// The addresses the bench server saw clients at, per setting and
-    /// protocol.
-    seen: std::collections::BTreeMap<(bool, &'static str), std::collections::BTreeSet<IpAddr>>,
+/// One on/off section: the variable, its two values, the check that a
+/// start is what it claims to be, the rows and the heading.
+pub(super) struct AbSpec {
+    /// Its `--only` name, for progress lines.
+    pub(super) name: &'static str,
+    /// Heading in BENCHMARKS.md (and, one level down, README).
+    pub(super) title: &'static str,
+    pub(super) env: &'static str,
+    /// The variable's value for on and for off.
+    pub(super) values: [&'static str; 2],
+    /// Run on every start before it is measured: fails unless the
+    /// forwarder is what `on` says; records what it saw in `Ab::seen`.
+    pub(super) check: fn(&AbCtx<'_>, &Forwarder, bool, &mut Ab) -> Result<()>,
+    pub(super) rows: &'static [AbRow],
 }
 
-impl Keep {
+impl AbSpec {
+    pub(super) fn value(&self, on: bool) -> &'static str {
+        self.values[usize::from(!on)]
+    }
+
+    fn measures(&self, metric: &str) -> bool {
+        self.rows.iter().any(|r| r.metric == metric)
+    }
+}
+
+/// What a check may use: the namespaces, the bench server binary, the
+/// forwarder's launcher and the echo address it forwards.
+pub(super) struct AbCtx<'a> {
+    pub(super) nets: &'a ClientNets,
+    pub(super) server: &'a Path,
+    pub(super) launcher: &'a Launcher,
+    pub(super) echo: &'a str,
+}
+
+/// What an on/off section measured, per metric and setting (`true`: on).
+#[derive(Debug, Default)]
+pub(super) struct Ab {
+    samples: HashMap<(&'static str, bool), Vec<f64>>,
+    gaps: HashMap<(&'static str, bool), String>,
+    /// What the check saw, per setting and aspect (keep-source-ip: the
+    /// addresses the bench server saw clients at, per protocol).
+    pub(super) seen:
+        std::collections::BTreeMap<(bool, &'static str), std::collections::BTreeSet<String>>,
+}
+
+impl Ab {
     fn record(&mut self, metric: &'static str, on: bool, v: f64) {
         self.samples.entry((metric, on)).or_default().push(v);
     }
@@ -146,60 +180,50 @@ impl Keep {
     }
 }
 
-/// The keep-source-ip section: `rounds` rounds, each with the forwarder
-/// on and off (alternating which goes first), the clients in the client
-/// namespace, the servers those of `ns`.
-pub(super) fn keep_source_ip(
+/// An on/off section: `rounds` rounds, each with the forwarder on and off
+/// (alternating which goes first), the clients in the client namespace,
+/// the servers those of `ns`.
+pub(super) fn ab_run(
+    spec: &AbSpec,
     ns: &BenchNetns,
     ours: &Path,
     server: &Path,
     opts: &BenchOptions,
-) -> Result<Keep> {
+) -> Result<Ab> {
     let nets = ClientNets::new()?;
     let launcher = Launcher::new(nets.outer(), ours)?;
-    let mut keep = Keep::default();
+    let mut ab = Ab::default();
     for round in 0..opts.rounds {
-        eprintln!("keep-source-ip round {}/{}", round + 1, opts.rounds);
+        eprintln!("{} round {}/{}", spec.name, round + 1, opts.rounds);
         let order = if round % 2 == 0 {
             [true, false]
         } else {
             [false, true]
         };
         for on in order {
-            keep_path(&mut keep, ns, &nets, &launcher, server, on, opts.seconds)?;
+            let ctx = AbCtx {
+                nets: &nets,
+                server,
+                launcher: &launcher,
+                echo: &format!("{OUTER_ADDR}:{KEEP_ECHO_PORT}"),
+            };
+            ab_path(spec, &mut ab, ns, &ctx, on, opts.seconds)?;
         }
     }
-    Ok(keep)
+    Ok(ab)
 }
 
-/// One forwarder, on or off: first what the server sees (the address it
-/// must see, or the bench fails), then TCP, UDP and the connection rate
-/// from the client namespace.
-pub(super) fn keep_path(
-    keep: &mut Keep,
-    ns: &BenchNetns,
-    nets: &ClientNets,
-    launcher: &Launcher,
-    server: &Path,
-    on: bool,
-    seconds: u64,
-) -> Result<()> {
-    let maps = serde_json::json!([
-        {"host_ip": OUTER_ADDR, "container_port": IPERF_PORT, "host_port": KEEP_IPERF_PORT, "range": 1, "protocol": "tcp,udp"},
-        {"host_ip": OUTER_ADDR, "container_port": ECHO_PORT, "host_port": KEEP_ECHO_PORT, "range": 1, "protocol": "tcp,udp"},
-    ]);
-    let f = launcher.start(&ns.path(), &maps, on)?;
+/// The keep-source-ip check: with it on the server must see the client's
+/// own address, with it off the namespace's (otherwise both columns would
+/// measure one thing).
+fn check_source_address(ctx: &AbCtx<'_>, _f: &Forwarder, on: bool, ab: &mut Ab) -> Result<()> {
     let setting = if on { "on" } else { "off" };
-    let echo = format!("{OUTER_ADDR}:{KEEP_ECHO_PORT}");
-
-    // With it on the server must see the client's own address, with it off
-    // the namespace's: otherwise both columns would measure one thing.
     let want: IpAddr = if on { CLIENT_ADDR } else { NS_ADDR }.parse()?;
     for proto in ["tcp", "udp"] {
         let out = run_in(
-            nets.client(),
-            server,
-            &["bench-who", proto, &echo],
+            ctx.nets.client(),
+            ctx.server,
+            &["bench-who", proto, ctx.echo],
             Duration::from_secs(15),
         )?;
         let seen: SocketAddr = out
@@ -210,44 +234,78 @@ pub(super) fn keep_path(
             seen.ip() == want,
             "with ROOTLESSPORT_KEEP_SOURCE_IP {setting} the bench server saw a {proto} client \
              at {seen}, not {want}; the forwarder's stderr: {}",
-            launcher.log()
+            ctx.launcher.log()
         );
         eprintln!("keep-source-ip {setting}: the server saw the {proto} client at {seen}");
-        keep.seen.entry((on, proto)).or_default().insert(seen.ip());
+        ab.seen
+            .entry((on, proto))
+            .or_default()
+            .insert(seen.ip().to_string());
     }
+    Ok(())
+}
+
+/// One forwarder, on or off: first the section's check (the bench fails
+/// unless the start is what it claims), then TCP, UDP (when a row shows
+/// it) and the connection rate from the client namespace.
+fn ab_path(
+    spec: &AbSpec,
+    ab: &mut Ab,
+    ns: &BenchNetns,
+    ctx: &AbCtx<'_>,
+    on: bool,
+    seconds: u64,
+) -> Result<()> {
+    let maps = serde_json::json!([
+        {"host_ip": OUTER_ADDR, "container_port": IPERF_PORT, "host_port": KEEP_IPERF_PORT, "range": 1, "protocol": "tcp,udp"},
+        {"host_ip": OUTER_ADDR, "container_port": ECHO_PORT, "host_port": KEEP_ECHO_PORT, "range": 1, "protocol": "tcp,udp"},
+    ]);
+    let f = ctx.launcher.start(&ns.path(), &maps, spec, on)?;
+    let setting = if on { "on" } else { "off" };
+    let (echo, nets, server) = (ctx.echo, ctx.nets, ctx.server);
+    (spec.check)(ctx, &f, on, ab)?;
 
     let client = Target {
         netns: Some(nets.client()),
         host: OUTER_ADDR,
     };
-    let hung = |what: &str| anyhow::anyhow!("iperf3 {what} with keep-source-ip {setting} hung");
+    let hung = |what: &str| anyhow::anyhow!("iperf3 {what} with {} {setting} hung", spec.name);
     let cpu0 = f.cpu_seconds();
     let (bps, bytes) =
         iperf(client, KEEP_IPERF_PORT, seconds, false, 1)?.ok_or_else(|| hung("TCP"))?;
     let cpu = f.cpu_seconds() - cpu0;
-    keep.record("tcp_gbps", on, bps / 1e9);
-    keep.record("cpu_s_per_gb", on, cpu / (bytes / 1e9));
+    ab.record("tcp_gbps", on, bps / 1e9);
+    ab.record("cpu_s_per_gb", on, cpu / (bytes / 1e9));
 
     let cpu0 = f.cpu_seconds();
-    match iperf(client, KEEP_IPERF_PORT, seconds, true, 1)? {
+    let udp = if spec.measures("udp_gbps") {
+        iperf(client, KEEP_IPERF_PORT, seconds, true, 1)?
+    } else {
+        None
+    };
+    match udp {
         Some((ubps, ubytes)) => {
             let cpu = f.cpu_seconds() - cpu0;
-            keep.record("udp_gbps", on, ubps / 1e9);
-            keep.record("udp_cpu_s_per_gb", on, cpu / (ubytes / 1e9));
+            ab.record("udp_gbps", on, ubps / 1e9);
+            ab.record("udp_cpu_s_per_gb", on, cpu / (ubytes / 1e9));
         }
-        None => {
-            eprintln!("iperf3 UDP with keep-source-ip {setting} hung and was killed");
+        None if spec.measures("udp_gbps") => {
+            eprintln!(
+                "iperf3 UDP with {} {setting} hung and was killed",
+                spec.name
+            );
             for m in ["udp_gbps", "udp_cpu_s_per_gb"] {
-                keep.gaps.insert((m, on), "n/a: iperf3 hung".to_owned());
+                ab.gaps.insert((m, on), "n/a: iperf3 hung".to_owned());
             }
         }
+        None => {}
     }
 
     let cpu0 = f.cpu_seconds();
     let out = run_in(
         nets.client(),
         server,
-        &["bench-conn", &echo, &seconds.to_string()],
+        &["bench-conn", echo, &seconds.to_string()],
         Duration::from_secs(seconds + 30),
     )?;
     let nums: Vec<f64> = out
@@ -258,9 +316,9 @@ pub(super) fn keep_path(
         bail!("bench-conn printed {out:?}");
     };
     let conns = rate * seconds as f64;
-    keep.record("conn_per_s", on, rate);
-    keep.record("conn_p50_us", on, p50);
-    keep.record(
+    ab.record("conn_per_s", on, rate);
+    ab.record("conn_p50_us", on, p50);
+    ab.record(
         "conn_fwd_cpu_us",
         on,
         (f.cpu_seconds() - cpu0) / conns * 1e6,
@@ -268,8 +326,8 @@ pub(super) fn keep_path(
     f.stop()
 }
 
-/// A row of the keep-source-ip table.
-pub(super) struct KeepRow {
+/// A row of an on/off table.
+pub(super) struct AbRow {
     metric: &'static str,
     label: &'static str,
     higher_is_better: bool,
@@ -277,13 +335,13 @@ pub(super) struct KeepRow {
     within: Option<f64>,
 }
 
-pub(super) const fn keep_row(
+pub(super) const fn ab_row(
     metric: &'static str,
     label: &'static str,
     higher_is_better: bool,
     within: Option<f64>,
-) -> KeepRow {
-    KeepRow {
+) -> AbRow {
+    AbRow {
         metric,
         label,
         higher_is_better,
@@ -291,39 +349,39 @@ pub(super) const fn keep_row(
     }
 }
 
-pub(super) const KEEP_ROWS: &[KeepRow] = &[
-    keep_row(
+pub(super) const KEEP_ROWS: &[AbRow] = &[
+    ab_row(
         "tcp_gbps",
         "TCP throughput, 1 stream (Gbit/s)",
         true,
         Some(0.05),
     ),
-    keep_row(
+    ab_row(
         "cpu_s_per_gb",
         "forwarder CPU per GB moved, 1 stream (s)",
         false,
         Some(0.05),
     ),
-    keep_row(
+    ab_row(
         "conn_per_s",
         "connect + 1-byte req/reply + close (conn/s)",
         true,
         Some(0.05),
     ),
-    keep_row("conn_p50_us", "  latency p50 (µs)", false, None),
-    keep_row(
+    ab_row("conn_p50_us", "  latency p50 (µs)", false, None),
+    ab_row(
         "conn_fwd_cpu_us",
         "  CPU per connection, forwarder (µs)",
         false,
         None,
     ),
-    keep_row(
+    ab_row(
         "udp_gbps",
         "UDP throughput, 1400-byte datagrams (Gbit/s)",
         true,
         Some(0.10),
     ),
-    keep_row(
+    ab_row(
         "udp_cpu_s_per_gb",
         "  forwarder CPU per GB, UDP (s)",
         false,
@@ -331,9 +389,18 @@ pub(super) const KEEP_ROWS: &[KeepRow] = &[
     ),
 ];
 
-/// The keep-source-ip table: on, off, on/off, the target and whether it
-/// is met.
-pub(super) fn render_keep(k: &Keep) -> String {
+/// The keep-source-ip section.
+pub(super) const KEEP: AbSpec = AbSpec {
+    name: "keep-source-ip",
+    title: KEEP_TITLE,
+    env: "ROOTLESSPORT_KEEP_SOURCE_IP",
+    values: ["1", "0"],
+    check: check_source_address,
+    rows: KEEP_ROWS,
+};
+
+/// An on/off table: on, off, on/off, the target and whether it is met.
+pub(super) fn render_ab(spec: &AbSpec, k: &Ab) -> String {
     let cell = |m: &'static str, on: bool| match (k.med(m, on), k.gaps.get(&(m, on))) {
         (Some(v), _) => num(v),
         (None, Some(why)) => why.clone(),
@@ -342,7 +409,7 @@ pub(super) fn render_keep(k: &Keep) -> String {
     let mut out = String::from(
         "| metric | on | off | on/off | target | met |\n|---|---:|---:|---:|---:|:-:|\n",
     );
-    for r in KEEP_ROWS {
+    for r in spec.rows {
         let ratio = match (k.med(r.metric, true), k.med(r.metric, false)) {
             (Some(on), Some(off)) if off > 0.0 => Some(on / off),
             _ => None,
@@ -373,7 +440,7 @@ pub(super) fn render_keep(k: &Keep) -> String {
             r.label,
             cell(r.metric, true),
             cell(r.metric, false),
-            // Three places: the bounds are 0.95, 1.05 and 0.90.
+            // Three places: the bounds are 0.95, 1.05, 0.90, 0.98 and 1.02.
             ratio.map_or_else(|| "—".to_owned(), |x| format!("{x:.3}x")),
         );
     }
@@ -382,7 +449,7 @@ pub(super) fn render_keep(k: &Keep) -> String {
 
 /// The keep-source-ip section of BENCHMARKS.md: how it was measured, and
 /// its table.
-pub(super) fn render_keep_section(k: &Keep, opts: &BenchOptions) -> String {
+pub(super) fn render_keep_section(k: &Ab, opts: &BenchOptions) -> String {
     // "192.0.2.2 over TCP and UDP", or each protocol's own addresses.
     let seen = |on: bool| {
         let addrs = |proto: &'static str| {
@@ -390,7 +457,7 @@ pub(super) fn render_keep_section(k: &Keep, opts: &BenchOptions) -> String {
                 .get(&(on, proto))
                 .into_iter()
                 .flatten()
-                .map(IpAddr::to_string)
+                .cloned()
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -429,7 +496,7 @@ pub(super) fn render_keep_section(k: &Keep, opts: &BenchOptions) -> String {
         seen(false),
         opts.rounds,
         opts.seconds,
-        render_keep(k),
+        render_ab(&KEEP, k),
     )
 }
 
@@ -441,13 +508,18 @@ in a namespace of its own (loopback clients keep the namespace's address
 either way); `cargo xtask bench --only keep-source-ip` runs just that part
 and replaces the table below. BENCHMARKS.md says how it is measured.";
 
-/// Replaces the table under README.md's keep-source-ip heading; adds the
-/// heading, README_KEEP_INTRO and the table at the end of "## Benchmarks"
-/// when it is not there yet.
-pub(super) fn update_readme_keep(path: &Path, table: &str) -> Result<()> {
+/// Replaces the table under README.md's `### TITLE` heading; adds the
+/// heading, `intro` and the table at the end of "## Benchmarks" when it is
+/// not there yet.
+pub(super) fn update_readme_table(
+    path: &Path,
+    title: &str,
+    intro: &str,
+    table: &str,
+) -> Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("failed to read {}", path.display()))?;
-    let heading = format!("### {KEEP_TITLE}");
+    let heading = format!("### {title}");
     let lines: Vec<&str> = text.lines().collect();
     let mut out: Vec<&str>;
     if let Some(h) = lines.iter().position(|l| *l == heading) {
@@ -474,7 +546,7 @@ pub(super) fn update_readme_keep(path: &Path, table: &str) -> Result<()> {
         }
         out.push(&heading);
         out.push("");
-        out.extend(README_KEEP_INTRO.lines());
+        out.extend(intro.lines());
         out.push("");
         out.extend(table.lines());
         out.push("");

@@ -15,18 +15,26 @@ mod keep;
 mod loops;
 mod netns;
 mod peers;
+mod publish_auto;
 mod report;
+mod sandbox;
 
 use clients::{conn_rate, free_port_block, iperf, machine_busy_seconds, req_resp, LOOPBACK};
 use forwarder::{footprint, pasta_args, Forwarder, Tool};
-use keep::{keep_source_ip, render_keep, render_keep_section, update_readme_keep, KEEP_TITLE};
+use keep::{
+    ab_run, render_ab, render_keep_section, update_readme_table, Ab, KEEP, README_KEEP_INTRO,
+};
 use loops::{loops, render_loops_section, IPERF_PORT_2, LOOPS_TITLE};
 use netns::BenchNetns;
 use peers::PASTA_RELEASE;
+use publish_auto::{
+    publish_auto, render_auto, render_auto_section, Auto, AUTO_TITLE, README_AUTO_INTRO,
+};
 use report::{
     budget, deb_version, kernel, record, render, replace_section, targets, today, update_readme,
     Gaps, Samples, NOTES, PROFILE,
 };
+use sandbox::{render_sandbox_section, README_SANDBOX_INTRO, SANDBOX};
 
 pub(super) const GO_HELPER: &str = "/usr/lib/podman/rootlessport";
 /// The servers' address in the bench namespace (what the helpers connect
@@ -192,9 +200,60 @@ fn direct_path(s: &mut Samples, iperf_port: u16, echo_port: u16, seconds: u64) -
     Ok(())
 }
 
+/// What the sections after the main table measured (`None`: not run).
+#[derive(Default)]
+struct Extra {
+    keep: Option<Ab>,
+    loops: Option<String>,
+    sandbox: Option<Ab>,
+    auto: Option<Auto>,
+}
+
+impl Extra {
+    /// Each measured section as (BENCHMARKS.md title, its section there).
+    fn sections(&self, opts: &BenchOptions) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(k) = &self.keep {
+            out.push((KEEP.title, render_keep_section(k, opts)));
+        }
+        if let Some(l) = &self.loops {
+            out.push((LOOPS_TITLE, l.clone()));
+        }
+        if let Some(a) = &self.sandbox {
+            out.push((SANDBOX.title, render_sandbox_section(a, opts)));
+        }
+        if let Some(a) = &self.auto {
+            out.push((AUTO_TITLE, render_auto_section(a)));
+        }
+        out
+    }
+
+    /// Each measured section's README table as (title, intro, table).
+    fn readme_tables(&self) -> Vec<(&'static str, &'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(k) = &self.keep {
+            out.push((KEEP.title, README_KEEP_INTRO, render_ab(&KEEP, k)));
+        }
+        if let Some(a) = &self.sandbox {
+            out.push((SANDBOX.title, README_SANDBOX_INTRO, render_ab(&SANDBOX, a)));
+        }
+        if let Some(a) = &self.auto {
+            out.push((AUTO_TITLE, README_AUTO_INTRO, render_auto(a)));
+        }
+        out
+    }
+
+    fn update_readme(&self, path: &Path) -> Result<()> {
+        for (title, intro, table) in self.readme_tables() {
+            update_readme_table(path, title, intro, &table)?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs the benchmark, writes the tables and notes to BENCHMARKS.md and the
-/// tables to README.md. With `--only keep-source-ip`, only that section is
-/// run, and only its parts of the two files are replaced.
+/// tables to README.md. With `--only SECTION`, only that section is run,
+/// and only its parts of the two files are replaced.
 pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
     let everything = opts.only.is_none();
     if everything {
@@ -220,12 +279,15 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
             "rootlessport",
             "-p",
             "xtask",
+            "-p",
+            "slirpnet",
         ])
         .status()
         .context("failed to run cargo build")?;
     ensure!(status.success(), "cargo build --release failed");
     let ours = root.join("target/release/rootlessport");
     let server = root.join("target/release/xtask");
+    let slirpnet = root.join("target/release/slirpnet");
 
     let mut ns = BenchNetns::new()?;
     // The helpers and pasta all connect to NS_ADDR.
@@ -247,57 +309,52 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
     } else {
         Ok(None)
     };
-    let keep = main.and_then(|main| {
-        let keep = if want(Section::KeepSourceIp) {
-            Some(keep_source_ip(&ns, &ours, &server, opts)?)
-        } else {
-            None
-        };
-        Ok((main, keep))
-    });
-    let all = keep.and_then(|(main, keep)| {
-        let loops = if want(Section::Loops) {
-            Some(loops(&ns, &ours, opts)?)
-        } else {
-            None
-        };
-        Ok((main, keep, loops))
+    let all = main.and_then(|main| {
+        let mut extra = Extra::default();
+        if want(Section::KeepSourceIp) {
+            extra.keep = Some(ab_run(&KEEP, &ns, &ours, &server, opts)?);
+        }
+        if want(Section::Loops) {
+            let l = loops(&ns, &ours, opts)?;
+            extra.loops = Some(render_loops_section(&l, opts));
+        }
+        if want(Section::Sandbox) {
+            extra.sandbox = Some(ab_run(&SANDBOX, &ns, &ours, &server, opts)?);
+        }
+        if want(Section::PublishAuto) {
+            extra.auto = Some(publish_auto(&slirpnet, &ours)?);
+        }
+        Ok((main, extra))
     });
     drop(ns);
-    let (main, keep, loops) = all?;
+    let (main, extra) = all?;
 
-    let keep_section = keep.as_ref().map(|k| render_keep_section(k, opts));
-    let loops_section = loops.as_ref().map(|l| render_loops_section(l, opts));
-    if let Some(k) = &keep {
-        println!("{}", render_keep(k));
+    let sections = extra.sections(opts);
+    for (title, _, table) in extra.readme_tables() {
+        println!("{title}\n\n{table}");
     }
-    if let Some(l) = &loops_section {
+    if let Some(l) = &extra.loops {
         println!("{l}");
     }
     let Some((s, gaps)) = main else {
         let path = root.join("BENCHMARKS.md");
         let mut text = std::fs::read_to_string(&path)
             .with_context(|| format!("failed to read {}", path.display()))?;
-        if let Some(section) = &keep_section {
-            text = replace_section(&text, KEEP_TITLE, section);
-        }
-        if let Some(section) = &loops_section {
-            text = replace_section(&text, LOOPS_TITLE, section);
+        for (title, section) in &sections {
+            text = replace_section(&text, title, section);
         }
         std::fs::write(&path, text)
             .with_context(|| format!("failed to write {}", path.display()))?;
         eprintln!("replaced the section of BENCHMARKS.md");
-        if let Some(k) = &keep {
-            update_readme_keep(&root.join("README.md"), &render_keep(k))?;
-            eprintln!("updated the keep-source-ip table in README.md");
-        }
+        extra.update_readme(&root.join("README.md"))?;
+        eprintln!("updated the section's table in README.md");
         return Ok(());
     };
-    let (keep, keep_section, loops_section) = (
-        keep.context("a full run measures keep-source-ip")?,
-        keep_section.unwrap_or_default(),
-        loops_section.unwrap_or_default(),
+    ensure!(
+        extra.keep.is_some() && extra.sandbox.is_some() && extra.auto.is_some(),
+        "a full run measures every section"
     );
+    let extra_sections: String = sections.iter().map(|(_, t)| format!("{t}\n")).collect();
 
     let table = render(&s, &gaps);
     let budget = budget(&s);
@@ -329,7 +386,7 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
          {} s each; CPU (its threads' time on a CPU, from schedstat) and memory cover the \
          forwarder's whole process tree (the Go helper re-executes itself as \
          `rootlessport-child`).\n\n{table}\n{targets}\n{NOTES}{budget}\n\
-         {keep_section}\n{loops_section}\n{PROFILE}",
+         {extra_sections}{PROFILE}",
         today(),
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -343,7 +400,7 @@ pub fn bench(root: &Path, opts: &BenchOptions) -> Result<()> {
     std::fs::write(root.join("BENCHMARKS.md"), doc).context("failed to write BENCHMARKS.md")?;
     eprintln!("wrote BENCHMARKS.md");
     update_readme(&root.join("README.md"), &table, &targets)?;
-    update_readme_keep(&root.join("README.md"), &render_keep(&keep))?;
+    extra.update_readme(&root.join("README.md"))?;
     eprintln!("updated the tables in README.md");
     Ok(())
 }
@@ -435,6 +492,10 @@ pub enum Section {
     KeepSourceIp,
     /// One rootlessport event loop against two.
     Loops,
+    /// Our rootlessport with its sandbox on against off.
+    Sandbox,
+    /// `slirpnet attach --publish-auto`: listen() to host port reachable.
+    PublishAuto,
 }
 
 impl Section {
@@ -443,7 +504,12 @@ impl Section {
         match name {
             "keep-source-ip" => Ok(Section::KeepSourceIp),
             "loops" => Ok(Section::Loops),
-            other => bail!("unknown bench section {other:?} (known: keep-source-ip, loops)"),
+            "sandbox" => Ok(Section::Sandbox),
+            "publish-auto" => Ok(Section::PublishAuto),
+            other => bail!(
+                "unknown bench section {other:?} (known: keep-source-ip, loops, sandbox, \
+                 publish-auto)"
+            ),
         }
     }
 }
