@@ -17,11 +17,16 @@ use crate::factory::SocketFactory;
 use crate::source_ip::{Lease, SourceIps};
 use crate::target::ChildIp;
 
-/// The pipe size asked for (the kernel's default pipe-max-size). Larger
-/// pipes let the source keep draining into the pipe while the destination
-/// is full, and mean fewer splices per byte. Past an unprivileged user's
-/// pipe-page quota the kernel refuses the size and the default 64 KiB stays;
-/// each pipe knows the size it got.
+/// The size a pipe grows to once a read fills it (the kernel's default
+/// pipe-max-size). Larger pipes let the source keep draining into the pipe
+/// while the destination is full, and mean fewer splices per byte. Pipes
+/// start at the kernel's default (64 KiB) and only a bulk transfer grows
+/// its pipe; the pool gives grown pipes back at the default size. So short
+/// connections never hold 1 MiB each: an unprivileged user (a rootless
+/// forwarder, or ours once its sandbox dropped CAP_SYS_RESOURCE) has a
+/// pipe-page quota (`fs.pipe-user-pages-soft`, 64 MiB), past which every
+/// new pipe of the user gets 2 pages and connections slowed to a crawl.
+/// Where the kernel refuses to grow a pipe, it keeps the size it has.
 const PIPE_SIZE: usize = 1 << 20;
 /// Bytes a pipe slot holds at most (a page).
 const SLOT: usize = 4096;
@@ -33,9 +38,44 @@ const POOL_MAX: usize = 128;
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
-    /// Its capacity in bytes (what F_SETPIPE_SZ granted).
+    /// Its capacity in bytes (what the kernel gave it).
     size: usize,
+    /// Whether growing it was refused (not tried again).
+    stuck: bool,
 }
+
+impl Pipe {
+    /// Grows it to [`PIPE_SIZE`] for a bulk transfer; where the kernel
+    /// refuses (a user past its pipe-page quota), it keeps its size.
+    fn grow(&mut self) {
+        if self.size >= PIPE_SIZE || self.stuck {
+            return;
+        }
+        match nix::fcntl::fcntl(
+            &self.write,
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32),
+        ) {
+            Ok(n) => self.size = usize::try_from(n).unwrap_or(self.size),
+            Err(_) => self.stuck = true,
+        }
+    }
+
+    /// Back to the kernel's default size (it is empty), so the pool holds
+    /// no large pipes.
+    fn shrink(&mut self) {
+        if self.size > DEFAULT_PIPE_SIZE {
+            if let Ok(n) = nix::fcntl::fcntl(
+                &self.write,
+                nix::fcntl::FcntlArg::F_SETPIPE_SZ(DEFAULT_PIPE_SIZE as i32),
+            ) {
+                self.size = usize::try_from(n).unwrap_or(self.size);
+            }
+        }
+    }
+}
+
+/// A new pipe's size when the user is within its quota.
+const DEFAULT_PIPE_SIZE: usize = 16 * SLOT;
 
 /// Reused pipes. When no pipe can be had (EMFILE, or an unprivileged user's
 /// pipe-page quota), connections fall back to read/write copies. A burst
@@ -73,15 +113,20 @@ impl PipePool {
             }
         }
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).ok()?;
-        let size = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32))
-            .or_else(|_| nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_GETPIPE_SZ))
+        let size = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_GETPIPE_SZ)
             .ok()
             .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(16 * SLOT);
-        Some(Pipe { read, write, size })
+            .unwrap_or(DEFAULT_PIPE_SIZE);
+        Some(Pipe {
+            read,
+            write,
+            size,
+            stuck: false,
+        })
     }
 
-    fn give(&self, pipe: Pipe) {
+    fn give(&self, mut pipe: Pipe) {
+        pipe.shrink();
         let mut pool = self.lock();
         if pool.pipes.len() < POOL_MAX {
             pool.pipes.push(pipe);
@@ -336,7 +381,7 @@ fn source_taken(e: &io::Error) -> bool {
 pub async fn relay(a: TcpStream, b: TcpStream, pipes: &PipePool) {
     // Accepted sockets inherit TCP_NODELAY from the listener (listen.rs).
     match (pipes.take(), pipes.take()) {
-        (Some(p1), Some(p2)) => {
+        (Some(mut p1), Some(mut p2)) => {
             let (a, b) = match (reader(a), reader(b)) {
                 (Ok(a), Ok(b)) => (a, b),
                 (a, b) => {
@@ -348,8 +393,8 @@ pub async fn relay(a: TcpStream, b: TcpStream, pipes: &PipePool) {
                 }
             };
             let (r1, r2) = {
-                let one = pump(&a, b.get_ref().as_fd(), &p1);
-                let two = pump(&b, a.get_ref().as_fd(), &p2);
+                let one = pump(&a, b.get_ref().as_fd(), &mut p1);
+                let two = pump(&b, a.get_ref().as_fd(), &mut p2);
                 tokio::pin!(one, two);
                 let (mut r1, mut r2) = (None, None);
                 while r1.is_none() || r2.is_none() {
@@ -450,7 +495,7 @@ impl Writer<'_> {
 /// One direction: src -> pipe -> dst, until EOF on src and the pipe is
 /// empty. The source keeps draining into the pipe while the destination is
 /// full (up to the pipe's size), so both sockets' buffers keep moving.
-async fn pump(src: &AsyncFd<OwnedFd>, dst: BorrowedFd<'_>, pipe: &Pipe) -> io::Result<()> {
+async fn pump(src: &AsyncFd<OwnedFd>, dst: BorrowedFd<'_>, pipe: &mut Pipe) -> io::Result<()> {
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
     let (mut in_pipe, mut eof) = (0usize, false);
     let mut dst = Writer {
@@ -493,6 +538,10 @@ async fn pump(src: &AsyncFd<OwnedFd>, dst: BorrowedFd<'_>, pipe: &Pipe) -> io::R
                 moved |= got > 0 || eof;
                 if got > 0 {
                     more = got >= pipe.size / 10 * 9;
+                }
+                if got > 0 && in_pipe >= pipe.size {
+                    // A bulk transfer: a larger pipe from now on.
+                    pipe.grow();
                 }
             }
         }

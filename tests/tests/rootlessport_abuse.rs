@@ -29,11 +29,19 @@ const ROUNDS: [(usize, usize); 3] = [(1, 60), (100, 5), (2000, 2)];
 /// ephemeral range (32768 and up), so no other test's client takes one
 /// meanwhile; each test has a base of its own.
 fn quiet_ports(base: u16, n: usize) -> Vec<u16> {
+    // The tests of this file run at once and each checks its ports for
+    // strangers: no port is handed to two of them.
+    static CLAIMED: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|p| p.into_inner());
     let ports: Vec<u16> = (base..32768)
+        .chain(10000..base)
+        .filter(|p| !claimed.contains(p))
         .filter(|&p| TcpListener::bind((LOCAL, p)).is_ok() && UdpSocket::bind((LOCAL, p)).is_ok())
         .take(n)
         .collect();
     assert_eq!(ports.len(), n, "no {n} free ports from {base}");
+    claimed.extend(&ports);
     ports
 }
 
