@@ -39,6 +39,7 @@ impl BenchNetns {
                     .args(args.split(' ')),
             )?;
         }
+        reuse_time_wait(&ns.name)?;
         Ok(ns)
     }
 
@@ -137,6 +138,9 @@ impl ClientNets {
         ] {
             crate::util::run_quiet(Command::new("ip").arg("-n").arg(ns).args(args.split(' ')))?;
         }
+        for ns in [outer, client] {
+            reuse_time_wait(ns)?;
+        }
         Ok(nets)
     }
 
@@ -155,4 +159,24 @@ impl Drop for ClientNets {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
+}
+
+/// Lets connect(2) in namespace `name` reuse a port whose last connection
+/// is in TIME-WAIT (`net.ipv4.tcp_tw_reuse=1`, which covers IPv6 too). A
+/// connection-rate phase makes some 10,000 connections a second, and each
+/// leaves a TIME-WAIT for 60 s on the side that closed first: without reuse
+/// the namespace's ephemeral ports run out within seconds, and every later
+/// connect searches the whole range, so a phase measured the TIME-WAITs
+/// left by the phases before it rather than the forwarder. Loopback clients
+/// (the main table's) get this by default (`tcp_tw_reuse=2`); the clients
+/// and servers of a namespace's veth did not.
+fn reuse_time_wait(name: &str) -> Result<()> {
+    crate::util::run_quiet(Command::new("ip").args([
+        "netns",
+        "exec",
+        name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.tcp_tw_reuse=1",
+    ]))
 }
