@@ -130,6 +130,11 @@ impl ForwarderHandle {
     /// the forwarder runs or is dropped: call it on another thread than
     /// the one holding the forwarder. Stopping a stopped forwarder
     /// returns at once.
+    ///
+    /// In-process, a child that another thread of the host forked and that
+    /// has not exec'd yet holds a copy of every fd: TCP listeners are shut
+    /// down first, so they refuse at once all the same, but a UDP port
+    /// stays bound until that child execs or exits.
     pub fn stop(&self) {
         self.stop.request();
         self.stop.wait_stopped();
