@@ -503,6 +503,59 @@ pub fn unique_sleeps() -> (u64, u64) {
     (base, base + 1)
 }
 
+/// `program`, run directly or, with `as_user`, through setpriv as that uid
+/// with no capabilities (rootless).
+pub fn command_as(program: &Path, as_user: Option<u32>) -> Command {
+    match as_user {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                "--inh-caps=-all".into(),
+            ]);
+            c.arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Starts `cmd` (ending in `sh -c`) with a script that leaves two `sleep`s
+/// running in the background, then says "ready"; returns once both sleeps
+/// run, with a function that lists their host pids (found by argv, so in
+/// any PID namespace).
+pub fn start_with_background_sleeps(mut cmd: Command) -> (Child, impl Fn() -> Vec<u32>) {
+    use std::io::BufRead;
+    let (a, b) = unique_sleeps();
+    let mut child = cmd
+        .arg(format!("sleep {a} & sleep {b} & echo ready; wait"))
+        .current_dir("/")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "the command did not start");
+    let (a, b) = (a.to_string(), b.to_string());
+    let sleeps = move || {
+        [&a, &b]
+            .iter()
+            .flat_map(|s| live_pids_with_argv(&["sleep", s]))
+            .collect::<Vec<u32>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || sleeps().len() == 2),
+        "the background sleeps did not start: {:?}",
+        sleeps()
+    );
+    (child, sleeps)
+}
+
 /// The host pids of the live (not zombie) processes whose argv is `argv`.
 pub fn live_pids_with_argv(argv: &[&str]) -> Vec<u32> {
     let wanted: Vec<u8> = argv

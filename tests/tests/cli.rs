@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
+use slirpnet_tests::{command_as, start_with_background_sleeps};
 use slirpnet_tests::{
     fake_slirp, free_tcp_port, is_mounted, live_pids_with_argv, payload, pid_exists, require,
     require_slirp, rootless_possible, slirpnet_bin, unique_sleeps, wait_until, world_runnable,
@@ -112,31 +113,12 @@ fn run_touching(slirpnet: &Path, fake: &Path, args: &[&str], ran: &Path) -> std:
         .unwrap()
 }
 
-/// `slirpnet`, run directly or, with `as_user`, through setpriv as that uid
-/// with no capabilities (rootless).
-fn slirpnet_as(slirpnet: &Path, as_user: Option<u32>) -> Command {
-    match as_user {
-        Some(uid) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                format!("--reuid={uid}"),
-                format!("--regid={uid}"),
-                "--clear-groups".into(),
-                "--inh-caps=-all".into(),
-            ]);
-            c.arg(slirpnet);
-            c
-        }
-        None => Command::new(slirpnet),
-    }
-}
-
 /// `slirpnet run` with an echo server as the command, data through a
 /// slirp4netns forward, exit status and cleanup checked. `as_user` runs it
 /// through setpriv as that uid (rootless).
 fn run_echo_roundtrip(slirpnet: &Path, echo: &Path, as_user: Option<u32>, handler: &str) {
     let port = free_tcp_port();
-    let mut cmd = slirpnet_as(slirpnet, as_user);
+    let mut cmd = command_as(slirpnet, as_user);
     let mut child = cmd
         .args([
             "run",
@@ -631,7 +613,7 @@ fn dry_run_prints_the_plan_and_starts_nothing() {
 fn killed_run_leaves_nothing(slirpnet: &Path, as_user: Option<u32>) {
     let (secs, _) = unique_sleeps();
     let secs = secs.to_string();
-    let mut cmd = slirpnet_as(slirpnet, as_user);
+    let mut cmd = command_as(slirpnet, as_user);
     let port = free_tcp_port();
     let mut child = cmd
         .args(["run", "--json", "-p"])
@@ -688,32 +670,9 @@ fn killed_run_leaves_nothing(slirpnet: &Path, as_user: Option<u32>) {
 /// `sig` to slirpnet: its status is the command's (or SIGKILL's), and
 /// neither sleep, which the command left in the background, survives.
 fn session_end_leaves_no_descendants(slirpnet: &Path, as_user: Option<u32>, sig: Signal) {
-    let (a, b) = unique_sleeps();
-    let mut child = slirpnet_as(slirpnet, as_user)
-        .args(["run", "--", "sh", "-c"])
-        .arg(format!("sleep {a} & sleep {b} & echo ready; wait"))
-        .current_dir("/")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready", "the command did not start");
-    let (a, b) = (a.to_string(), b.to_string());
-    let sleeps = || {
-        [&a, &b]
-            .iter()
-            .flat_map(|s| live_pids_with_argv(&["sleep", s]))
-            .collect::<Vec<u32>>()
-    };
-    assert!(
-        wait_until(Duration::from_secs(10), || sleeps().len() == 2),
-        "the background sleeps did not start: {:?}",
-        sleeps()
-    );
+    let mut cmd = command_as(slirpnet, as_user);
+    cmd.args(["run", "--", "sh", "-c"]);
+    let (mut child, sleeps) = start_with_background_sleeps(cmd);
     kill(Pid::from_raw(child.id() as i32), sig).unwrap();
     let status = wait_limited(&mut child, Duration::from_secs(20));
     use std::os::unix::process::ExitStatusExt;
@@ -834,7 +793,7 @@ fn children(pid: u32) -> Vec<u32> {
 fn slirp4netns_runs_sandboxed(as_user: Option<u32>) {
     let (_dir, bins) =
         world_runnable(&[&slirpnet_bin(), &slirpnet_tests::rootlessport_bin()]).unwrap();
-    let mut run = slirpnet_as(&bins[0], as_user)
+    let mut run = command_as(&bins[0], as_user)
         .env_remove("XDG_RUNTIME_DIR")
         .env("SLIRPNET_QUIET", "1")
         .current_dir("/")

@@ -5,7 +5,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -14,40 +13,22 @@ use slirpnet_tests::{
     built_example, live_pids_with_argv, require, require_slirp, rootless_possible, unique_sleeps,
     wait_until, world_runnable,
 };
+use slirpnet_tests::{command_as, start_with_background_sleeps};
 
 fn example() -> PathBuf {
     built_example("slirpnet", "run_command")
 }
 
-/// The example, run directly or, with `as_user`, as that uid without
-/// capabilities.
-fn example_as(bin: &Path, as_user: Option<u32>) -> Command {
-    match as_user {
-        Some(uid) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                format!("--reuid={uid}"),
-                format!("--regid={uid}"),
-                "--clear-groups".into(),
-                "--inh-caps=-all".into(),
-            ]);
-            c.arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    }
-}
-
 /// The default check (tap0 routed, resolv.conf naming slirp4netns's DNS),
 /// then a command's own exit status, then its pid namespace and /proc.
 fn runs_networked(bin: &Path, as_user: Option<u32>) {
-    let out = example_as(bin, as_user).current_dir("/").output().unwrap();
+    let out = command_as(bin, as_user).current_dir("/").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("nameserver 10.0.2.3"), "{stdout}\n{stderr}");
 
-    let out = example_as(bin, as_user)
+    let out = command_as(bin, as_user)
         .args(["sh", "-c", "echo $$; ls /proc | grep -c '^[0-9]'; exit 7"])
         .current_dir("/")
         .output()
@@ -85,31 +66,9 @@ fn the_example_runs_a_command_networked_rootless_with_the_defaults() {
 
 /// SIGKILL to the program: the command's background children die too.
 fn killed_program_leaves_nothing(bin: &Path, as_user: Option<u32>) {
-    let (a, b) = unique_sleeps();
-    let mut child = example_as(bin, as_user)
-        .args(["sh", "-c"])
-        .arg(format!("sleep {a} & sleep {b} & echo ready; wait"))
-        .current_dir("/")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready", "the command did not start");
-    let (a, b) = (a.to_string(), b.to_string());
-    let sleeps = || {
-        [&a, &b]
-            .iter()
-            .flat_map(|s| live_pids_with_argv(&["sleep", s]))
-            .collect::<Vec<u32>>()
-    };
-    assert!(
-        wait_until(Duration::from_secs(10), || sleeps().len() == 2),
-        "the background sleeps did not start"
-    );
+    let mut cmd = command_as(bin, as_user);
+    cmd.args(["sh", "-c"]);
+    let (mut child, sleeps) = start_with_background_sleeps(cmd);
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     let _ = child.wait();
     assert!(
